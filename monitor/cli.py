@@ -1,0 +1,153 @@
+"""The `monitor` command line: serve, replay, inspect, keygen."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from trainer_side.msglog import CorruptLogError, LogFormatError
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+class UsageError(ValueError):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitor",
+        description="Out-of-process training monitor for PyTorch Lightning. Trainers send compact messages "
+                    "(trainer_side.EmitterCallback); this process logs them, computes confusion matrices and "
+                    "renders every plot and table, off the training process's critical path.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="receive from trainers, record a replayable log, render artifacts live",
+                           description="Listen for trainers, record every message to <out>/<run>/messages.mlog and "
+                                       "render each epoch's artifacts. Stops cleanly on Ctrl-C or SIGTERM: "
+                                       "drains the socket, finishes pending renders, closes the logs.")
+    serve.add_argument("--bind", default=DEFAULT_BIND,
+                       help=f"ZeroMQ endpoint to listen on (default {DEFAULT_BIND}; port 0 picks a free port)")
+    serve.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow binding a non-loopback address (other machines can then send)")
+    serve.add_argument("--max-message-mb", type=_positive_float, default=256.0,
+                       help="largest accepted frame in MiB; a larger frame drops its sender's connection (default 256)")
+    serve.add_argument("--epoch-timeout", type=_positive_float, default=120.0,
+                       help="seconds to wait for every rank's epoch end before rendering without the missing "
+                            "ranks, with a warning naming them (default 120)")
+    serve.add_argument("--curve-secret", type=Path, metavar="FILE",
+                       help="server secret-key file from `monitor keygen`: require ZeroMQ CURVE encryption")
+    serve.add_argument("--curve-clients", type=Path, metavar="DIR",
+                       help="folder of allowed client public-key files (with --curve-secret); default any client "
+                            "holding the server's public key")
+    serve.add_argument("--ready-file", type=Path, metavar="FILE",
+                       help="write the bound endpoint to FILE once listening (for scripts and tests)")
+
+    replay = sub.add_parser("replay", help="regenerate every artifact from saved message logs",
+                            description="Feed message logs (served logs or emitter spools) through the same "
+                                        "pipeline as serve. The artifacts of a served log come out byte for byte "
+                                        "identical.")
+    replay.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="message log(s) to replay, in order")
+    replay.add_argument("--out", type=Path, default=Path("replay"), help="output folder (default: replay)")
+    replay.add_argument("--skip-corrupt", action="store_true",
+                        help="resume at the next whole record after a damaged one, and report what was skipped")
+    replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
+
+    inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
+                             description="Print per run and rank the message kinds with counts and bytes, the "
+                                         "sequence gaps, and the rejected or damaged records of each log.")
+    inspect.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="message log(s) to inspect")
+    inspect.add_argument("--skip-corrupt", action="store_true", help="read past damaged records")
+
+    keygen = sub.add_parser("keygen", help="create a ZeroMQ CURVE key pair (for --curve-secret and server_key=)",
+                            description="Write NAME.key (public) and NAME.key_secret (secret) into DIR and print "
+                                        "the public key.")
+    keygen.add_argument("dir", type=Path, help="folder for the key files")
+    keygen.add_argument("--name", default="server", help="base name of the key files (default: server)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
+    console = Console()
+    try:
+        return _run(args, console)
+    except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
+        print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "serve":
+        from monitor.serve import serve
+
+        return serve(args.bind, args.out, allow_remote=args.allow_remote,
+                     max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
+                     curve=_curve_keys(args), ready_file=args.ready_file, console=console)
+    if args.command == "replay":
+        from monitor.replay import replay
+
+        pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
+                                     show_tables=not args.quiet)
+        rejected = intake.rejected + pipeline.rejected
+        console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
+                      f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
+        return 0
+    if args.command == "inspect":
+        from monitor.inspect import inspect_logs
+
+        return inspect_logs(args.logs, skip_corrupt=args.skip_corrupt, console=console)
+    if args.command == "keygen":
+        return _keygen(args.dir, args.name, console)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _curve_keys(args: argparse.Namespace):
+    if args.curve_secret is None:
+        if args.curve_clients is not None:
+            raise UsageError("--curve-clients needs --curve-secret")
+        return None
+    import zmq.auth
+
+    from monitor.receiver import CurveServerKeys
+
+    if not args.curve_secret.is_file():
+        raise UsageError(f"--curve-secret: no such file {args.curve_secret} (create one with `monitor keygen DIR`)")
+    public, secret = zmq.auth.load_certificate(str(args.curve_secret))
+    if secret is None:
+        raise UsageError(f"--curve-secret: {args.curve_secret} holds no secret key (use the .key_secret file)")
+    if args.curve_clients is not None and not args.curve_clients.is_dir():
+        raise UsageError(f"--curve-clients: no such folder {args.curve_clients}")
+    return CurveServerKeys(public, secret, args.curve_clients)
+
+
+def _keygen(folder: Path, name: str, console: Console) -> int:
+    import zmq.auth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(str(folder), name)
+    public, _ = zmq.auth.load_certificate(public_file)
+    console.print(f"public key: {public.decode()}\npublic key file: {public_file}\nsecret key file: {secret_file} "
+                  "(keep it private)", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

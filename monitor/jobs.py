@@ -1,0 +1,68 @@
+"""Render jobs: plain, picklable descriptions of one artifact each, run by a renderer (in or out of process).
+
+A job holds everything its artifact depends on and nothing else, which is what makes replay reproduce
+serve's files byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConfusionJob:
+    png: Path
+    csv: Path
+    counts: np.ndarray
+    class_names: Sequence[str]
+    title: str
+
+    def run(self) -> None:
+        from monitor.render.figures import confusion_figure
+        from monitor.render.save import save_figure, write_csv
+
+        header = ["true\\pred", *self.class_names]
+        rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, self.counts))
+        write_csv(self.csv, header, rows)
+        save_figure(confusion_figure(self.counts, self.class_names, self.title), self.png)
+
+
+@dataclass(frozen=True)
+class HistoryJob:
+    folder: Path
+    history: Mapping[int, Mapping[str, float]]
+
+    def run(self) -> None:
+        from monitor.render.figures import history_figures
+        from monitor.render.save import save_figure
+
+        loss, accuracy = history_figures(self.history)
+        save_figure(loss, self.folder / "loss_history.png")
+        save_figure(accuracy, self.folder / "accuracy_history.png")
+
+
+@dataclass(frozen=True)
+class SampleGridJob:
+    png: Path
+    images: np.ndarray
+    labels: np.ndarray
+    preds: np.ndarray
+    class_names: Sequence[str]
+
+    def run(self) -> None:
+        from monitor.render.figures import sample_grid_figure
+        from monitor.render.save import save_figure
+
+        figure = sample_grid_figure(np.asarray(self.images), [int(x) for x in self.labels],
+                                    [int(x) for x in self.preds], self.class_names)
+        save_figure(figure, self.png)
+
+
+def run_job(job: ConfusionJob | HistoryJob | SampleGridJob) -> str:
+    """Entry point in a worker process; returns what it wrote, for the dashboard."""
+    job.run()
+    return str(getattr(job, "png", None) or getattr(job, "folder"))

@@ -1,0 +1,191 @@
+"""decode → dispatch → aggregate → render: the one path that live frames and replayed logs both take."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from monitor.confusion import accuracy
+from monitor.console import MonitorConsole
+from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
+from monitor.logbook import run_dir
+from monitor.render import tables
+from monitor.render.save import write_csv, write_json
+from monitor.runstate import RejectedMessage, RunState
+from trainer_side.protocol import Message
+
+log = logging.getLogger("monitor")
+
+
+class Pipeline:
+    def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.renderer = renderer
+        self.console = console
+        self.epoch_timeout = epoch_timeout
+        self.clock = clock
+        self.runs: dict[str, RunState] = {}
+        self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
+        self.messages = 0
+        self.bytes = 0
+
+    # --- entry points -------------------------------------------------------------------------
+
+    def handle(self, message: Message, size: int) -> None:
+        run = self.runs.get(message.run)
+        if run is None:
+            run = self.runs[message.run] = RunState(message.run, message.world)
+        self.messages += 1
+        self.bytes += size
+        skipped = run.account(message, size)
+        if skipped:
+            self.console.note(f"run {message.run}: rank {message.rank} skipped {skipped} message(s) "
+                              f"before seq {message.seq} (dropped by the emitter or lost)")
+        try:
+            self._dispatch(run, message)
+        except RejectedMessage as exc:
+            self.rejected[exc.reason] += 1
+            self.console.note(f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
+
+    def record_artifact(self, path: Path) -> None:
+        """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
+        try:
+            folder = path.relative_to(self.out).parts[0]
+        except (ValueError, IndexError):
+            return
+        for run in list(self.runs.values()):
+            if run_dir(self.out, run.run).name == folder:
+                run.artifacts.append(str(path.relative_to(self.out)))
+                del run.artifacts[:-5]
+
+    def tick(self) -> None:
+        """Renders epochs whose missing ranks timed out; call it periodically while serving."""
+        for run in list(self.runs.values()):
+            self._render_ready(run)
+
+    def finish(self) -> None:
+        """Renders everything still pending (end of a replay, or shutdown)."""
+        for run in list(self.runs.values()):
+            self._render_ready(run, flush=True)
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def _dispatch(self, run: RunState, message: Message) -> None:
+        kind = message.kind
+        if kind == "run_start":
+            first = run.start is None
+            run.on_run_start(message)
+            if first:
+                self._write_run_start(run)
+        elif kind == "preds":
+            run.on_preds(message)
+        elif kind == "samples":
+            run.on_samples(message)
+        elif kind == "sampled":
+            run.on_sampled(message)
+        elif kind == "metrics":
+            run.on_metrics(message)
+        elif kind == "epoch_end":
+            run.on_epoch_end(message, self.clock())
+            self._render_ready(run)
+        elif kind == "run_end":
+            run.on_run_end(message)
+            self._render_ready(run)
+            if run.finished:
+                self._write_run_end(run)
+
+    # --- run start ----------------------------------------------------------------------------
+
+    def _write_run_start(self, run: RunState) -> None:
+        start, folder, names = run.start, run_dir(self.out, run.run), run.class_names
+        write_json(folder / "labels_mapping.json", {
+            "num_classes": len(names),
+            "class_to_idx": {name: i for i, name in enumerate(names)},
+            "idx_to_class": {str(i): name for i, name in enumerate(names)},
+            "normalization": start["normalization"],
+        })
+        write_json(folder / "model_info.json", {**start["model"], "hparams": start["hparams"] or {}})
+        counts = run.class_counts()
+        if counts is not None:
+            rows = tables.class_distribution_rows(names, [int(c) for c in counts])
+            write_json(folder / "dataset_statistics.json", {
+                "total": int(counts.sum()),
+                "classes": [{"name": r.name, "index": r.index, "count": r.count,
+                             "percentage": round(r.percentage, 4)} for r in rows],
+            })
+            self.console.table(folder, tables.class_distribution_table(rows))
+        else:
+            self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
+                                      "no dataset class distribution")
+        self.console.table(folder, tables.model_info_table(start["model"]))
+        if start["sampler"] is None:
+            self.console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; "
+                                      "no sampler distribution tables")
+
+    # --- epochs -------------------------------------------------------------------------------
+
+    def _render_ready(self, run: RunState, flush: bool = False) -> None:
+        for number, missing in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
+            if missing and not run.finished:
+                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
+                                  f"{', '.join(map(str, missing))} (no epoch_end from them)")
+            self._render_epoch(run, number)
+
+    def _render_epoch(self, run: RunState, number: int) -> None:
+        epoch = run.epochs[number]
+        epoch.dirty = False
+        epoch.rendered = True
+        if run.start is None:
+            self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
+            return
+        folder = run_dir(self.out, run.run)
+        epoch_dir = folder / f"epoch_{number:03d}"
+        names = run.class_names
+        counts = run.confusion(number)
+        if counts is not None:
+            self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
+                                              counts, names, f"Confusion matrix — epoch {number}"))
+        if epoch.samples is not None:
+            s = epoch.samples
+            self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
+                                               s["preds"], names))
+        sampler = run.sampler_counts(number)
+        if sampler is not None:
+            rows = tables.sampler_rows(names, [int(c) for c in sampler[0]], [float(e) for e in sampler[1]])
+            write_json(epoch_dir / "sampler_distribution.json", {
+                "epoch": number, "draws": int(sampler[0].sum()),
+                "classes": [{"name": r.name, "index": r.index, "sampled": r.sampled,
+                             "expected": round(r.expected, 6),
+                             "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
+            })
+            self.console.table(folder, tables.sampler_table(rows, number))
+        if run.history:
+            self.renderer.submit(HistoryJob(folder / "training_history",
+                                            {e: dict(v) for e, v in sorted(run.history.items())}))
+            columns = run.history_columns()
+            write_csv(folder / "history.csv", ["epoch", *columns],
+                      ([e, *(_csv_value(run.history[e].get(c)) for c in columns)] for e in sorted(run.history)))
+        self.console.table(folder, tables.epoch_summary_table(
+            run.run, number, run.history.get(number, {}), None if counts is None else accuracy(counts), run.world))
+
+    def _write_run_end(self, run: RunState) -> None:
+        folder = run_dir(self.out, run.run)
+        summary = run.summary()
+        gaps = {rank: c["gaps"] for rank, c in summary["ranks"].items() if c["gaps"]}
+        dropped = {rank: c["dropped"] for rank, c in summary["ranks"].items() if c["dropped"]}
+        text = f"run {run.run} {run.status}"
+        if dropped:
+            text += "; dropped by the emitter: " + ", ".join(f"rank {r}: {n}" for r, n in dropped.items())
+        if gaps:
+            text += "; sequence gaps: " + ", ".join(f"rank {r}: {n}" for r, n in gaps.items())
+        for error in run.errors:
+            text += f"\n  {error}"
+        self.console.line(folder, text)
+
+
+def _csv_value(value: float | None) -> str:
+    return "" if value is None else repr(float(value))

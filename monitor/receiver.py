@@ -1,0 +1,122 @@
+"""The receive loop: a thread that only receives frames, logs them and queues them for the pipeline."""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+
+from monitor.intake import Intake
+from monitor.logbook import LogBook
+
+POLL_MS = 100
+DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
+
+
+class BindError(ValueError):
+    """The bind address is unusable or not allowed."""
+
+
+def check_bind(endpoint: str, allow_remote: bool) -> str:
+    """Refuses non-loopback TCP addresses unless remote access was asked for explicitly."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint
+    if not endpoint.startswith("tcp://"):
+        raise BindError(f"--bind must start with tcp://, ipc:// or inproc://, got {endpoint!r}")
+    host = urlsplit(endpoint).hostname or ""
+    port = endpoint.rsplit(":", 1)[-1]
+    if not (port.isdigit() or port == "*"):
+        raise BindError(f"--bind needs a port (tcp://127.0.0.1:5555, or :0 for any free port), got {endpoint!r}")
+    if not allow_remote and not _is_loopback(host):
+        raise BindError(f"--bind {endpoint} is not a loopback address; pass --allow-remote to accept other "
+                        "machines (and consider --curve-secret so that only your trainers may send)")
+    return endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class CurveServerKeys:
+    public: bytes
+    secret: bytes
+    allowed_clients: Path | None  # a folder of client public-key certificates; None allows any CURVE client
+
+
+class Receiver(threading.Thread):
+    def __init__(self, endpoint: str, out: Path, *, max_message_bytes: int, curve: CurveServerKeys | None = None) -> None:
+        super().__init__(name="monitor-receiver", daemon=True)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # bigger frames close the sender's connection
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self._auth = None
+        if curve is not None:
+            self._auth = _start_authenticator(self.context, curve)
+            self.socket.curve_server = True
+            self.socket.curve_publickey = curve.public
+            self.socket.curve_secretkey = curve.secret
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close()
+            self.context.term()
+            raise BindError(f"cannot bind {endpoint}: {exc}") from None
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.logbook = LogBook(out, flush_every=1 << 30)  # flushed after every burst, not every frame
+        self.intake = Intake(self.logbook)
+        self.messages: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.longest_pause = 0.0
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if poller.poll(POLL_MS):
+                    self._receive_burst()
+            # Drain: whatever the trainers already sent is still taken, logged and queued.
+            while poller.poll(DRAIN_QUIET_MS):
+                self._receive_burst()
+        finally:
+            self.logbook.close()
+            self.socket.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self.context.term()
+
+    def _receive_burst(self) -> None:
+        while True:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            message = self.intake.accept(frame)
+            if message is not None:
+                self.messages.put((message, len(frame)))
+        self.logbook.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _start_authenticator(context: zmq.Context, curve: CurveServerKeys):
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(context)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(curve.allowed_clients) if curve.allowed_clients else zmq.auth.CURVE_ALLOW_ANY)
+    return auth

@@ -1,0 +1,95 @@
+"""Renderers run jobs: inline (replay, tests) or in a worker process, so a slow figure never
+holds the GIL that the receive loop needs."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Callable
+
+from monitor.jobs import run_job
+
+log = logging.getLogger("monitor")
+
+
+class InlineRenderer:
+    def __init__(self, on_done: Callable[[str], None] | None = None) -> None:
+        self.on_done = on_done
+        self.failures = 0
+
+    def submit(self, job: object) -> None:
+        try:
+            written = run_job(job)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others
+            self.failures += 1
+            log.error("rendering %s failed: %s: %s", type(job).__name__, type(exc).__name__, exc)
+            return
+        if self.on_done is not None:
+            self.on_done(written)
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessRenderer:
+    """One worker process; jobs run in submission order, so the last job for a file wins."""
+
+    def __init__(self, on_done: Callable[[str], None] | None = None) -> None:
+        # spawn, not fork: the parent has ZeroMQ threads, which must never be forked.
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_ignore_stop_signals)
+        self._pending: set[Future] = set()
+        self._lock = threading.Lock()
+        self.on_done = on_done
+        self.failures = 0
+        self._pool.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
+
+    def submit(self, job: object) -> None:
+        future = self._pool.submit(run_job, job)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
+        exc = future.exception()
+        if exc is not None:
+            self.failures += 1
+            log.error("rendering failed: %s: %s", type(exc).__name__, exc)
+        elif self.on_done is not None:
+            self.on_done(future.result())
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def drain(self) -> None:
+        with self._lock:
+            futures = list(self._pending)
+        for future in futures:
+            future.exception()  # waits; errors were already logged by _done
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)
+
+
+def _warm_up() -> None:
+    import monitor.render.figures  # noqa: F401
+    import monitor.render.save  # noqa: F401
+
+
+def _ignore_stop_signals() -> None:
+    # Ctrl-C and a process manager's SIGTERM reach the whole process group; the parent decides when
+    # the worker stops (after the pending renders), so the worker must not die first.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,0 +1,87 @@
+"""`monitor serve`: the receiver thread feeds the pipeline; renders run in a worker process."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from monitor.console import MonitorConsole
+from monitor.dashboard import Dashboard, dashboard_table
+from monitor.pipeline import Pipeline
+from monitor.receiver import CurveServerKeys, Receiver, check_bind
+from monitor.renderer import ProcessRenderer
+
+TICK_S = 0.25
+
+
+def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
+          curve: CurveServerKeys | None, ready_file: Path | None, console: Console) -> int:
+    endpoint = check_bind(bind, allow_remote)
+    out.mkdir(parents=True, exist_ok=True)
+    receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    dashboard = Dashboard(console)
+    records = MonitorConsole(console, fresh=False)
+    records.printer = dashboard.print
+    pipeline: Pipeline | None = None
+
+    def artifact_written(path: str) -> None:
+        if pipeline is not None:
+            pipeline.record_artifact(Path(path))
+
+    renderer = ProcessRenderer(on_done=artifact_written)
+    pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
+    receiver.start()
+    console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
+                  highlight=False)
+    if ready_file is not None:
+        ready_file.write_text(receiver.endpoint + "\n")
+
+    def refresh() -> None:
+        dashboard.update(dashboard_table(pipeline.runs.values(), endpoint=receiver.endpoint,
+                                         frames=receiver.intake.frames,
+                                         rejected=receiver.intake.rejected + pipeline.rejected,
+                                         render_queue=renderer.pending))
+
+    with dashboard:
+        while not stop.is_set():
+            _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=stop)
+            pipeline.tick()
+            refresh()
+        # Graceful stop: the receiver drains the socket, then every queued message and render completes.
+        receiver.stop()
+        while receiver.is_alive() or not receiver.messages.empty():
+            _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=None)
+        receiver.join()
+        pipeline.finish()
+        renderer.close()
+        refresh()
+    rejected = receiver.intake.rejected + pipeline.rejected
+    console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
+                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
+    return 0
+
+
+def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threading.Event | None) -> None:
+    while time.monotonic() < until and (stop is None or not stop.is_set()):
+        try:
+            message, size = receiver.messages.get(timeout=max(0.0, until - time.monotonic()))
+        except queue.Empty:
+            return
+        pipeline.handle(message, size)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise SystemExit(130)  # a second Ctrl-C: stop now
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

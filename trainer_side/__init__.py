@@ -1,0 +1,31 @@
+"""Trainer side of the sidecar monitor: a tiny emitter that ships training facts to `monitor serve`.
+
+The public names load lazily, so that the monitor can import the wire codec (`trainer_side.protocol`)
+and the log format (`trainer_side.msglog`) without importing Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Emitter", "EmitterCallback", "TrackingWeightedRandomSampler"]
+
+_HOMES = {
+    "Emitter": "trainer_side.emitter",
+    "EmitterCallback": "trainer_side.callback",
+    "TrackingWeightedRandomSampler": "trainer_side.sampler",
+}
+
+if TYPE_CHECKING:
+    from trainer_side.callback import EmitterCallback
+    from trainer_side.emitter import Emitter
+    from trainer_side.sampler import TrackingWeightedRandomSampler
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trainer_side' has no attribute {name!r}")

@@ -1,0 +1,257 @@
+"""EmitterCallback: the Lightning adapter. Each hook is a guard clause and one call into the Emitter."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from trainer_side import runinfo
+from trainer_side.collect import ValidationCollector
+from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, check_run_id
+from trainer_side.names import new_run_id
+from trainer_side.sampler import find_tracking_sampler
+
+log = logging.getLogger("trainer_side")
+
+
+def _nonneg_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+class EmitterCallback(Callback):
+    """Ships what the monitor needs, without rendering anything or blocking the training loop.
+
+    Args:
+        endpoint: where `monitor serve` listens (`tcp://`, `ipc://` or `inproc://`); None with a spool only.
+        run: the run id; None generates a readable unique one (shared by all ranks).
+        class_names: class names by index; default from `datamodule.class_to_idx`, the dataset's
+            `class_to_idx`/`classes`, else "0".."C-1".
+        normalization: {"mean": [...], "std": [...]} used to show thumbnails; default from
+            `datamodule.normalization`, else ImageNet's.
+        num_thumbnails: how many of the first validation samples to show each epoch (0: none).
+        thumbnail_size: longest side of a thumbnail in pixels.
+        spool: a folder that also receives every message as a message log (see `monitor watch`).
+        queue_size: messages held while the monitor is slow or absent, beyond which they are dropped.
+        linger_ms: how long closing may wait for queued messages.
+        chunk_size: validation samples gathered on the device before one copy to the host.
+        batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
+        server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
+    """
+
+    def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
+                 class_names: Sequence[str] | None = None, normalization: Mapping[str, Sequence[float]] | None = None,
+                 num_thumbnails: int = 16, thumbnail_size: int = 64, spool: str | os.PathLike | None = None,
+                 queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
+                 batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
+                 client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
+        super().__init__()
+        # Build a throwaway emitter now so every argument is checked at construction, not at fit time.
+        Emitter(endpoint, run if run is not None else "check", spool=spool, queue_size=queue_size,
+                linger_ms=linger_ms, server_key=server_key, client_keys=client_keys)
+        self._emitter_args = dict(endpoint=endpoint, spool=spool, queue_size=queue_size, linger_ms=linger_ms,
+                                  server_key=server_key, client_keys=client_keys)
+        self.run = None if run is None else check_run_id(run)
+        if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
+                                        or not class_names):
+            raise ValueError(f"class_names must be a non-empty sequence of strings, got {class_names!r}")
+        self.class_names = None if class_names is None else list(class_names)
+        self.normalization = None if normalization is None else runinfo.check_normalization(normalization)
+        self.num_thumbnails = _nonneg_int(num_thumbnails, "num_thumbnails")
+        if _nonneg_int(thumbnail_size, "thumbnail_size") == 0:
+            raise ValueError("thumbnail_size must be a positive integer")
+        self.thumbnail_size = thumbnail_size
+        if _nonneg_int(chunk_size, "chunk_size") == 0:
+            raise ValueError("chunk_size must be a positive integer")
+        self.chunk_size = chunk_size
+        if not isinstance(batch_keys, (tuple, list)) or len(batch_keys) != 2:
+            raise ValueError(f"batch_keys must be an (input, target) pair of positions or keys, got {batch_keys!r}")
+        self.batch_keys = tuple(batch_keys)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.emitter: Emitter | None = None
+        self._collector: ValidationCollector | None = None
+        self._warned_forward = False
+        self._ended = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for ddp_spawn and checkpoint callbacks: configuration only, no socket, no tensors.
+        state = self.__dict__.copy()
+        state.update(emitter=None, _collector=None)
+        return state
+
+    @property
+    def state_key(self) -> str:
+        return f"EmitterCallback[run={self.run}]"
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self.emitter is not None:
+            return
+        self._start_emitter(trainer)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.emitter is None:
+            return
+        self._send_run_start(trainer, pl_module)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self._collector is None:
+            return
+        self._collector.reset()
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or self._collector is None or dataloader_idx != 0:
+            return
+        self._collect_batch(trainer, pl_module, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or self._collector is None:
+            return
+        self._send_validation(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Epoch-level validation metrics reach callback_metrics only after the epoch-end hooks.
+        if trainer.sanity_checking or self.emitter is None:
+            return
+        self._send_metrics(trainer, "val")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.emitter is None:
+            return
+        self._send_train_epoch(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.emitter is None:
+            return
+        status = "interrupted" if trainer.interrupted else "completed"
+        self._end_run(status, None)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self.emitter is None:
+            return
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self._end_run(status, f"{type(exception).__name__}: {exception}"[:1000])
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit" or self.emitter is None:
+            return
+        self.emitter.close()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _start_emitter(self, trainer: Trainer) -> None:
+        run = self.run or new_run_id()
+        if trainer.world_size > 1:
+            run = trainer.strategy.broadcast(run, src=0)  # every rank must report under one run id
+        self.run = run
+        self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size, **self._emitter_args)
+        self._ended = False
+
+    def _send_run_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule = trainer.datamodule
+        train_loader = trainer.train_dataloader
+        train_set = getattr(train_loader, "dataset", None)
+        val_loaders = trainer.val_dataloaders
+        val_loader = val_loaders[0] if isinstance(val_loaders, (list, tuple)) and val_loaders else val_loaders
+        val_set = getattr(val_loader, "dataset", None)
+        sources = [datamodule, runinfo.unwrap_dataset(train_set), runinfo.unwrap_dataset(val_set)]
+        targets = runinfo.train_targets(train_set)
+        names = runinfo.discover_class_names(self.class_names, sources)
+        if names is None:
+            count = runinfo.num_classes_from_model(pl_module)
+            if count is None and targets is not None and len(targets):
+                count = int(targets.max()) + 1
+            if count is None:
+                raise ValueError("EmitterCallback cannot tell the class count: pass class_names=[...]")
+            names = [str(i) for i in range(count)]
+        normalization = runinfo.discover_normalization(self.normalization, sources)
+        self._collector = ValidationCollector(len(names), num_thumbnails=self.num_thumbnails if trainer.global_rank == 0
+                                              else 0, thumbnail_size=self.thumbnail_size,
+                                              chunk_size=self.chunk_size, normalization=normalization)
+        sampler = find_tracking_sampler(train_loader)
+        sampler_info = None
+        if sampler is not None and targets is not None and len(targets) == len(sampler.weights):
+            sampler_info = {"type": type(sampler).__name__, "num_samples": int(sampler.num_samples),
+                            "weights_per_class": sampler.weights_per_class(targets, len(names))}
+        label_dtype = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else np.uint32
+        self.emitter.run_start(
+            names, normalization=normalization, model=runinfo.model_summary(pl_module),
+            train_targets=None if targets is None else targets.astype(label_dtype),
+            sampler=sampler_info, hparams=dict(pl_module.hparams),
+        )
+
+    def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
+        inputs, labels = batch[self.batch_keys[0]], batch[self.batch_keys[1]]
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+            logits = self._fallback_forward(pl_module, inputs)
+        self._collector.add(logits, labels, inputs if self._collector.wants_thumbnails else None)
+        if self._collector.chunk_ready:
+            self._send_preds_chunk(trainer)
+
+    def _fallback_forward(self, pl_module: LightningModule, inputs: torch.Tensor) -> torch.Tensor:
+        if not self._warned_forward:
+            self._warned_forward = True
+            log.warning("EmitterCallback: validation_step returned no logits, so one extra forward pass runs per "
+                        "validation batch. Return the logits (or a dict with 'logits') from validation_step to avoid it.")
+        with torch.no_grad():
+            return pl_module(inputs)
+
+    def _send_preds_chunk(self, trainer: Trainer) -> None:
+        chunk = self._collector.take_chunk()
+        if chunk is not None:
+            self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step)
+
+    def _send_validation(self, trainer: Trainer) -> None:
+        self._send_preds_chunk(trainer)
+        thumbs = self._collector.take_thumbnails()
+        if thumbs is not None:
+            self.emitter.samples(trainer.current_epoch, thumbs.images, thumbs.labels, thumbs.preds)
+
+    def _send_metrics(self, trainer: Trainer, stage: str) -> None:
+        values = {}
+        for name, value in trainer.callback_metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                values[name] = float(value.item())
+            elif isinstance(value, (int, float)):
+                values[name] = float(value)
+        self.emitter.metrics(trainer.current_epoch, stage, values, step=trainer.global_step)
+
+    def _send_train_epoch(self, trainer: Trainer) -> None:
+        indices = _rank_draw(trainer.train_dataloader)
+        if indices is not None:
+            self.emitter.sampled(trainer.current_epoch, indices)
+        self._send_metrics(trainer, "train")
+        self.emitter.epoch_end(trainer.current_epoch)
+
+    def _end_run(self, status: str, error: str | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.emitter.run_end(status, error)
+
+
+def _rank_draw(train_loader: Any) -> np.ndarray | None:
+    """The indices this rank trained on in the epoch that just ended, when a tracking sampler drew them."""
+    sampler = find_tracking_sampler(train_loader)
+    if sampler is None or sampler.last_draw is None:
+        return None
+    draw = sampler.last_draw
+    outer = getattr(train_loader, "sampler", None)
+    if isinstance(outer, torch.utils.data.DistributedSampler) and outer is not sampler:
+        # Lightning's DistributedSamplerWrapper hands this rank a subset of the full draw; the parent
+        # class's __iter__ gives those positions without drawing again.
+        positions = np.fromiter(torch.utils.data.DistributedSampler.__iter__(outer), dtype=np.int64)
+        draw = draw[positions]
+    dtype = np.uint32 if len(sampler.weights) < 1 << 32 else np.uint64
+    return draw.astype(dtype, copy=False)

@@ -1,0 +1,224 @@
+"""The framework-agnostic emitter: builds protocol messages, numbers them, hands frames to its sinks.
+
+It never blocks and never raises into training: a full queue drops (and counts) the message, and any
+unexpected failure is logged once, after which the emitter goes quiet.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from trainer_side import protocol
+from trainer_side.names import new_run_id, safe_component
+from trainer_side.sinks import SocketSink, SpoolSink, check_endpoint, spool_path
+
+log = logging.getLogger("trainer_side")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_run_id(run: Any) -> str:
+    if not isinstance(run, str) or not run or len(run) > protocol.MAX_RUN_ID_LENGTH:
+        raise ValueError(f"run must be a non-empty string of at most {protocol.MAX_RUN_ID_LENGTH} characters, "
+                         f"got {run!r}")
+    return run
+
+
+def _check_curve_key(value: Any, name: str) -> bytes | None:
+    if value is None:
+        return None
+    key = value.encode("ascii") if isinstance(value, str) else value
+    if not isinstance(key, bytes) or len(key) != 40:
+        raise ValueError(f"{name} must be a 40-character Z85 CURVE key (see `monitor keygen`), got {value!r}")
+    return key
+
+
+class Emitter:
+    """Sends one run's messages from one rank.
+
+    Example (a plain PyTorch loop)::
+
+        emitter = Emitter("tcp://127.0.0.1:5555", run="my-run")
+        emitter.run_start(class_names=["cat", "dog"])
+        ...
+        emitter.preds(epoch, preds=val_preds, labels=val_labels)
+        emitter.metrics(epoch, "val", {"val/loss": 0.3})
+        emitter.epoch_end(epoch)
+        emitter.run_end("completed")
+        emitter.close()
+    """
+
+    def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *, rank: int = 0,
+                 world_size: int = 1, spool: str | os.PathLike | None = None, queue_size: int = 1000,
+                 linger_ms: int = 2000, server_key: str | bytes | None = None,
+                 client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
+        if endpoint is None and spool is None:
+            raise ValueError("give an endpoint, a spool folder, or both: with neither, messages go nowhere")
+        self.endpoint = None if endpoint is None else check_endpoint(endpoint)
+        self.run = new_run_id() if run is None else check_run_id(run)
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
+        self.world_size = _check_positive_int(world_size, "world_size")
+        if rank >= world_size:
+            raise ValueError(f"rank {rank} must be smaller than world_size {world_size}")
+        self.rank = rank
+        self.spool = None if spool is None else Path(spool)
+        self.queue_size = _check_positive_int(queue_size, "queue_size")
+        if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < 0:
+            raise ValueError(f"linger_ms must be a non-negative integer (milliseconds), got {linger_ms!r}")
+        self.linger_ms = linger_ms
+        self.server_key = _check_curve_key(server_key, "server_key")
+        if client_keys is not None:
+            if not isinstance(client_keys, (tuple, list)) or len(client_keys) != 2:
+                raise ValueError("client_keys must be a (public, secret) pair of Z85 CURVE keys")
+            client_keys = (_check_curve_key(client_keys[0], "client public key"),
+                           _check_curve_key(client_keys[1], "client secret key"))
+            if self.server_key is None:
+                raise ValueError("client_keys need server_key too (the monitor's public key)")
+        self.client_keys = client_keys
+        self.seq = 0
+        self.sent = 0
+        self.dropped = 0
+        self.spool_dropped = 0
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        self._pid: int | None = None
+        self._socket: SocketSink | None = None
+        self._spool: SpoolSink | None = None
+        self._quiet = False
+        self._drop_reported = False
+
+    # Pickling (ddp_spawn, deepcopy) carries the configuration and counters, never a socket.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_pid", "_socket", "_spool"):
+            state[key] = None
+        return state
+
+    def _open(self) -> None:
+        self._pid = os.getpid()
+        if self.endpoint is not None:
+            self._socket = SocketSink(self.endpoint, queue_size=self.queue_size, linger_ms=self.linger_ms,
+                                      server_key=self.server_key, client_keys=self.client_keys)
+        if self.spool is not None:
+            self._spool = SpoolSink(spool_path(self.spool, safe_component(self.run), self.rank),
+                                    queue_size=self.queue_size)
+        _open_emitters.add(self)
+
+    def send(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Encodes and sends one message; True when the socket took it. Never raises, never blocks."""
+        if self._quiet:
+            return False
+        try:
+            if self._pid != os.getpid():
+                if self._pid is not None:
+                    return False  # a forked child (a DataLoader worker): the parent's socket is not ours
+                self._open()
+            message = protocol.make_message(kind, self.run, self.rank, self.world_size, self.seq, body)
+            frame = protocol.encode(message)
+            self.seq += 1  # a dropped message keeps its number, so the monitor sees the gap
+            if self._spool is not None and not self._spool.send(frame):
+                self.spool_dropped += 1
+            if self._socket is None:
+                self.sent += 1
+                return True
+            if self._socket.send(frame):
+                self.sent += 1
+                return True
+            self._count_drop(kind)
+            return False
+        except Exception as exc:  # noqa: BLE001 - the training must never see the monitor's failures
+            self._quiet = True
+            log.warning("trainer_side: emitter disabled after an unexpected error (%s: %s); training goes on "
+                        "without monitoring", type(exc).__name__, exc)
+            return False
+
+    def _count_drop(self, kind: str) -> None:
+        self.dropped += 1
+        if not self._drop_reported and self.rank == 0:
+            self._drop_reported = True
+            log.warning("trainer_side: the monitor at %s is not keeping up (queue of %d messages full); "
+                        "dropped a %r message. Drops are counted and reported to the monitor; "
+                        "training is not slowed.", self.endpoint, self.queue_size, kind)
+
+    # --- one method per message kind (see docs/protocol.md) -----------------------------------
+
+    def run_start(self, class_names: Sequence[str], *, normalization: Mapping[str, Sequence[float]] | None = None,
+                  model: Mapping[str, Any] | None = None, train_targets: np.ndarray | None = None,
+                  class_counts: np.ndarray | None = None, sampler: Mapping[str, Any] | None = None,
+                  hparams: Mapping[str, Any] | None = None) -> bool:
+        from trainer_side.runinfo import IMAGENET_NORMALIZATION, plain_hparams
+
+        body = {
+            "class_names": [str(name) for name in class_names],
+            "normalization": dict(normalization or IMAGENET_NORMALIZATION),
+            "model": dict(model or {"class": "unknown", "total_params": 0, "trainable_params": 0, "size_mb": 0.0}),
+            "train_targets": train_targets,
+            "class_counts": class_counts,
+            "sampler": None if sampler is None else dict(sampler),
+            "hparams": plain_hparams(hparams or {}),
+        }
+        return self.send("run_start", body)
+
+    def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
+        return self.send("preds", {"epoch": epoch, "step": step, "preds": preds, "labels": labels})
+
+    def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
+        return self.send("samples", {"epoch": epoch, "images": images, "labels": labels, "preds": preds})
+
+    def sampled(self, epoch: int, indices: np.ndarray) -> bool:
+        return self.send("sampled", {"epoch": epoch, "indices": indices})
+
+    def metrics(self, epoch: int, stage: str, values: Mapping[str, float], step: int = 0) -> bool:
+        return self.send("metrics", {"epoch": epoch, "stage": stage, "step": step,
+                                     "values": {str(k): float(v) for k, v in values.items()}})
+
+    def epoch_end(self, epoch: int) -> bool:
+        # The counters include this message itself only if it gets through; the monitor knows.
+        return self.send("epoch_end", {"epoch": epoch, "sent": self.sent, "dropped": self.dropped})
+
+    def run_end(self, status: str = "completed", error: str | None = None) -> bool:
+        return self.send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
+
+    def close(self) -> None:
+        """Closes the sinks of this process, waiting at most `linger_ms` for queued frames."""
+        if self._pid != os.getpid():
+            return
+        socket, spool = self._socket, self._spool
+        self._socket = self._spool = None
+        self._pid = None
+        _open_emitters.discard(self)
+        try:
+            if socket is not None:
+                socket.close()
+            if spool is not None:
+                spool.close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("trainer_side: error while closing the emitter: %s", exc)
+        if self.dropped and self.rank == 0:
+            log.warning("trainer_side: run %s: %d of %d messages were dropped (monitor absent or too slow)",
+                        self.run, self.dropped, self.sent + self.dropped)
+
+
+_open_emitters: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_emitters() -> None:
+    # An emitter the user forgot to close must not leave ZeroMQ holding the interpreter at exit.
+    for emitter in list(_open_emitters):
+        emitter.close()

@@ -1,0 +1,242 @@
+"""Message log: the recorded form of the wire, written by `monitor serve` and by the emitter's spool.
+
+File grammar (all integers little-endian)::
+
+    log     := header record*
+    header  := magic(8 bytes = b"SCMLOG\\r\\n") format_version(uint16 = 1) reserved(uint16 = 0)
+    record  := length(uint32) crc32(uint32) payload(length bytes)
+
+`payload` is one frame exactly as received (a protocol message, see docs/protocol.md);
+`crc32` is zlib's CRC-32 of the payload alone. A writer only ever appends whole records, so a crash
+can leave at most one partial record at the very end: readers warn about such a truncated tail and
+stop. Anything else that does not check out is corruption: `CorruptLogError` names its byte offset,
+and `skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+MAGIC = b"SCMLOG\r\n"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sHH")
+RECORD_HEADER = struct.Struct("<II")
+HEADER_SIZE = HEADER.size  # 12
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 8
+# No legal record is larger than the biggest frame the monitor accepts; a larger length is damage.
+MAX_RECORD_SIZE = 1 << 28
+
+
+class LogFormatError(ValueError):
+    """The file is not a message log (bad magic or unknown format version)."""
+
+
+class CorruptLogError(ValueError):
+    """A record that fails its checks; `offset` is the byte offset of the record's header."""
+
+    def __init__(self, path: str | os.PathLike, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt record at byte offset {offset}: {reason}"
+                         " (use --skip-corrupt to resume at the next whole record)")
+        self.path, self.offset, self.reason = str(path), offset, reason
+
+
+class TruncatedLogWarning(UserWarning):
+    """The log ends inside a record (the writer stopped mid-write); the records before it were read."""
+
+
+@dataclass
+class ReadReport:
+    """What a read found besides the records: skipped byte ranges and where a truncated tail began."""
+
+    records: int = 0
+    skipped: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, reason)
+    truncated_at: int | None = None
+
+
+def header_bytes() -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, 0)
+
+
+def record_bytes(frame: bytes) -> bytes:
+    """One framed record; `len(record_bytes(f)) == 8 + len(f)`."""
+    return RECORD_HEADER.pack(len(frame), zlib.crc32(frame)) + frame
+
+
+def check_header(data: bytes, path: str | os.PathLike) -> None:
+    if len(data) < HEADER_SIZE:
+        raise LogFormatError(f"{path}: too short to be a message log ({len(data)} bytes)")
+    magic, version, _ = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise LogFormatError(f"{path}: not a message log (bad magic bytes {magic!r})")
+    if version != FORMAT_VERSION:
+        raise LogFormatError(f"{path}: log format version {version} is not supported (expected {FORMAT_VERSION})")
+
+
+class LogWriter:
+    """Appends records to a log, writing the header when the file is new. Single-writer."""
+
+    def __init__(self, path: str | os.PathLike, *, flush_every: int = 1) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = open(self.path, "ab")
+        if self._file.tell() == 0:
+            self._file.write(header_bytes())
+        else:
+            with open(self.path, "rb") as existing:
+                check_header(existing.read(HEADER_SIZE), self.path)
+        self._flush_every = flush_every
+        self._pending = 0
+        self.records = 0
+        self.bytes = self._file.tell()
+
+    def append(self, frame: bytes) -> None:
+        record = record_bytes(frame)
+        self._file.write(record)
+        self.records += 1
+        self.bytes += len(record)
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            self._file.close()
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _valid_record_at(buf: bytes | mmap.mmap, pos: int, end: int) -> bool:
+    """Whether a whole, CRC-checked, non-empty record starts at `pos` (used to resynchronize)."""
+    if pos + RECORD_HEADER_SIZE > end:
+        return False
+    length, crc = RECORD_HEADER.unpack_from(buf, pos)
+    # Empty records are legal but a run of zero bytes looks like one, so resync never lands on them.
+    if length == 0 or length > MAX_RECORD_SIZE or pos + RECORD_HEADER_SIZE + length > end:
+        return False
+    return zlib.crc32(buf[pos + RECORD_HEADER_SIZE:pos + RECORD_HEADER_SIZE + length]) == crc
+
+
+def _next_valid(buf: bytes | mmap.mmap, start: int, end: int) -> int | None:
+    for pos in range(start, end - RECORD_HEADER_SIZE + 1):
+        if _valid_record_at(buf, pos, end):
+            return pos
+    return None
+
+
+def scan_records(buf: bytes | mmap.mmap, start: int, end: int, *, final: bool, skip_corrupt: bool,
+                 path: str | os.PathLike, report: ReadReport, base: int = 0) -> Iterator[tuple[int, bytes]]:
+    """Yields (offset, payload) for the records in buf[start:end]; offsets are `base` + index in buf.
+
+    With `final=False` (a log still being written) a partial record at the end is simply not yet
+    read; `report.truncated_at` then tells where the next read must resume.
+    """
+    pos = start
+    while pos < end:
+        if pos + RECORD_HEADER_SIZE > end:
+            problem = None  # a partial record header: truncation
+        else:
+            length, crc = RECORD_HEADER.unpack_from(buf, pos)
+            body_end = pos + RECORD_HEADER_SIZE + length
+            if length > MAX_RECORD_SIZE:
+                problem = f"record length {length} exceeds the {MAX_RECORD_SIZE}-byte limit"
+            elif body_end > end:
+                # Either the writer stopped mid-record or the length field is damaged: a whole
+                # record further on can only mean damage.
+                problem = None
+                if final and _next_valid(buf, pos + 1, end) is not None:
+                    problem = f"record length {length} runs past the end of the file"
+            elif zlib.crc32(buf[pos + RECORD_HEADER_SIZE:body_end]) != crc:
+                problem = "CRC-32 mismatch"
+            else:
+                report.records += 1
+                yield base + pos, bytes(buf[pos + RECORD_HEADER_SIZE:body_end])
+                pos = body_end
+                continue
+            if problem is not None:
+                if not skip_corrupt:
+                    raise CorruptLogError(path, base + pos, problem)
+                resume = _next_valid(buf, pos + 1, end)
+                report.skipped.append((base + pos, base + (end if resume is None else resume), problem))
+                if resume is None:
+                    pos = end
+                    break
+                pos = resume
+                continue
+        report.truncated_at = base + pos
+        if final:
+            warnings.warn(f"{path}: log ends inside a record at byte offset {base + pos} "
+                          f"({end - pos} bytes ignored); the writer probably stopped mid-write",
+                          TruncatedLogWarning, stacklevel=3)
+        return
+    report.truncated_at = None
+
+
+def iter_records(path: str | os.PathLike, *, skip_corrupt: bool = False,
+                 report: ReadReport | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yields (byte offset, frame) for every whole record of a finished (or crashed) log."""
+    report = report if report is not None else ReadReport()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_header(f.read(HEADER_SIZE), path)
+        if size == HEADER_SIZE:
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            yield from scan_records(buf, HEADER_SIZE, size, final=True, skip_corrupt=skip_corrupt,
+                                    path=path, report=report)
+
+
+def iter_frames(path: str | os.PathLike, *, skip_corrupt: bool = False,
+                report: ReadReport | None = None) -> Iterator[bytes]:
+    """Yields every whole frame of a log, in order."""
+    for _, frame in iter_records(path, skip_corrupt=skip_corrupt, report=report):
+        yield frame
+
+
+class LogFollower:
+    """Reads a log that is still growing: each `poll()` returns the whole records appended since."""
+
+    def __init__(self, path: str | os.PathLike, *, skip_corrupt: bool = False) -> None:
+        self.path = Path(path)
+        self.skip_corrupt = skip_corrupt
+        self.offset = 0
+        self.report = ReadReport()
+
+    def poll(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                if self.offset == 0:
+                    head = f.read(HEADER_SIZE)
+                    if len(head) < HEADER_SIZE:
+                        return []  # the writer has not written the header yet
+                    check_header(head, self.path)
+                    self.offset = HEADER_SIZE
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        frames = []
+        self.report.truncated_at = None
+        for _, frame in scan_records(data, 0, len(data), final=False, skip_corrupt=self.skip_corrupt,
+                                     path=self.path, report=self.report, base=self.offset):
+            frames.append(frame)
+        if self.report.truncated_at is None:
+            self.offset += len(data)
+        else:
+            self.offset = self.report.truncated_at
+        return frames

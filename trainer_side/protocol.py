@@ -1,0 +1,370 @@
+"""Wire codec, protocol v1: a `Message` to one msgpack frame and back (pure: no sockets, no files).
+
+The field list of every kind lives in docs/protocol.md; the `SCHEMA` below is its executable form.
+The monitor imports this module too, so both ends validate with the same rules.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = (1, 0)
+
+# Little-endian integer and float types only: no object, string or big-endian dtypes ever decode.
+ARRAY_DTYPES = frozenset({"|u1", "<u2", "<u4", "<u8", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
+MAX_ARRAY_DIMS = 8
+ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time")
+MAX_RUN_ID_LENGTH = 200
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid protocol message. `reason` is a short code used for counting."""
+
+    reason = "invalid"
+
+
+class MalformedFrameError(ProtocolError):
+    reason = "malformed"
+
+
+class UnsupportedVersionError(ProtocolError):
+    reason = "version"
+
+
+class UnknownKindError(ProtocolError):
+    reason = "unknown_kind"
+
+
+class InvalidFieldError(ProtocolError):
+    reason = "field"
+
+
+class InvalidArrayError(ProtocolError):
+    reason = "array"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One protocol message in memory: the envelope plus the kind's fields (`body`)."""
+
+    kind: str
+    run: str
+    rank: int
+    world: int
+    seq: int
+    time: float
+    body: Mapping[str, Any] = field(default_factory=dict)
+    version: tuple[int, int] = PROTOCOL_VERSION
+
+    def __getitem__(self, key: str) -> Any:
+        return self.body[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.body.get(key, default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checkers: each takes the decoded msgpack value and returns the value to keep (or raises).
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidFieldError(f"{name} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _nonneg_int(value: Any, name: str) -> int:
+    value = _int(value, name)
+    if value < 0:
+        raise InvalidFieldError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidFieldError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidFieldError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidFieldError(f"{name} must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _map(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidFieldError(f"{name} must be a map, got {type(value).__name__}")
+    return value
+
+
+def _str_list(value: Any, name: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InvalidFieldError(f"{name} must be a list of strings")
+    return list(value)
+
+
+def _float_list(value: Any, name: str) -> list[float]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidFieldError(f"{name} must be a list of numbers")
+    return [_float(v, name) for v in value]
+
+
+def _metric_map(value: Any, name: str) -> dict[str, float]:
+    # Non-finite values are legal (a diverging loss is real information); the monitor shows gaps.
+    value = _map(value, name)
+    return {_str(k, f"{name} key"): _float(v, f"{name}[{k}]") for k, v in value.items()}
+
+
+def _normalization(value: Any, name: str) -> dict[str, list[float]]:
+    value = _map(value, name)
+    mean = _float_list(value.get("mean"), f"{name}.mean")
+    std = _float_list(value.get("std"), f"{name}.std")
+    if len(mean) != len(std) or not mean:
+        raise InvalidFieldError(f"{name}: mean and std must be non-empty and of equal length")
+    if any(s <= 0 or not math.isfinite(s) for s in std):
+        raise InvalidFieldError(f"{name}.std must be finite and positive")
+    return {"mean": mean, "std": std}
+
+
+def _model(value: Any, name: str) -> dict[str, Any]:
+    value = _map(value, name)
+    return {
+        "class": _str(value.get("class"), f"{name}.class"),
+        "total_params": _nonneg_int(value.get("total_params"), f"{name}.total_params"),
+        "trainable_params": _nonneg_int(value.get("trainable_params"), f"{name}.trainable_params"),
+        "size_mb": _float(value.get("size_mb"), f"{name}.size_mb"),
+    }
+
+
+def _sampler(value: Any, name: str) -> dict[str, Any]:
+    value = _map(value, name)
+    return {
+        "type": _str(value.get("type"), f"{name}.type"),
+        "num_samples": _nonneg_int(value.get("num_samples"), f"{name}.num_samples"),
+        "weights_per_class": _array(value.get("weights_per_class"), f"{name}.weights_per_class", ndim=1),
+    }
+
+
+def _array(value: Any, name: str, ndim: int | None = None, kind: str | None = None) -> np.ndarray:
+    """Builds a read-only numpy view on the frame's bytes after checking dtype, shape and length."""
+    if not isinstance(value, dict):
+        raise InvalidArrayError(f"{name} must be an array map, got {type(value).__name__}")
+    dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
+    if dtype not in ARRAY_DTYPES:
+        raise InvalidArrayError(f"{name}: dtype {dtype!r} is not one of {sorted(ARRAY_DTYPES)}")
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_DIMS:
+        raise InvalidArrayError(f"{name}: shape must be a list of at most {MAX_ARRAY_DIMS} sizes")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise InvalidArrayError(f"{name}: shape entries must be non-negative integers, got {shape!r}")
+    if not isinstance(data, bytes):
+        raise InvalidArrayError(f"{name}: data must be bytes, got {type(data).__name__}")
+    np_dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    if count * np_dtype.itemsize != len(data):
+        raise InvalidArrayError(
+            f"{name}: shape {list(shape)} of {dtype} needs {count * np_dtype.itemsize} bytes, got {len(data)}"
+        )
+    if ndim is not None and len(shape) != ndim:
+        raise InvalidArrayError(f"{name}: expected {ndim} dimensions, got {len(shape)}")
+    if kind is not None and np_dtype.kind not in kind:
+        raise InvalidArrayError(f"{name}: expected dtype kind in {kind!r}, got {dtype}")
+    return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
+
+
+def _label_array(value: Any, name: str) -> np.ndarray:
+    return _array(value, name, ndim=1, kind="u")
+
+
+def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    def checker(value: Any, name: str) -> Any:
+        return None if value is None else check(value, name)
+
+    checker.optional = True  # type: ignore[attr-defined]
+    return checker
+
+
+def _images(value: Any, name: str) -> np.ndarray:
+    images = _array(value, name, ndim=4, kind="u")
+    if images.dtype != np.uint8 or images.shape[3] != 3:
+        raise InvalidArrayError(f"{name}: expected uint8 N×H×W×3, got {images.dtype} {images.shape}")
+    return images
+
+
+# kind -> {field: checker}. A field whose checker is `_optional(...)` may be absent or nil.
+SCHEMA: dict[str, dict[str, Callable[[Any, str], Any]]] = {
+    "run_start": {
+        "class_names": _str_list,
+        "normalization": _normalization,
+        "model": _model,
+        "train_targets": _optional(_label_array),
+        "class_counts": _optional(lambda v, n: _array(v, n, ndim=1, kind="iu")),
+        "sampler": _optional(_sampler),
+        "hparams": _optional(_map),
+        "num_samples": _optional(_nonneg_int),
+    },
+    "preds": {
+        "epoch": _nonneg_int,
+        "step": _nonneg_int,
+        "preds": _label_array,
+        "labels": _label_array,
+    },
+    "samples": {
+        "epoch": _nonneg_int,
+        "images": _images,
+        "labels": _label_array,
+        "preds": _label_array,
+    },
+    "sampled": {
+        "epoch": _nonneg_int,
+        "indices": lambda v, n: _array(v, n, ndim=1, kind="iu"),
+    },
+    "metrics": {
+        "epoch": _nonneg_int,
+        "stage": _str,
+        "step": _nonneg_int,
+        "values": _metric_map,
+    },
+    "epoch_end": {
+        "epoch": _nonneg_int,
+        "sent": _nonneg_int,
+        "dropped": _nonneg_int,
+    },
+    "run_end": {
+        "status": _str,
+        "error": _optional(_str),
+        "sent": _nonneg_int,
+        "dropped": _nonneg_int,
+    },
+}
+
+RUN_END_STATUSES = frozenset({"completed", "failed", "interrupted"})
+
+
+def _check_relations(kind: str, body: dict[str, Any]) -> None:
+    """Cross-field rules that a single field's checker cannot see."""
+    if kind == "preds" and len(body["preds"]) != len(body["labels"]):
+        raise InvalidFieldError(f"preds: {len(body['preds'])} predictions but {len(body['labels'])} labels")
+    if kind == "samples":
+        n = body["images"].shape[0]
+        if len(body["labels"]) != n or len(body["preds"]) != n:
+            raise InvalidFieldError(f"samples: {n} images need {n} labels and {n} predictions")
+    if kind == "run_end" and body["status"] not in RUN_END_STATUSES:
+        raise InvalidFieldError(f"run_end.status must be one of {sorted(RUN_END_STATUSES)}, got {body['status']!r}")
+    if kind == "run_start" and not body["class_names"]:
+        raise InvalidFieldError("run_start.class_names must not be empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _pack_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return encode_array(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot encode {type(value).__name__} on the wire")
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """The wire form of an array: {dtype, shape, data} in little-endian, C order."""
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    if dtype.str not in ARRAY_DTYPES:
+        raise TypeError(f"dtype {array.dtype} is not allowed on the wire; use one of {sorted(ARRAY_DTYPES)}")
+    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    return {"dtype": dtype.str, "shape": list(array.shape), "data": data}
+
+
+def encode(message: Message) -> bytes:
+    """Turns a message into one frame (a msgpack map: the envelope keys plus the kind's fields)."""
+    frame: dict[str, Any] = {
+        "v": list(message.version),
+        "kind": message.kind,
+        "run": message.run,
+        "rank": message.rank,
+        "world": message.world,
+        "seq": message.seq,
+        "time": message.time,
+    }
+    for key, value in message.body.items():
+        if key in frame:
+            raise ValueError(f"body field {key!r} collides with an envelope key")
+        frame[key] = value
+    return msgpack.packb(frame, use_bin_type=True, default=_pack_default)
+
+
+def make_message(kind: str, run: str, rank: int, world: int, seq: int, body: Mapping[str, Any],
+                 time: float | None = None) -> Message:
+    """Builds a message, stamping wall time unless given."""
+    return Message(kind, run, rank, world, seq, _time.time() if time is None else time, dict(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _unpack(frame: bytes) -> Any:
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+            msgpack.exceptions.StackError, TypeError) as exc:
+        raise MalformedFrameError(f"frame is not a msgpack value: {exc}") from None
+
+
+def decode(frame: bytes) -> Message:
+    """Checks a frame against the schema and returns the message; raises a ProtocolError subclass."""
+    obj = _unpack(frame)
+    if not isinstance(obj, dict):
+        raise MalformedFrameError(f"frame must be a msgpack map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if (not isinstance(version, list) or len(version) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in version)):
+        raise UnsupportedVersionError(f"frame has no valid protocol version [major, minor]: {version!r}")
+    if version[0] != PROTOCOL_VERSION[0]:
+        raise UnsupportedVersionError(
+            f"protocol major version {version[0]} is not supported (this monitor speaks {PROTOCOL_VERSION[0]}.x)"
+        )
+    kind = _str(obj.get("kind"), "kind")
+    run = _str(obj.get("run"), "run")
+    if not run or len(run) > MAX_RUN_ID_LENGTH:
+        raise InvalidFieldError(f"run id must have 1 to {MAX_RUN_ID_LENGTH} characters")
+    rank = _nonneg_int(obj.get("rank"), "rank")
+    world = _int(obj.get("world"), "world")
+    if world < 1 or rank >= world:
+        raise InvalidFieldError(f"rank {rank} is not inside world size {world}")
+    seq = _nonneg_int(obj.get("seq"), "seq")
+    wall = _float(obj.get("time"), "time")
+    schema = SCHEMA.get(kind)
+    if schema is None:
+        raise UnknownKindError(f"unknown message kind {kind!r}")
+    body: dict[str, Any] = {}
+    for name, check in schema.items():
+        value = obj.get(name)
+        if value is None and not getattr(check, "optional", False):
+            raise InvalidFieldError(f"{kind}.{name} is required")
+        body[name] = check(value, f"{kind}.{name}")
+    _check_relations(kind, body)
+    # Unknown optional fields are ignored on purpose: a newer minor version may add some.
+    return Message(kind, run, rank, world, seq, wall, body, (version[0], version[1]))
+
+
+def smallest_label_dtype(num_classes: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every class index of `num_classes` classes."""
+    if num_classes <= 1 << 8:
+        return np.dtype(np.uint8)
+    if num_classes <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)

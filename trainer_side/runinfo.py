@@ -1,0 +1,117 @@
+"""What the trainer knows once, at the start of a run: class names, normalization, model summary, targets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def class_names_from_mapping(class_to_idx: Mapping[str, int]) -> list[str]:
+    """Names ordered by index; the indices must be exactly 0..C-1."""
+    by_index = sorted((int(i), str(name)) for name, i in class_to_idx.items())
+    if [i for i, _ in by_index] != list(range(len(by_index))):
+        raise ValueError(f"class_to_idx must map onto 0..{len(by_index) - 1}, got indices {[i for i, _ in by_index]}")
+    return [name for _, name in by_index]
+
+
+def unwrap_dataset(dataset: Any, max_depth: int = 4) -> Any:
+    """Follows Subset-like wrappers (`.dataset`) to the dataset that knows its classes and targets."""
+    for _ in range(max_depth):
+        if hasattr(dataset, "targets") or hasattr(dataset, "class_to_idx") or not hasattr(dataset, "dataset"):
+            return dataset
+        dataset = dataset.dataset
+    return dataset
+
+
+def discover_class_names(explicit: Sequence[str] | None, sources: Sequence[Any]) -> list[str] | None:
+    """Explicit names, else the first source (datamodule, datasets) with `class_to_idx` or `classes`."""
+    if explicit is not None:
+        return [str(name) for name in explicit]
+    for source in sources:
+        if source is None:
+            continue
+        mapping = getattr(source, "class_to_idx", None)
+        if isinstance(mapping, Mapping) and mapping:
+            return class_names_from_mapping(mapping)
+        classes = getattr(source, "classes", None)
+        if isinstance(classes, (list, tuple)) and classes:
+            return [str(name) for name in classes]
+    return None
+
+
+def discover_normalization(explicit: Mapping[str, Sequence[float]] | None, sources: Sequence[Any]) -> dict:
+    """Explicit mean/std, else a source's `normalization` attribute ({mean, std}), else ImageNet's."""
+    if explicit is not None:
+        return check_normalization(explicit)
+    for source in sources:
+        found = getattr(source, "normalization", None) if source is not None else None
+        if isinstance(found, Mapping) and "mean" in found and "std" in found:
+            return check_normalization(found)
+    return {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
+
+
+def check_normalization(normalization: Mapping[str, Sequence[float]]) -> dict:
+    try:
+        mean = [float(x) for x in normalization["mean"]]
+        std = [float(x) for x in normalization["std"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}}, got {normalization!r}") from None
+    if not mean or len(mean) != len(std) or any(s <= 0 or not math.isfinite(s) for s in std):
+        raise ValueError(f"normalization needs equal-length mean and std with positive std, got {normalization!r}")
+    return {"mean": mean, "std": std}
+
+
+def train_targets(dataset: Any) -> np.ndarray | None:
+    """The class index of every training sample, when the dataset exposes them cheaply."""
+    if dataset is None:
+        return None
+    indices = None
+    base = dataset
+    # torch.utils.data.Subset: targets of the parent, restricted to the subset's indices.
+    if not hasattr(base, "targets") and hasattr(base, "indices") and hasattr(base, "dataset"):
+        indices, base = np.asarray(base.indices), base.dataset
+    targets = getattr(base, "targets", None)
+    if targets is None:
+        return None
+    array = targets.cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        return None
+    return array if indices is None else array[indices]
+
+
+def num_classes_from_model(module: torch.nn.Module) -> int | None:
+    hparams = getattr(module, "hparams", None)
+    if isinstance(hparams, Mapping) and isinstance(hparams.get("num_classes"), int):
+        return hparams["num_classes"]
+    last_linear = None
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Linear):
+            last_linear = layer
+    return None if last_linear is None else last_linear.out_features
+
+
+def model_summary(module: torch.nn.Module) -> dict[str, Any]:
+    """Class, parameter counts and size in MB (10^6 bytes) of parameters plus buffers."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    size = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
+                                                                  for b in module.buffers())
+    return {"class": type(module).__name__, "total_params": total, "trainable_params": trainable,
+            "size_mb": size / 1e6}
+
+
+def plain_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters as wire-safe scalars (anything else becomes its repr)."""
+    plain: dict[str, Any] = {}
+    for key, value in dict(hparams).items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            plain[str(key)] = value
+        else:
+            plain[str(key)] = repr(value)[:200]
+    return plain

@@ -1,0 +1,95 @@
+"""Where encoded frames go: a non-blocking ZeroMQ PUSH socket, and an optional spool log on disk."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+
+import zmq
+
+from trainer_side.msglog import LogWriter
+
+VALID_ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
+
+
+def check_endpoint(endpoint: str) -> str:
+    if not isinstance(endpoint, str) or not endpoint.startswith(VALID_ENDPOINT_PREFIXES):
+        raise ValueError(f"endpoint must start with tcp://, ipc:// or inproc://, got {endpoint!r}")
+    return endpoint
+
+
+class SocketSink:
+    """A PUSH socket that never blocks: a full queue (high-water mark) drops the frame.
+
+    The socket and its context belong to the process that created them; ZeroMQ sockets must not
+    cross a fork, so the owner checks the pid before every use (see `Emitter`).
+    """
+
+    def __init__(self, endpoint: str, *, queue_size: int, linger_ms: int,
+                 server_key: bytes | None = None, client_keys: tuple[bytes, bytes] | None = None) -> None:
+        self._context = zmq.Context()  # our own, so closing it cannot disturb the user's sockets
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, queue_size)
+        self._socket.setsockopt(zmq.LINGER, linger_ms)
+        if server_key is not None:
+            public, secret = client_keys if client_keys is not None else zmq.curve_keypair()
+            self._socket.curve_serverkey = server_key
+            self._socket.curve_publickey = public
+            self._socket.curve_secretkey = secret
+        self._socket.connect(endpoint)
+        self._linger_ms = linger_ms
+
+    def send(self, frame: bytes) -> bool:
+        try:
+            # copy=False hands large frames (thumbnails, predictions) to ZeroMQ without a copy.
+            self._socket.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+            return True
+        except zmq.Again:
+            return False
+
+    def close(self) -> None:
+        self._socket.close(linger=self._linger_ms)
+        self._context.term()
+
+
+class SpoolSink:
+    """Appends every frame to a local message log from a background thread (the hook never waits
+    on the disk); a bounded queue drops and counts when the disk cannot keep up."""
+
+    def __init__(self, path: Path, *, queue_size: int) -> None:
+        self.path = path
+        self._writer = LogWriter(path, flush_every=64)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
+        self._thread.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                break
+            self._writer.append(frame)
+            if self._queue.empty():
+                self._writer.flush()
+        self._writer.close()
+
+    def send(self, frame: bytes) -> bool:
+        try:
+            self._queue.put_nowait(frame)
+            return True
+        except queue.Full:
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        # The sentinel must get in even when the queue is full: wait for room, bounded.
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+
+def spool_path(spool_dir: str | os.PathLike, run_component: str, rank: int) -> Path:
+    return Path(spool_dir) / run_component / f"rank{rank}.mlog"
