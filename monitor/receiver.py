@@ -78,14 +78,14 @@ class Receiver(threading.Thread):
         self.logbook = LogBook(out, flush_every=1 << 30)  # flushed after every burst, not every frame
         self.intake = Intake(self.logbook)
         self.messages: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.longest_pause = 0.0
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 if poller.poll(POLL_MS):
                     self._receive_burst()
             # Drain: whatever the trainers already sent is still taken, logged and queued.
@@ -110,7 +110,7 @@ class Receiver(threading.Thread):
         self.logbook.flush()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
 
 def _start_authenticator(context: zmq.Context, curve: CurveServerKeys):

@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   make demo   set up, then run the Procfile (monitor + demo trainer); ends by itself, artifacts in outputs/
+#   make test   set up, then run the test suite
+# Both create ./.venv on first use and install the project with everything it needs into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[demo,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf outputs/digits-demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --no-prefix=false
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) outputs replay

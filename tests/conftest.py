@@ -1,0 +1,80 @@
+"""Shared fixtures: a real `monitor serve` process on a free loopback port, and the tiny trainer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "tiny_training.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MonitorProcess:
+    def __init__(self, out: Path, *extra: str, port: int | None = None) -> None:
+        self.out = out
+        self.port = port or free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        ready = out.parent / f"ready-{self.port}"
+        ready.unlink(missing_ok=True)
+        self.log = open(out.parent / f"monitor-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", self.endpoint, "--out",
+                                      str(out), "--ready-file", str(ready), *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"monitor did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.out.parent / f"monitor-{self.port}.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def start_monitor(tmp_path):
+    started: list[MonitorProcess] = []
+
+    def start(out: Path | None = None, *extra: str, port: int | None = None) -> MonitorProcess:
+        monitor = MonitorProcess(out or tmp_path / "outputs", *extra, port=port)
+        started.append(monitor)
+        return monitor
+
+    yield start
+    for monitor in started:
+        if monitor.proc.poll() is None:
+            os.kill(monitor.proc.pid, signal.SIGCONT)
+            monitor.kill()
+
+
+def run_tiny(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Runs the tiny trainer as an independent process and checks it succeeded."""
+    result = subprocess.run([sys.executable, str(TINY), *args], capture_output=True, text=True, timeout=timeout,
+                            cwd=ROOT)
+    return result
