@@ -111,17 +111,38 @@ def test_inspect_reports_kinds_counts_and_no_gaps(served_run):
     assert "none" in text and "missing" not in text
 
 
-def test_importing_the_trainer_side_pulls_in_no_monitor_library():
-    code = ("import sys, trainer_side\n"
+def _loaded_heavy(code: str) -> list[str]:
+    probe = code + f"\nimport sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_trainer_side_loads_no_monitor_library():
+    assert _loaded_heavy("import trainer_side, trainer_side.protocol, trainer_side.msglog") == []
+
+
+def test_public_names_add_no_monitor_library_beyond_what_lightning_loads():
+    # Lightning 2.x itself imports torchmetrics, rich and matplotlib when they are installed, so
+    # the check is on what trainer_side adds on top of it.
+    code = ("import sys, lightning.pytorch\nbefore = set(sys.modules)\n"
             "from trainer_side import Emitter, EmitterCallback, TrackingWeightedRandomSampler\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+            f"print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in {HEAVY!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_import_check_above_can_see_a_heavy_import():
-    # Guards the test above: the same probe does notice a monitor-side module when one is loaded.
-    code = f"import sys, monitor.render.figures\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert "matplotlib" in result.stdout
+def test_no_trainer_side_module_imports_a_monitor_library():
+    import ast
+
+    for path in (ROOT / "trainer_side").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in HEAVY for n in names), (path.name, names)
+
+
+def test_the_import_probe_can_see_a_heavy_import():
+    # Guards the probes above: the same check does notice a monitor-side module when one is loaded.
+    assert "matplotlib" in _loaded_heavy("import monitor.render.figures")

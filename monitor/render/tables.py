@@ -1,0 +1,194 @@
+"""Compute the monitor's table rows (pure functions); build rich Tables and plain text from them."""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+TABLE_NAME_MAX_CHARS = 40
+TABLE_WIDTH = 100
+MISSING = "—"
+MODEL_INFO_KEYS = ("class", "total_params", "trainable_params", "size_mb")
+
+
+@dataclass(frozen=True)
+class ClassDistributionRow:
+    """One class of the training set: how many samples it has and its share of the total."""
+
+    name: str
+    index: int
+    count: int
+    percentage: float
+
+
+@dataclass(frozen=True)
+class SamplerRow:
+    """One class in one epoch: draws made, draws its weights predict, and their ratio."""
+
+    name: str
+    index: int
+    sampled: int
+    expected: float
+    ratio: float | None
+
+
+def display_name(name: object, max_chars: int = TABLE_NAME_MAX_CHARS) -> Text:
+    """An untrusted name as literal text: markup inert, control characters replaced, ellipsized.
+
+    A ``Text`` is never parsed for markup or emoji codes, so "[bold]" or ":smile:" print as typed.
+    """
+    cleaned = "".join(_printable(char) for char in str(name))
+    if len(cleaned) > max_chars:
+        cleaned = cleaned[: max_chars - 1] + "…"
+    return Text(cleaned)
+
+
+def _printable(char: str) -> str:
+    if char.isspace():
+        return " "
+    # Category C: control (ANSI escapes start with one), format (bidi overrides), surrogate,
+    # private use, unassigned. Any of them could rewrite what the terminal shows.
+    return "\ufffd" if unicodedata.category(char).startswith("C") else char
+
+
+# ---------------------------------------------------------------------------- class distribution
+
+
+def class_distribution_rows(class_names: Sequence[str],
+                            counts: Sequence[int]) -> list[ClassDistributionRow]:
+    """One row per class, by index, with its percentage of all samples (0.0 when there are none)."""
+    _check_lengths(class_names, counts=counts)
+    total = sum(int(count) for count in counts)
+    return [ClassDistributionRow(name, index, int(count),
+                                 100.0 * int(count) / total if total else 0.0)
+            for index, (name, count) in enumerate(zip(class_names, counts))]
+
+
+def class_distribution_table(rows: Sequence[ClassDistributionRow]) -> Table:
+    """The "Dataset Class Distribution" table, with a total row."""
+    table = Table(title="Dataset Class Distribution")
+    table.add_column("Class Name")
+    table.add_column("Index", justify="right")
+    table.add_column("Count", justify="right")
+    table.add_column("Percentage", justify="right")
+    for row in rows:
+        table.add_row(display_name(row.name), str(row.index), f"{row.count:,}",
+                      f"{row.percentage:.1f}%")
+    total = sum(row.count for row in rows)
+    table.add_section()
+    table.add_row("Total", "", f"{total:,}", "100.0%" if total else "0.0%")
+    return table
+
+
+# ---------------------------------------------------------------------------- model information
+
+
+def model_info_table(model: Mapping[str, object]) -> Table:
+    """The "Model Information" table from a model summary (class, parameters, size in MB)."""
+    missing = [key for key in MODEL_INFO_KEYS if key not in model]
+    if missing:
+        raise ValueError(f"model summary needs keys {', '.join(MODEL_INFO_KEYS)}; "
+                         f"missing {', '.join(missing)}")
+    total = int(model["total_params"])  # type: ignore[call-overload]
+    trainable = int(model["trainable_params"])  # type: ignore[call-overload]
+    table = Table(title="Model Information")
+    table.add_column("Property")
+    table.add_column("Value", justify="right")
+    table.add_row("Model class", display_name(model["class"]))
+    table.add_row("Total parameters", f"{total:,}")
+    table.add_row("Trainable parameters", f"{trainable:,}")
+    table.add_row("Non-trainable parameters", f"{total - trainable:,}")
+    table.add_row("Size (MB)", f"{float(model['size_mb']):.2f}")  # type: ignore[arg-type]
+    return table
+
+
+# ---------------------------------------------------------------------------- sampler distribution
+
+
+def sampler_rows(class_names: Sequence[str], sampled_counts: Sequence[int],
+                 expected_counts: Sequence[float]) -> list[SamplerRow]:
+    """One row per class, by index: drawn vs expected count; ratio None when none was expected."""
+    _check_lengths(class_names, sampled_counts=sampled_counts, expected_counts=expected_counts)
+    return [SamplerRow(name, index, int(sampled), float(expected),
+                       _ratio(int(sampled), float(expected)))
+            for index, (name, sampled, expected)
+            in enumerate(zip(class_names, sampled_counts, expected_counts))]
+
+
+def sampler_table(rows: Sequence[SamplerRow], epoch: int) -> Table:
+    """The per-epoch sampler table, with a total row."""
+    table = Table(title=f"Sampler Distribution — epoch {epoch}")
+    table.add_column("Class Name")
+    table.add_column("Sampled Count", justify="right")
+    table.add_column("Expected Count", justify="right")
+    table.add_column("Ratio", justify="right")
+    for row in rows:
+        table.add_row(display_name(row.name), f"{row.sampled:,}", f"{row.expected:,.1f}",
+                      _format_ratio(row.ratio))
+    sampled = sum(row.sampled for row in rows)
+    expected = sum(row.expected for row in rows)
+    table.add_section()
+    table.add_row("Total", f"{sampled:,}", f"{expected:,.1f}",
+                  _format_ratio(_ratio(sampled, expected)))
+    return table
+
+
+def _ratio(sampled: int, expected: float) -> float | None:
+    return sampled / expected if expected else None
+
+
+def _format_ratio(ratio: float | None) -> str:
+    return MISSING if ratio is None else f"{ratio:.2f}"
+
+
+# ---------------------------------------------------------------------------- epoch summary
+
+
+def epoch_summary_table(run: str, epoch: int, metrics: Mapping[str, float],
+                        accuracy_from_confusion: float | None, ranks: int) -> Table:
+    """A short summary of one epoch: identity, every metric by name, accuracy from the matrix."""
+    table = Table(title=f"Epoch {epoch} summary")
+    table.add_column("Item")
+    table.add_column("Value", justify="right")
+    table.add_row("Run", display_name(run))
+    table.add_row("Epoch", str(epoch))
+    table.add_row("Ranks", str(ranks))
+    for name in sorted(metrics):
+        table.add_row(display_name(name), format_metric(metrics[name]))
+    if accuracy_from_confusion is not None:
+        table.add_row("Accuracy (confusion matrix)", format_metric(accuracy_from_confusion))
+    return table
+
+
+def format_metric(value: float) -> str:
+    """Four significant digits; NaN and infinities print as "nan", "inf", "-inf"."""
+    return f"{float(value):.4g}"
+
+
+# ---------------------------------------------------------------------------- plain text
+
+
+def table_text(table: Table, width: int = TABLE_WIDTH) -> str:
+    """Render ``table`` to plain text: no ANSI codes, independent of the real terminal."""
+    # An explicit width ignores $COLUMNS; exporting without styles drops colour codes even if
+    # FORCE_COLOR or a TTY made the console think it may emit them.
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False,
+                      force_jupyter=False, force_interactive=False, legacy_windows=False,
+                      record=True, markup=False, emoji=False, highlight=False)
+    console.print(table)
+    # rich pads centred titles with spaces; trailing blanks only add noise to console.txt diffs.
+    lines = console.export_text(styles=False).splitlines()
+    return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def _check_lengths(class_names: Sequence[str], **columns: Sequence[object]) -> None:
+    for name, values in columns.items():
+        if len(values) != len(class_names):
+            raise ValueError(f"{name} must have one entry per class ({len(class_names)}), "
+                             f"got {len(values)}")
