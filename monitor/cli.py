@@ -1,9 +1,11 @@
-"""The `monitor` command line: serve, replay, inspect, keygen."""
+"""The `monitor` command line: serve, replay, watch, inspect, keygen."""
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -67,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resume at the next whole record after a damaged one, and report what was skipped")
     replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
 
+    watch = sub.add_parser("watch", help="follow emitter spool logs in a folder and render live",
+                           description="Follow the spool logs that trainers write with EmitterCallback(spool=DIR) "
+                                       "as they appear and grow, and render like serve. For clusters that share a "
+                                       "filesystem but not a network port. Stops cleanly on Ctrl-C or SIGTERM.")
+    watch.add_argument("folder", type=Path, metavar="DIR", help="the spool folder (searched recursively for *.mlog)")
+    watch.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    watch.add_argument("--epoch-timeout", type=_positive_float, default=120.0,
+                       help="seconds to wait for every rank's epoch end before rendering without the missing ranks")
+    watch.add_argument("--skip-corrupt", action="store_true", help="read past damaged records")
+    watch.add_argument("--polling", action="store_true",
+                       help="poll the folder instead of using file-system events (for network filesystems)")
+
     inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
                              description="Print per run and rank the message kinds with counts and bytes, the "
                                          "sequence gaps, and the rejected or damaged records of each log.")
@@ -84,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
+    # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck monitor is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     console = Console()
     try:
         return _run(args, console)
@@ -110,6 +126,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
                       f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
         return 0
+    if args.command == "watch":
+        from monitor.watch import watch
+
+        return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, skip_corrupt=args.skip_corrupt,
+                     polling=args.polling, console=console)
     if args.command == "inspect":
         from monitor.inspect import inspect_logs
 

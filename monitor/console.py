@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +22,19 @@ class MonitorConsole:
         self.fresh = fresh  # replay starts each run's console.txt anew; serve appends (restarts continue)
         self._started: set[Path] = set()
         self.printer: Callable[[object], None] | None = None  # the dashboard redirects printing here
+        self._muted = False
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        self._muted, previous = True, self._muted
+        try:
+            yield
+        finally:
+            self._muted = previous
 
     def _append(self, run_dir: Path, text: str) -> None:
+        if self._muted:
+            return
         path = run_dir / "console.txt"
         mode = "a"
         if self.fresh and run_dir not in self._started:
@@ -33,6 +45,8 @@ class MonitorConsole:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def _show(self, renderable: object) -> None:
+        if self._muted:
+            return
         if self.printer is not None:
             self.printer(renderable)
         elif self.terminal is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Callable
 
-from trainer_side.msglog import LogWriter
+from trainer_side.msglog import HEADER_SIZE, LogWriter, TruncatedLogWarning, iter_frames
 from trainer_side.names import safe_component
 
 
@@ -14,9 +16,14 @@ def run_dir(out: Path, run: str) -> Path:
 
 
 class LogBook:
-    def __init__(self, out: Path, *, flush_every: int = 1) -> None:
+    def __init__(self, out: Path, *, flush_every: int = 1, fresh: bool = False,
+                 on_resume: Callable[[str, list[bytes]], None] | None = None) -> None:
         self.out = out
+        self.fresh = fresh  # replay and watch re-read their sources whole, so they rewrite each run's log
         self.flush_every = flush_every
+        # Called with a run's earlier frames when its log already exists (a restarted monitor), so
+        # the run continues from what was recorded instead of starting blank.
+        self.on_resume = on_resume
         self._writers: dict[str, LogWriter] = {}
 
     def path(self, run: str) -> Path:
@@ -25,7 +32,12 @@ class LogBook:
     def append(self, run: str, frame: bytes) -> None:
         writer = self._writers.get(run)
         if writer is None:
-            writer = self._writers[run] = LogWriter(self.path(run), flush_every=self.flush_every)
+            path = self.path(run)
+            if self.on_resume is not None and path.exists() and path.stat().st_size > HEADER_SIZE:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", TruncatedLogWarning)
+                    self.on_resume(run, list(iter_frames(path, skip_corrupt=True)))
+            writer = self._writers[run] = LogWriter(path, flush_every=self.flush_every, truncate=self.fresh)
         writer.append(frame)
 
     def flush(self) -> None:

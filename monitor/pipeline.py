@@ -35,7 +35,16 @@ class Pipeline:
 
     # --- entry points -------------------------------------------------------------------------
 
-    def handle(self, message: Message, size: int) -> None:
+    def handle(self, message: Message, size: int, *, resumed: bool = False) -> None:
+        """Aggregates one message; `resumed` marks a message re-read from the run's own log after a
+        monitor restart: it rebuilds state and artifacts but adds nothing to console.txt again."""
+        if resumed:
+            with self.console.muted():
+                self._handle(message, size)
+        else:
+            self._handle(message, size)
+
+    def _handle(self, message: Message, size: int) -> None:
         run = self.runs.get(message.run)
         if run is None:
             run = self.runs[message.run] = RunState(message.run, message.world)
@@ -68,9 +77,10 @@ class Pipeline:
             self._render_ready(run)
 
     def finish(self) -> None:
-        """Renders everything still pending (end of a replay, or shutdown)."""
+        """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
+            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -97,6 +107,8 @@ class Pipeline:
             self._render_ready(run)
             if run.finished:
                 self._write_run_end(run)
+        if kind in ("run_start", "epoch_end", "run_end"):
+            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
 
     # --- run start ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import zmq
 
 from monitor.intake import Intake
 from monitor.logbook import LogBook
+from trainer_side import protocol
 
 POLL_MS = 100
 DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
@@ -75,7 +76,8 @@ class Receiver(threading.Thread):
             self.context.term()
             raise BindError(f"cannot bind {endpoint}: {exc}") from None
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.logbook = LogBook(out, flush_every=1 << 30)  # flushed after every burst, not every frame
+        # Flushed after every burst, not every frame; a restarted monitor resumes runs from their logs.
+        self.logbook = LogBook(out, flush_every=1 << 30, on_resume=self._resume)
         self.intake = Intake(self.logbook)
         self.messages: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
@@ -106,8 +108,15 @@ class Receiver(threading.Thread):
                 break
             message = self.intake.accept(frame)
             if message is not None:
-                self.messages.put((message, len(frame)))
+                self.messages.put((message, len(frame), False))
         self.logbook.flush()
+
+    def _resume(self, run: str, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                self.messages.put((protocol.decode(frame), len(frame), True))
+            except protocol.ProtocolError:
+                pass  # was rejected and counted when it first arrived
 
     def stop(self) -> None:
         self._stopping.set()

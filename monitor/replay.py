@@ -30,7 +30,7 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
             raise ReplayError(f"no such log file: {path}")
         if path.name == "messages.mlog" and path.resolve().parent.parent == out.resolve():
             raise ReplayError(f"replay would write into its own input {path}; choose another --out folder")
-    logbook = LogBook(out, flush_every=1 << 30)
+    logbook = LogBook(out, flush_every=1 << 30, fresh=True)
     intake = Intake(logbook)
     pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(console if show_tables else None, fresh=True))
     total = sum(path.stat().st_size for path in logs)

@@ -88,6 +88,8 @@ class RunState:
         counters.messages += 1
         counters.bytes += size
         self.world = max(self.world, message.world)
+        if message.kind == "run_start" and message.seq == 0:
+            counters.next_seq = 0  # a new emitter session (a resumed run) numbers from 0 again
         skipped = 0
         if message.seq > counters.next_seq:
             skipped = message.seq - counters.next_seq
@@ -119,6 +121,7 @@ class RunState:
             raise RejectedMessage("run_start: a train target is out of range for the class names")
         if message.rank == 0 or self.start is None:
             self.start = message
+        self.ended.pop(message.rank, None)  # a run resumed under the same id is running again
 
     def on_preds(self, message: Message) -> EpochState:
         preds, labels = message["preds"], message["labels"]
@@ -194,7 +197,7 @@ class RunState:
             missing = self.missing_ranks(epoch)
             timed_out = (timeout is not None and epoch.first_end_at is not None
                          and now - epoch.first_end_at >= timeout)
-            if not missing or (epoch.rendered and not missing) or flush or self.finished or timed_out:
+            if not missing or flush or self.finished or timed_out:
                 ready.append((number, missing))
         return ready
 

@@ -71,10 +71,10 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
 def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threading.Event | None) -> None:
     while time.monotonic() < until and (stop is None or not stop.is_set()):
         try:
-            message, size = receiver.messages.get(timeout=max(0.0, until - time.monotonic()))
+            message, size, resumed = receiver.messages.get(timeout=max(0.0, until - time.monotonic()))
         except queue.Empty:
             return
-        pipeline.handle(message, size)
+        pipeline.handle(message, size, resumed=resumed)
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:

@@ -43,7 +43,7 @@ class MonitorProcess:
         self.log.flush()
         return (self.out.parent / f"monitor-{self.port}.log").read_text(errors="replace")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout)

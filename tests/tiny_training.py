@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -103,6 +104,16 @@ class TinyNet(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class Pacer(L.Callback):
+    """Makes each epoch last at least `seconds` longer, so tests can act in the middle of a run."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        time.sleep(self.seconds)
+
+
 class PredictionRecorder(L.Callback):
     """Independent of the emitter: keeps each epoch's argmax and labels from the returned logits."""
 
@@ -147,15 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-at-epoch", type=int, default=-1, help="raise inside training at this epoch")
     parser.add_argument("--thumbnails", type=int, default=16)
     parser.add_argument("--queue-size", type=int, default=1000)
+    parser.add_argument("--linger-ms", type=int, default=2000)
+    parser.add_argument("--epoch-sleep", type=float, default=0.0, help="extra seconds per epoch")
     args = parser.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     recorder = PredictionRecorder()
     emitter = EmitterCallback(args.endpoint, run=args.run, spool=args.spool, num_thumbnails=args.thumbnails,
-                              queue_size=args.queue_size)
+                              queue_size=args.queue_size, linger_ms=args.linger_ms)
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices,
-                        strategy="ddp" if args.devices > 1 else "auto", callbacks=[emitter, recorder], logger=False,
+                        strategy="ddp" if args.devices > 1 else "auto", callbacks=[emitter, recorder, Pacer(args.epoch_sleep)], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=1)
     model = TinyNet(fail_at_epoch=args.fail_at_epoch)

@@ -82,15 +82,16 @@ def check_header(data: bytes, path: str | os.PathLike) -> None:
 class LogWriter:
     """Appends records to a log, writing the header when the file is new. Single-writer."""
 
-    def __init__(self, path: str | os.PathLike, *, flush_every: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, *, flush_every: int = 1, truncate: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists() and self.path.stat().st_size > 0:
+            _cut_partial_tail(self.path)
         self._file: BinaryIO = open(self.path, "ab")
         if self._file.tell() == 0:
             self._file.write(header_bytes())
-        else:
-            with open(self.path, "rb") as existing:
-                check_header(existing.read(HEADER_SIZE), self.path)
         self._flush_every = flush_every
         self._pending = 0
         self.records = 0
@@ -119,6 +120,22 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cut_partial_tail(path: Path) -> None:
+    """Before appending to a log whose writer crashed, drops its partial last record: a record
+    appended after one would be unreadable."""
+    with open(path, "rb") as f:
+        check_header(f.read(HEADER_SIZE), path)
+    report = ReadReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedLogWarning)
+        for _ in iter_records(path, skip_corrupt=True, report=report):
+            pass
+    if report.truncated_at is not None:
+        warnings.warn(f"{path}: dropping a partial record at byte offset {report.truncated_at} before appending",
+                      TruncatedLogWarning, stacklevel=3)
+        os.truncate(path, report.truncated_at)
 
 
 def _valid_record_at(buf: bytes | mmap.mmap, pos: int, end: int) -> bool:
