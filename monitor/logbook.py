@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 from trainer_side.msglog import HEADER_SIZE, LogWriter, TruncatedLogWarning, iter_frames
 from trainer_side.names import safe_component
+
+# Senders choose run ids, so the number of runs is theirs to inflate: keep only this many logs open
+# (least recently used closes first) rather than one file descriptor per run until EMFILE.
+MAX_OPEN_LOGS = 128
 
 
 def run_dir(out: Path, run: str) -> Path:
@@ -24,7 +29,8 @@ class LogBook:
         # Called with a run's earlier frames when its log already exists (a restarted monitor), so
         # the run continues from what was recorded instead of starting blank.
         self.on_resume = on_resume
-        self._writers: dict[str, LogWriter] = {}
+        self._writers: OrderedDict[str, LogWriter] = OrderedDict()
+        self._opened: set[str] = set()  # runs already opened once: a reopen must not resume or truncate
 
     def path(self, run: str) -> Path:
         return run_dir(self.out, run) / "messages.mlog"
@@ -33,11 +39,18 @@ class LogBook:
         writer = self._writers.get(run)
         if writer is None:
             path = self.path(run)
-            if self.on_resume is not None and path.exists() and path.stat().st_size > HEADER_SIZE:
+            first = run not in self._opened
+            if first and self.on_resume is not None and path.exists() and path.stat().st_size > HEADER_SIZE:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", TruncatedLogWarning)
                     self.on_resume(run, list(iter_frames(path, skip_corrupt=True)))
-            writer = self._writers[run] = LogWriter(path, flush_every=self.flush_every, truncate=self.fresh)
+            if len(self._writers) >= MAX_OPEN_LOGS:
+                self._writers.popitem(last=False)[1].close()
+            writer = self._writers[run] = LogWriter(path, flush_every=self.flush_every,
+                                                    truncate=self.fresh and first)
+            self._opened.add(run)
+        else:
+            self._writers.move_to_end(run)
         writer.append(frame)
 
     def flush(self) -> None:

@@ -40,7 +40,8 @@ class MonitorProcess:
             time.sleep(0.05)
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.out.parent / f"monitor-{self.port}.log").read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:

@@ -80,6 +80,7 @@ class EmitterCallback(Callback):
         self._collector: ValidationCollector | None = None
         self._warned_forward = False
         self._ended = False
+        self._tracks_sampler = False  # the run start described the sampler, so its draws mean something
 
     def __getstate__(self) -> dict[str, Any]:
         # Picklable for ddp_spawn and checkpoint callbacks: configuration only, no socket, no tensors.
@@ -183,6 +184,7 @@ class EmitterCallback(Callback):
         if sampler is not None and targets is not None and len(targets) == len(sampler.weights):
             sampler_info = {"type": type(sampler).__name__, "num_samples": int(sampler.num_samples),
                             "weights_per_class": sampler.weights_per_class(targets, len(names))}
+        self._tracks_sampler = sampler_info is not None
         label_dtype = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else np.uint32
         self.emitter.run_start(
             names, normalization=normalization, model=runinfo.model_summary(pl_module),
@@ -228,7 +230,7 @@ class EmitterCallback(Callback):
         self.emitter.metrics(trainer.current_epoch, stage, values, step=trainer.global_step)
 
     def _send_train_epoch(self, trainer: Trainer) -> None:
-        indices = _rank_draw(trainer.train_dataloader)
+        indices = _rank_draw(trainer.train_dataloader) if self._tracks_sampler else None
         if indices is not None:
             self.emitter.sampled(trainer.current_epoch, indices)
         self._send_metrics(trainer, "train")

@@ -21,6 +21,8 @@ ARRAY_DTYPES = frozenset({"|u1", "<u2", "<u4", "<u8", "|i1", "<i2", "<i4", "<i8"
 MAX_ARRAY_DIMS = 8
 ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time")
 MAX_RUN_ID_LENGTH = 200
+# A world this large is garbage, and the monitor keeps per-rank bookkeeping sized by it.
+MAX_WORLD_SIZE = 1 << 20
 
 
 class ProtocolError(ValueError):
@@ -128,6 +130,16 @@ def _metric_map(value: Any, name: str) -> dict[str, float]:
     return {_str(k, f"{name} key"): _float(v, f"{name}[{k}]") for k, v in value.items()}
 
 
+def _hparams(value: Any, name: str) -> dict[str, Any]:
+    # Scalars only, as docs/protocol.md says: bytes or nested values would break model_info.json.
+    value = _map(value, name)
+    for key, item in value.items():
+        _str(key, f"{name} key")
+        if item is not None and not isinstance(item, (bool, int, float, str)):
+            raise InvalidFieldError(f"{name}[{key}] must be a scalar, got {type(item).__name__}")
+    return value
+
+
 def _normalization(value: Any, name: str) -> dict[str, list[float]]:
     value = _map(value, name)
     mean = _float_list(value.get("mean"), f"{name}.mean")
@@ -163,7 +175,8 @@ def _array(value: Any, name: str, ndim: int | None = None, kind: str | None = No
     if not isinstance(value, dict):
         raise InvalidArrayError(f"{name} must be an array map, got {type(value).__name__}")
     dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
-    if dtype not in ARRAY_DTYPES:
+    # The isinstance check first: a list or map dtype is unhashable and would raise TypeError.
+    if not isinstance(dtype, str) or dtype not in ARRAY_DTYPES:
         raise InvalidArrayError(f"{name}: dtype {dtype!r} is not one of {sorted(ARRAY_DTYPES)}")
     if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_DIMS:
         raise InvalidArrayError(f"{name}: shape must be a list of at most {MAX_ARRAY_DIMS} sizes")
@@ -181,7 +194,10 @@ def _array(value: Any, name: str, ndim: int | None = None, kind: str | None = No
         raise InvalidArrayError(f"{name}: expected {ndim} dimensions, got {len(shape)}")
     if kind is not None and np_dtype.kind not in kind:
         raise InvalidArrayError(f"{name}: expected dtype kind in {kind!r}, got {dtype}")
-    return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
+    except (ValueError, OverflowError) as exc:  # numpy's limits, e.g. an empty array with a 2**64 dimension
+        raise InvalidArrayError(f"{name}: shape {list(shape)} is not a valid array: {exc}") from None
 
 
 def _label_array(value: Any, name: str) -> np.ndarray:
@@ -212,7 +228,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "train_targets": _optional(_label_array),
         "class_counts": _optional(lambda v, n: _array(v, n, ndim=1, kind="iu")),
         "sampler": _optional(_sampler),
-        "hparams": _optional(_map),
+        "hparams": _optional(_hparams),
         "num_samples": _optional(_nonneg_int),
     },
     "preds": {
@@ -343,8 +359,8 @@ def decode(frame: bytes) -> Message:
         raise InvalidFieldError(f"run id must have 1 to {MAX_RUN_ID_LENGTH} characters")
     rank = _nonneg_int(obj.get("rank"), "rank")
     world = _int(obj.get("world"), "world")
-    if world < 1 or rank >= world:
-        raise InvalidFieldError(f"rank {rank} is not inside world size {world}")
+    if world < 1 or world > MAX_WORLD_SIZE or rank >= world:
+        raise InvalidFieldError(f"rank {rank} is not inside world size {world} (at most {MAX_WORLD_SIZE})")
     seq = _nonneg_int(obj.get("seq"), "seq")
     wall = _float(obj.get("time"), "time")
     schema = SCHEMA.get(kind)

@@ -76,6 +76,9 @@ def train_targets(dataset: Any) -> np.ndarray | None:
     if not hasattr(base, "targets") and hasattr(base, "indices") and hasattr(base, "dataset"):
         indices, base = np.asarray(base.indices), base.dataset
     targets = getattr(base, "targets", None)
+    tensors = getattr(base, "tensors", None)
+    if targets is None and isinstance(tensors, tuple) and len(tensors) >= 2:
+        targets = tensors[1]  # TensorDataset(inputs, labels, ...)
     if targets is None:
         return None
     array = targets.cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
