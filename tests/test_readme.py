@@ -15,11 +15,19 @@ README = (ROOT / "README.md").read_text()
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
-def _run_snippet(code: str, endpoint: str, tmp_path) -> None:
-    script = tmp_path / "snippet.py"
-    script.write_text(code.replace("tcp://127.0.0.1:5555", endpoint))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+def _serve_snippet(code: str, tmp_path) -> MonitorProcess:
+    """Runs a README snippet, pasted into its own script, against a live monitor; returns the stopped monitor."""
+    monitor = MonitorProcess(tmp_path / "outputs")
+    try:
+        script = tmp_path / "snippet.py"
+        script.write_text(code.replace("tcp://127.0.0.1:5555", monitor.endpoint))
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                                timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert monitor.stop() == 0
+    finally:
+        monitor.kill()
+    return monitor
 
 
 def test_readme_has_the_two_commands_and_both_snippets():
@@ -28,12 +36,7 @@ def test_readme_has_the_two_commands_and_both_snippets():
 
 
 def test_the_lightning_snippet_works_against_a_live_monitor(tmp_path):
-    monitor = MonitorProcess(tmp_path / "outputs")
-    try:
-        _run_snippet(SNIPPETS[0], monitor.endpoint, tmp_path)
-        assert monitor.stop() == 0
-    finally:
-        monitor.kill()
+    monitor = _serve_snippet(SNIPPETS[0], tmp_path)
     run = tmp_path / "outputs" / "readme-example"
     for epoch in (0, 1):
         names, counts = read_confusion_csv(run / f"epoch_{epoch:03d}" / "confusion_matrix.csv")
@@ -45,12 +48,7 @@ def test_the_lightning_snippet_works_against_a_live_monitor(tmp_path):
 
 
 def test_the_plain_loop_snippet_works_against_a_live_monitor(tmp_path):
-    monitor = MonitorProcess(tmp_path / "outputs")
-    try:
-        _run_snippet(SNIPPETS[1], monitor.endpoint, tmp_path)
-        assert monitor.stop() == 0
-    finally:
-        monitor.kill()
+    _serve_snippet(SNIPPETS[1], tmp_path)
     run = tmp_path / "outputs" / "plain-loop"
     for epoch in (0, 1):
         _, counts = read_confusion_csv(run / f"epoch_{epoch:03d}" / "confusion_matrix.csv")
