@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Mapping, Sequence
@@ -17,6 +18,23 @@ from trainer_side.names import new_run_id
 from trainer_side.sampler import find_tracking_sampler
 
 log = logging.getLogger("trainer_side")
+
+
+def _disables_on_error(helper):
+    """A helper that fails turns monitoring off for the run (logged once); the fit itself goes on."""
+
+    @functools.wraps(helper)
+    def guarded(self: "EmitterCallback", *args: Any, **kwargs: Any) -> None:
+        try:
+            helper(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - monitoring must never stop the training
+            log.error("EmitterCallback: monitoring turned off for run %s after %s: %s", self.run,
+                      type(exc).__name__, exc)
+            emitter, self.emitter, self._collector = self.emitter, None, None
+            if emitter is not None:
+                emitter.close()
+
+    return guarded
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -158,6 +176,7 @@ class EmitterCallback(Callback):
         self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size, **self._emitter_args)
         self._ended = False
 
+    @_disables_on_error
     def _send_run_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
         train_loader = trainer.train_dataloader
@@ -192,6 +211,7 @@ class EmitterCallback(Callback):
             sampler=sampler_info, hparams=dict(pl_module.hparams),
         )
 
+    @_disables_on_error
     def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
         inputs, labels = batch[self.batch_keys[0]], batch[self.batch_keys[1]]
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs
@@ -214,12 +234,14 @@ class EmitterCallback(Callback):
         if chunk is not None:
             self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step)
 
+    @_disables_on_error
     def _send_validation(self, trainer: Trainer) -> None:
         self._send_preds_chunk(trainer)
         thumbs = self._collector.take_thumbnails()
         if thumbs is not None:
             self.emitter.samples(trainer.current_epoch, thumbs.images, thumbs.labels, thumbs.preds)
 
+    @_disables_on_error
     def _send_metrics(self, trainer: Trainer, stage: str) -> None:
         values = {}
         for name, value in trainer.callback_metrics.items():
@@ -229,6 +251,7 @@ class EmitterCallback(Callback):
                 values[name] = float(value)
         self.emitter.metrics(trainer.current_epoch, stage, values, step=trainer.global_step)
 
+    @_disables_on_error
     def _send_train_epoch(self, trainer: Trainer) -> None:
         indices = _rank_draw(trainer.train_dataloader) if self._tracks_sampler else None
         if indices is not None:

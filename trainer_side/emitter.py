@@ -10,8 +10,9 @@ import atexit
 import logging
 import os
 import weakref
+from functools import wraps
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,26 @@ from trainer_side.sinks import SocketSink, SpoolSink, check_endpoint, spool_path
 log = logging.getLogger("trainer_side")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+_Method = TypeVar("_Method", bound=Callable[..., bool])
+
+
+def _never_raises(method: _Method) -> _Method:
+    """Whatever goes wrong while building or sending a message, the training loop never sees it."""
+
+    @wraps(method)
+    def guarded(self: "Emitter", *args: Any, **kwargs: Any) -> bool:
+        if self._quiet:
+            return False
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the training must never see the monitor's failures
+            self._quiet = True
+            log.warning("trainer_side: emitter disabled after an unexpected error (%s: %s); training goes on "
+                        "without monitoring", type(exc).__name__, exc)
+            return False
+
+    return guarded  # type: ignore[return-value]
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -119,33 +140,26 @@ class Emitter:
                                     queue_size=self.queue_size)
         _open_emitters.add(self)
 
+    @_never_raises
     def send(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Encodes and sends one message; True when the socket took it. Never raises, never blocks."""
-        if self._quiet:
-            return False
-        try:
-            if self._pid != os.getpid():
-                if self._pid is not None:
-                    return False  # a forked child (a DataLoader worker): the parent's socket is not ours
-                self._open()
-            message = protocol.make_message(kind, self.run, self.rank, self.world_size, self.seq, body)
-            frame = protocol.encode(message)
-            self.seq += 1  # a dropped message keeps its number, so the monitor sees the gap
-            if self._spool is not None and not self._spool.send(frame):
-                self.spool_dropped += 1
-            if self._socket is None:
-                self.sent += 1
-                return True
-            if self._socket.send(frame):
-                self.sent += 1
-                return True
-            self._count_drop(kind)
-            return False
-        except Exception as exc:  # noqa: BLE001 - the training must never see the monitor's failures
-            self._quiet = True
-            log.warning("trainer_side: emitter disabled after an unexpected error (%s: %s); training goes on "
-                        "without monitoring", type(exc).__name__, exc)
-            return False
+        if self._pid != os.getpid():
+            if self._pid is not None:
+                return False  # a forked child (a DataLoader worker): the parent's socket is not ours
+            self._open()
+        message = protocol.make_message(kind, self.run, self.rank, self.world_size, self.seq, body)
+        frame = protocol.encode(message)
+        self.seq += 1  # a dropped message keeps its number, so the monitor sees the gap
+        if self._spool is not None and not self._spool.send(frame):
+            self.spool_dropped += 1
+        if self._socket is None:
+            self.sent += 1
+            return True
+        if self._socket.send(frame):
+            self.sent += 1
+            return True
+        self._count_drop(kind)
+        return False
 
     def _count_drop(self, kind: str) -> None:
         self.dropped += 1
@@ -157,6 +171,7 @@ class Emitter:
 
     # --- one method per message kind (see docs/protocol.md) -----------------------------------
 
+    @_never_raises
     def run_start(self, class_names: Sequence[str], *, normalization: Mapping[str, Sequence[float]] | None = None,
                   model: Mapping[str, Any] | None = None, train_targets: np.ndarray | None = None,
                   class_counts: np.ndarray | None = None, sampler: Mapping[str, Any] | None = None,
@@ -174,23 +189,29 @@ class Emitter:
         }
         return self.send("run_start", body)
 
+    @_never_raises
     def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
         return self.send("preds", {"epoch": epoch, "step": step, "preds": preds, "labels": labels})
 
+    @_never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
         return self.send("samples", {"epoch": epoch, "images": images, "labels": labels, "preds": preds})
 
+    @_never_raises
     def sampled(self, epoch: int, indices: np.ndarray) -> bool:
         return self.send("sampled", {"epoch": epoch, "indices": indices})
 
+    @_never_raises
     def metrics(self, epoch: int, stage: str, values: Mapping[str, float], step: int = 0) -> bool:
         return self.send("metrics", {"epoch": epoch, "stage": stage, "step": step,
                                      "values": {str(k): float(v) for k, v in values.items()}})
 
+    @_never_raises
     def epoch_end(self, epoch: int) -> bool:
         # The counters include this message itself only if it gets through; the monitor knows.
         return self.send("epoch_end", {"epoch": epoch, "sent": self.sent, "dropped": self.dropped})
 
+    @_never_raises
     def run_end(self, status: str = "completed", error: str | None = None) -> bool:
         return self.send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
 

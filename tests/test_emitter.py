@@ -1,0 +1,217 @@
+"""The trainer side on its own: what the Emitter and EmitterCallback promise the training loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from conftest import free_port
+from tiny_training import TinyData, TinyNet
+from trainer_side import Emitter, EmitterCallback
+from trainer_side.protocol import decode
+
+
+class Pull:
+    """A bare PULL socket on a free loopback port, standing in for the monitor."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PULL)
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.socket.bind(self.endpoint)
+
+    def receive_all(self, timeout_ms: int = 2000) -> list:
+        messages = []
+        while self.socket.poll(timeout_ms):
+            messages.append(decode(self.socket.recv()))
+            timeout_ms = 300
+        return messages
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
+
+
+@pytest.fixture
+def pull():
+    receiver = Pull()
+    yield receiver
+    receiver.close()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"endpoint": "foo"}, "endpoint must start with tcp://, ipc:// or inproc://, got 'foo'"),
+    ({"endpoint": None}, "give an endpoint, a spool folder, or both"),
+    ({"run": ""}, "run must be a non-empty string"),
+    ({"queue_size": 0}, "queue_size must be a positive integer"),
+    ({"linger_ms": -1}, "linger_ms must be a non-negative integer"),
+    ({"rank": 2, "world_size": 2}, "rank 2 must be smaller than world_size 2"),
+    ({"server_key": "short"}, "40-character Z85 CURVE key"),
+])
+def test_emitter_arguments_are_checked_at_once(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Emitter(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"endpoint": "udp://x"}, "endpoint must start with"),
+    ({"class_names": "cat"}, "class_names must be a non-empty sequence of strings"),
+    ({"normalization": {"mean": [0.5], "std": [0.0]}}, "positive std"),
+    ({"num_thumbnails": -1}, "num_thumbnails must be a non-negative integer"),
+    ({"thumbnail_size": 0}, "thumbnail_size must be a positive integer"),
+    ({"chunk_size": 0}, "chunk_size must be a positive integer"),
+    ({"batch_keys": ("x",)}, "batch_keys must be an"),
+])
+def test_callback_arguments_are_checked_at_once(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EmitterCallback(**kwargs)
+
+
+def test_messages_are_numbered_per_run_and_rank(pull):
+    emitter = Emitter(pull.endpoint, run="numbers", rank=1, world_size=3)
+    emitter.run_start(["a", "b"])
+    emitter.metrics(0, "val", {"val/loss": 1.0})
+    emitter.epoch_end(0)
+    emitter.close()
+    messages = pull.receive_all()
+    assert [(m.kind, m.seq, m.rank, m.world, m.run) for m in messages] == [
+        ("run_start", 0, 1, 3, "numbers"), ("metrics", 1, 1, 3, "numbers"), ("epoch_end", 2, 1, 3, "numbers")]
+    assert messages[-1]["sent"] == 2 and messages[-1]["dropped"] == 0
+
+
+def test_a_full_queue_drops_counts_and_warns_once(caplog):
+    port = free_port()  # nobody listens: the queue fills and stays full
+    emitter = Emitter(f"tcp://127.0.0.1:{port}", run="drops", queue_size=3, linger_ms=0)
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        results = [emitter.metrics(0, "val", {"x": 1.0}) for _ in range(10)]
+    emitter.close()
+    assert results.count(True) == emitter.sent and emitter.sent + emitter.dropped == 10
+    assert emitter.dropped >= 5 and emitter.seq == 10
+    warnings = [r for r in caplog.records if "not keeping up" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_an_emitter_failure_never_reaches_the_training_loop(caplog, pull):
+    emitter = Emitter(pull.endpoint, run="quiet")
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        assert emitter.metrics(0, "val", {"x": object()}) is False  # float(object()) raises inside send
+        assert emitter.metrics(0, "val", {"x": 1.0}) is False  # and the emitter has gone quiet
+    emitter.close()
+    assert sum("emitter disabled" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_forked_child_never_uses_the_parents_socket(pull):
+    emitter = Emitter(pull.endpoint, run="fork")
+    emitter.run_start(["a"])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a DataLoader worker, say
+        os.close(read)
+        sent = emitter.metrics(0, "val", {"x": 1.0})
+        os.write(write, b"1" if sent else b"0")
+        os._exit(0)
+    os.close(write)
+    child_sent = os.read(read, 1)
+    os.waitpid(pid, 0)
+    emitter.metrics(0, "val", {"parent": 1.0})
+    emitter.close()
+    messages = pull.receive_all()
+    assert child_sent == b"0"
+    assert [m.kind for m in messages] == ["run_start", "metrics"] and "parent" in messages[1]["values"]
+
+
+def test_emitter_and_callback_pickle_without_their_socket(pull):
+    emitter = Emitter(pull.endpoint, run="pickled")
+    emitter.run_start(["a"])
+    clone = pickle.loads(pickle.dumps(emitter))
+    assert clone.run == "pickled" and clone.seq == 1 and clone._socket is None
+    emitter.close()
+    callback = EmitterCallback(pull.endpoint, run="cb")
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored.run == "cb" and restored.emitter is None
+
+
+class CountingNet(TinyNet):
+    """Counts forward calls; `return_logits=False` makes validation_step return nothing."""
+
+    def __init__(self, return_logits: bool) -> None:
+        super().__init__()
+        self.return_logits = return_logits
+        self.forward_calls = 0
+
+    def forward(self, x):
+        self.forward_calls += 1
+        return super().forward(x)
+
+    def validation_step(self, batch, batch_idx):
+        logits = super().validation_step(batch, batch_idx)
+        return {"logits": logits} if self.return_logits else None
+
+
+def _fit(model, callback, epochs: int = 1) -> None:
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=2)
+    trainer.fit(model, datamodule=TinyData(batch_size=8))
+
+
+def test_no_extra_forward_pass_when_validation_step_returns_logits(pull):
+    baseline = CountingNet(return_logits=True)
+    _fit(baseline, L.Callback())
+    model = CountingNet(return_logits=True)
+    _fit(model, EmitterCallback(pull.endpoint, run="logits"))
+    assert model.forward_calls == baseline.forward_calls
+    preds = [m for m in pull.receive_all() if m.kind == "preds"]
+    assert len(preds) == 1 and len(preds[0]["preds"]) == 40  # sanity-check batches are not sent
+
+
+def test_without_logits_one_fallback_pass_per_batch_and_one_warning(pull, caplog):
+    baseline = CountingNet(return_logits=False)
+    _fit(baseline, L.Callback())
+    model = CountingNet(return_logits=False)
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        _fit(model, EmitterCallback(pull.endpoint, run="fallback"))
+    assert model.forward_calls == baseline.forward_calls + 40 // 8  # one extra pass per validation batch
+    assert sum("extra forward pass" in r.getMessage() for r in caplog.records) == 1
+    preds = [m for m in pull.receive_all() if m.kind == "preds"]
+    assert len(preds[0]["preds"]) == 40
+
+
+def test_predictions_cross_to_the_host_in_bounded_chunks(pull):
+    _fit(CountingNet(return_logits=True), EmitterCallback(pull.endpoint, run="chunks", chunk_size=16))
+    preds = [m for m in pull.receive_all() if m.kind == "preds"]
+    assert [len(m["preds"]) for m in preds] == [16, 16, 8]  # batches of 8, flushed once 16 are gathered
+    assert {m["step"] for m in preds} == {preds[0]["step"]}
+    assert all(m["preds"].dtype == np.uint8 for m in preds)
+
+
+def test_thumbnails_are_denormalized_uint8_of_the_first_samples(pull):
+    _fit(CountingNet(return_logits=True), EmitterCallback(pull.endpoint, run="thumbs", num_thumbnails=12))
+    samples = next(m for m in pull.receive_all() if m.kind == "samples")
+    images = samples["images"]
+    assert images.shape == (12, 12, 12, 3) and images.dtype == np.uint8
+    data = TinyData()
+    x, y = data.val_set.tensors[0][:12], data.val_set.tensors[1][:12]
+    mean, std = (torch.tensor(data.normalization[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    expected = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(images, expected)
+    assert samples["labels"].tolist() == y.tolist()
+
+
+def test_a_callback_that_cannot_work_turns_itself_off_and_the_fit_goes_on(pull, caplog):
+    model = CountingNet(return_logits=True)
+    with caplog.at_level(logging.ERROR, logger="trainer_side"):
+        _fit(model, EmitterCallback(pull.endpoint, run="bad-keys", batch_keys=(0, 5)), epochs=2)
+    assert model.trainer.current_epoch == 2  # the fit completed
+    errors = [r.getMessage() for r in caplog.records if "monitoring turned off" in r.getMessage()]
+    assert len(errors) == 1 and "IndexError" in errors[0]
+    kinds = [m.kind for m in pull.receive_all()]
+    assert kinds[0] == "run_start" and "preds" not in kinds
