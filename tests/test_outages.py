@@ -207,3 +207,25 @@ def test_appending_after_a_crash_drops_the_partial_record_first(tmp_path):
     writer.append(b"after")
     writer.close()
     assert list(iter_frames(path)) == [b"whole", b"after"]
+
+
+def test_a_run_resumed_from_a_checkpoint_continues_its_history(tmp_path):
+    monitor = MonitorProcess(tmp_path / "out")
+    try:
+        first = run_tiny("--endpoint", monitor.endpoint, "--run", "resumed", "--epochs", "2", "--checkpoint-dir",
+                         str(tmp_path / "ckpt"), "--record", str(tmp_path / "first.npz"))
+        assert first.returncode == 0, first.stderr
+        second = run_tiny("--endpoint", monitor.endpoint, "--run", "resumed", "--epochs", "4", "--resume",
+                          str(tmp_path / "ckpt" / "last.ckpt"), "--record", str(tmp_path / "second.npz"))
+        assert second.returncode == 0, second.stderr
+        assert monitor.stop() == 0
+    finally:
+        monitor.kill()
+    run = tmp_path / "out" / "resumed"
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3"]
+    assert_confusions_match(run, np.load(tmp_path / "first.rank0.npz"), (0, 1))
+    assert_confusions_match(run, np.load(tmp_path / "second.rank0.npz"), (2, 3))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == [0, 1, 2, 3]
+    assert summary["ranks"]["0"]["gaps"] == 0  # the second session numbers from 0 again: not a gap

@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=1000)
     parser.add_argument("--linger-ms", type=int, default=2000)
     parser.add_argument("--epoch-sleep", type=float, default=0.0, help="extra seconds per epoch")
+    parser.add_argument("--checkpoint-dir", default=None, help="save last.ckpt here after every epoch")
+    parser.add_argument("--resume", default=None, help="checkpoint to resume the fit from")
     args = parser.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
@@ -167,13 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     recorder = PredictionRecorder()
     emitter = EmitterCallback(args.endpoint, run=args.run, spool=args.spool, num_thumbnails=args.thumbnails,
                               queue_size=args.queue_size, linger_ms=args.linger_ms)
+    callbacks = [emitter, recorder, Pacer(args.epoch_sleep)]
+    if args.checkpoint_dir:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True,
+                                                             save_top_k=0))
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=args.devices,
-                        strategy="ddp" if args.devices > 1 else "auto", callbacks=[emitter, recorder, Pacer(args.epoch_sleep)], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        strategy="ddp" if args.devices > 1 else "auto", callbacks=callbacks, logger=False,
+                        enable_checkpointing=bool(args.checkpoint_dir), enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=1)
     model = TinyNet(fail_at_epoch=args.fail_at_epoch)
     try:
-        trainer.fit(model, datamodule=TinyData(use_sampler=not args.no_sampler))
+        trainer.fit(model, datamodule=TinyData(use_sampler=not args.no_sampler), ckpt_path=args.resume)
     finally:
         if args.record is not None:
             recorder.save(args.record, trainer.global_rank)
