@@ -146,6 +146,8 @@ class Pipeline:
                 self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
                                   f"{', '.join(map(str, missing))} (no epoch_end from them)")
             self._render_epoch(run, number)
+            if not missing:
+                run.release(number)
 
     def _render_epoch(self, run: RunState, number: int) -> None:
         epoch = run.epochs[number]

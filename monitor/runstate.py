@@ -201,6 +201,13 @@ class RunState:
                 ready.append((number, missing))
         return ready
 
+    def release(self, number: int) -> None:
+        """Frees an epoch's thumbnails and draws once it is drawn complete; on a long run they would
+        otherwise grow without bound. Its confusion counts stay, should late data redraw it."""
+        epoch = self.epochs[number]
+        epoch.samples = None
+        epoch.sampled.clear()
+
     # --- derived numbers ----------------------------------------------------------------------
 
     def confusion(self, number: int) -> np.ndarray | None:
