@@ -99,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
     # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck monitor is doing.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, ValueError, OSError):
+        pass  # stderr has no file descriptor (in-process use, notebooks): no stack dumps, that is all
     console = Console()
     try:
         return _run(args, console)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.render.tables import table_text
+from monitor.render.tables import plain_text, table_text
 
 
 class MonitorConsole:
@@ -56,9 +56,11 @@ class MonitorConsole:
         self._append(run_dir, table_text(table))
         self._show(table)
 
+    # Lines and notes quote run ids and trainer errors: untrusted, so neutralized like table cells.
     def line(self, run_dir: Path, text: str) -> None:
+        text = plain_text(text)
         self._append(run_dir, text)
         self._show(Text(text))
 
     def note(self, text: str, style: str = "yellow") -> None:
-        self._show(Text(text, style=style))
+        self._show(Text(plain_text(text), style=style))

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from monitor.render.tables import display_name
 from monitor.runstate import RunState
 
 _SHOWN_METRICS = ("train/loss", "val/loss", "val/acc_top1")
@@ -29,11 +30,11 @@ def dashboard_table(runs: Iterable[RunState], *, endpoint: str, frames: int, rej
         metrics = run.history.get(run.latest_epoch, {}) if run.latest_epoch is not None else {}
         ranks = run.ranks.values()
         table.add_row(
-            Text(run.run), f"{len(run.ranks)}/{run.world}", "—" if run.latest_epoch is None else str(run.latest_epoch),
+            display_name(run.run), f"{len(run.ranks)}/{run.world}", "—" if run.latest_epoch is None else str(run.latest_epoch),
             run.status, *(_fmt(metrics.get(name)) for name in _SHOWN_METRICS),
             str(sum(c.messages for c in ranks)), f"{sum(c.bytes for c in ranks) / 1e6:.2f}",
             str(sum(c.dropped for c in ranks)), str(sum(c.gaps for c in ranks)),
-            Text(run.artifacts[-1] if run.artifacts else "—"),
+            display_name(run.artifacts[-1] if run.artifacts else "—", 60),
         )
     rejected_total = sum(rejected.values())
     detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(rejected.items()))

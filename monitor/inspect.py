@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from monitor.render.tables import display_name
 from trainer_side import protocol
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
@@ -73,8 +73,10 @@ def report_tables(report: LogReport) -> list[Table]:
         gap_text = "none" if not gaps else f"{sum(b - a + 1 for a, b in gaps)} missing: " + ", ".join(
             str(a) if a == b else f"{a}-{b}" for a, b in gaps[:10]) + (" …" if len(gaps) > 10 else "")
         for i, kind in enumerate(sorted(ranks.kinds)):
-            overview.add_row(Text(run) if i == 0 else "", str(rank) if i == 0 else "",
-                             str(ranks.world) if i == 0 else "", kind, str(ranks.kinds[kind]),
+            # Run ids and reasons come from the frames: shown like the monitor's tables, controls neutralized.
+            overview.add_row(display_name(run, protocol.MAX_RUN_ID_LENGTH) if i == 0 else "",
+                             str(rank) if i == 0 else "", str(ranks.world) if i == 0 else "", kind,
+                             str(ranks.kinds[kind]),
                              f"{ranks.kind_bytes[kind]:,}", gap_text if i == 0 else "")
     overview.caption = f"{report.records} records, {report.bytes:,} bytes of frames"
     tables = [overview]
@@ -83,7 +85,7 @@ def report_tables(report: LogReport) -> list[Table]:
         problems.add_column("What")
         problems.add_column("Count / where")
         for reason, count in sorted(report.rejected.items()):
-            problems.add_row(Text(f"rejected frame ({reason})"), str(count))
+            problems.add_row(display_name(f"rejected frame ({reason})", 200), str(count))
         for start, end, reason in report.read.skipped:
             problems.add_row(f"skipped damaged bytes ({reason})", f"{start}..{end}")
         if report.read.truncated_at is not None:

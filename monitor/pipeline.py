@@ -59,6 +59,10 @@ class Pipeline:
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
             self.console.note(f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the monitor
+            self.rejected["internal"] += 1
+            log.error("run %s: %s from rank %d could not be processed (%s: %s)", message.run, message.kind,
+                      message.rank, type(exc).__name__, exc)
 
     def record_artifact(self, path: Path) -> None:
         """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
@@ -199,6 +203,17 @@ class Pipeline:
         for error in run.errors:
             text += f"\n  {error}"
         self.console.line(folder, text)
+
+
+STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a dot, so no run can collide
+
+
+def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline) -> None:
+    """What this monitor process took in and refused, by reason, for scripts and tests."""
+    write_json(out / STATS_FILE, {
+        "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
+        "runs": {run.run: run.status for run in pipeline.runs.values()},
+    })
 
 
 def _csv_value(value: float | None) -> str:

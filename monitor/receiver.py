@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import queue
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import zmq
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from trainer_side import protocol
+
+log = logging.getLogger("monitor")
 
 POLL_MS = 100
 DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
@@ -106,7 +109,12 @@ class Receiver(threading.Thread):
                 frame = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            message = self.intake.accept(frame)
+            try:
+                message = self.intake.accept(frame)
+            except Exception as exc:  # noqa: BLE001 - e.g. a full disk: count it, keep receiving
+                self.intake.rejected["internal"] += 1
+                log.error("could not log a frame (%s: %s)", type(exc).__name__, exc)
+                continue
             if message is not None:
                 self.messages.put((message, len(frame), False))
         self.logbook.flush()

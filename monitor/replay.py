@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, write_stats
 from monitor.renderer import InlineRenderer
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
@@ -57,4 +57,6 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
             done += path.stat().st_size
     pipeline.finish()
     logbook.close()
+    write_stats(out, frames=intake.frames, frame_bytes=intake.bytes, rejected=intake.rejected + pipeline.rejected,
+                pipeline=pipeline)
     return pipeline, intake, reports

@@ -116,9 +116,14 @@ class RunState:
     def on_run_start(self, message: Message) -> None:
         if self.start is not None and self.start["class_names"] != message["class_names"]:
             raise RejectedMessage(f"run {self.run!r} restarted with different class names")
-        targets = message["train_targets"]
+        targets, sampler = message["train_targets"], message["sampler"]
         if targets is not None and len(targets) and int(targets.max()) >= len(message["class_names"]):
             raise RejectedMessage("run_start: a train target is out of range for the class names")
+        if sampler is not None and len(sampler["weights_per_class"]) != len(message["class_names"]):
+            raise RejectedMessage("run_start: sampler.weights_per_class needs one weight per class")
+        earlier = None if self.start is None else self.start["train_targets"]
+        if earlier is not None and (targets is None or len(targets) != len(earlier)):
+            raise RejectedMessage(f"run {self.run!r} restarted with a different training set")
         if message.rank == 0 or self.start is None:
             self.start = message
         self.ended.pop(message.rank, None)  # a run resumed under the same id is running again
@@ -154,8 +159,8 @@ class RunState:
         indices = message["indices"]
         if targets is None:
             raise RejectedMessage("sampled: the run_start carried no train targets to map indices to classes")
-        if len(indices) and int(indices.max()) >= len(targets):
-            raise RejectedMessage(f"sampled: index {int(indices.max())} out of range for {len(targets)} samples")
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(targets)):
+            raise RejectedMessage(f"sampled: indices must lie in 0..{len(targets) - 1}")
         epoch = self.epoch(message["epoch"])
         epoch.sampled[message.rank] = indices
         epoch.dirty = True

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_table
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
 from monitor.renderer import ProcessRenderer
 
@@ -63,6 +63,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         renderer.close()
         refresh()
     rejected = receiver.intake.rejected + pipeline.rejected
+    write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
+                pipeline=pipeline)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
                   f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0

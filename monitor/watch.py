@@ -21,7 +21,7 @@ from watchdog.observers.polling import PollingObserver
 from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, write_stats
 from monitor.renderer import ProcessRenderer
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
@@ -126,6 +126,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
         pipeline.finish()
         renderer.close()
         watcher.close()
+        write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
+                    rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
     console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "
                   f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0

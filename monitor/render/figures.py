@@ -319,7 +319,8 @@ def _sample_grid(fig: Figure, rows: int, columns: int) -> GridSpec:
 def _sample_axes(ax: Axes, image: np.ndarray, label: int, pred: int,
                  class_names: Sequence[str]) -> None:
     color = CORRECT_COLOR if label == pred else WRONG_COLOR
-    ax.imshow(image, interpolation="nearest")
+    if image.size:  # a 0-pixel thumbnail (legal on the wire) would make imshow raise: draw just the frame
+        ax.imshow(image, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

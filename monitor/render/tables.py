@@ -49,6 +49,12 @@ def display_name(name: object, max_chars: int = TABLE_NAME_MAX_CHARS) -> Text:
     return Text(cleaned)
 
 
+def plain_text(text: object) -> str:
+    """Untrusted text for a plain line (run ids, error messages): like `display_name`, but whole and
+    with its line breaks kept."""
+    return "\n".join("".join(_printable(char) for char in line) for line in str(text).split("\n"))
+
+
 def _printable(char: str) -> str:
     if char.isspace():
         return " "
