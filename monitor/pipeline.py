@@ -85,6 +85,7 @@ class Pipeline:
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
             write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+        self.renderer.drain()
 
     # --- dispatch -----------------------------------------------------------------------------
 

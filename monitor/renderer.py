@@ -9,17 +9,27 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable
 
-from monitor.jobs import run_job
+from monitor.jobs import HistoryJob, run_job
 
 log = logging.getLogger("monitor")
 
 
 class InlineRenderer:
+    """Runs jobs in the caller's thread. History figures are redrawn every epoch but only the last
+    drawing survives, so a replay holds them back and draws each once, in `drain` (same bytes)."""
+
     def __init__(self, on_done: Callable[[str], None] | None = None) -> None:
         self.on_done = on_done
         self.failures = 0
+        self._held: dict[object, HistoryJob] = {}
 
     def submit(self, job: object) -> None:
+        if isinstance(job, HistoryJob):
+            self._held[job.folder] = job
+            return
+        self._run(job)
+
+    def _run(self, job: object) -> None:
         try:
             written = run_job(job)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - one bad artifact must not stop the others
@@ -30,10 +40,12 @@ class InlineRenderer:
             self.on_done(written)
 
     def drain(self) -> None:
-        pass
+        held, self._held = self._held, {}
+        for job in held.values():
+            self._run(job)
 
     def close(self) -> None:
-        pass
+        self.drain()
 
 
 class ProcessRenderer:

@@ -30,7 +30,7 @@ def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
 
 
 def epoch_ends_in(path: Path) -> int:
-    if not path.exists():
+    if not path.exists() or path.stat().st_size < 12:  # not there yet, or being created
         return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncatedLogWarning)

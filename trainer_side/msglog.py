@@ -92,6 +92,7 @@ class LogWriter:
         self._file: BinaryIO = open(self.path, "ab")
         if self._file.tell() == 0:
             self._file.write(header_bytes())
+            self._file.flush()  # a reader must never find the file without its header for long
         self._flush_every = flush_every
         self._pending = 0
         self.records = 0
