@@ -114,12 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    if args.command in ("serve", "watch"):
+        from monitor.signals import stop_on_signals
+
+        stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
     if args.command == "serve":
         from monitor.serve import serve
 
         return serve(args.bind, args.out, allow_remote=args.allow_remote,
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
-                     curve=_curve_keys(args), ready_file=args.ready_file, console=console)
+                     curve=_curve_keys(args), ready_file=args.ready_file, console=console, stop=stop)
     if args.command == "replay":
         from monitor.replay import replay
 
@@ -133,7 +137,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         from monitor.watch import watch
 
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, skip_corrupt=args.skip_corrupt,
-                     polling=args.polling, console=console)
+                     polling=args.polling, console=console, stop=stop)
     if args.command == "inspect":
         from monitor.inspect import inspect_logs
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 import time
 from pathlib import Path
@@ -15,17 +14,18 @@ from monitor.dashboard import Dashboard, dashboard_table
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
 from monitor.renderer import ProcessRenderer
+from monitor.signals import stop_on_signals
 
 TICK_S = 0.25
 
 
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
-          curve: CurveServerKeys | None, ready_file: Path | None, console: Console) -> int:
+          curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
+          stop: threading.Event | None = None) -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
+    stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
-    stop = threading.Event()
-    _install_stop_handlers(stop)
     dashboard = Dashboard(console)
     records = MonitorConsole(console, fresh=False)
     records.printer = dashboard.print
@@ -77,13 +77,3 @@ def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threadi
         except queue.Empty:
             return
         pipeline.handle(message, size, resumed=resumed)
-
-
-def _install_stop_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise SystemExit(130)  # a second Ctrl-C: stop now
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)

@@ -7,7 +7,6 @@ filesystems (NFS, Lustre).
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import warnings
@@ -23,6 +22,7 @@ from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
 from monitor.renderer import ProcessRenderer
+from monitor.signals import stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
 RESCAN_S = 2.0
@@ -99,7 +99,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     renderer = ProcessRenderer()
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False), epoch_timeout=epoch_timeout)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
@@ -131,16 +131,3 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "
                   f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop

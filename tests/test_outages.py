@@ -229,3 +229,18 @@ def test_a_run_resumed_from_a_checkpoint_continues_its_history(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == [0, 1, 2, 3]
     assert summary["ranks"]["0"]["gaps"] == 0  # the second session numbers from 0 again: not a gap
+
+
+def test_sigterm_right_after_sigcont_always_stops_the_monitor_cleanly(tmp_path):
+    # Once, a SIGTERM sent right after a SIGCONT could go unhandled (no thread was woken for it) and
+    # the monitor never stopped; a process manager does exactly this to a frozen monitor.
+    for attempt in range(3):
+        monitor = MonitorProcess(tmp_path / f"out{attempt}")
+        monitor.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        monitor.proc.send_signal(signal.SIGCONT)
+        monitor.proc.send_signal(signal.SIGTERM)
+        try:
+            assert monitor.proc.wait(30) == 0, monitor.output()
+        finally:
+            monitor.kill()

@@ -1,0 +1,45 @@
+"""Ctrl-C and SIGTERM as an Event, for the long-running commands (serve, watch).
+
+The signals are blocked in every thread and taken synchronously by one thread with a timed wait.
+With Python handlers alone, a SIGTERM sent right after a SIGCONT was sometimes never acted on (2 times
+in 8 here; a blocking sigwait did no better): no thread was woken for it, leaving a monitor that a
+process manager could not stop gracefully.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from multiprocessing import resource_tracker
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def stop_on_signals() -> threading.Event:
+    """Call first, before imports start threads: threads inherit the blocked mask (one started
+    earlier could still be handed a signal, with the default action: the process dies).
+    The first signal sets the event; a second one ends the process at once (exit status 130)."""
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    # multiprocessing's resource tracker, when it starts (with the render worker), blocks and then
+    # unblocks SIGINT/SIGTERM in the calling thread, undoing our mask; started now, it never runs that again.
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def wait_for_signals() -> None:
+        while True:
+            # Timed, not sigwait: a signal that arrives while the threads are still resuming from
+            # SIGCONT can stay pending without waking anyone; each new wait looks at the pending set.
+            info = signal.sigtimedwait(STOP_SIGNALS, 0.5)
+            # After a SIGSTOP/SIGCONT the wait can return an empty record (si_signo 0): not a signal.
+            if info is not None and info.si_signo in STOP_SIGNALS:
+                on_signal()
+
+    threading.Thread(target=wait_for_signals, name="monitor-signals", daemon=True).start()
+    return stop
