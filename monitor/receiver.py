@@ -84,7 +84,6 @@ class Receiver(threading.Thread):
         self.intake = Intake(self.logbook)
         self.messages: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
-        self.longest_pause = 0.0
 
     def run(self) -> None:
         poller = zmq.Poller()

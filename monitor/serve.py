@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from monitor.console import MonitorConsole
@@ -38,6 +40,11 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     renderer = ProcessRenderer(on_done=artifact_written)
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     receiver.start()
+    # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
+    # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
+    gc.collect()
+    gc.freeze()
+    torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     if ready_file is not None:

@@ -53,10 +53,11 @@ def test_monitor_started_after_the_trainer_gets_what_was_queued(tmp_path):
     port = free_port()
     spool = tmp_path / "spool"
     trainer = start_tiny("--endpoint", f"tcp://127.0.0.1:{port}", "--run", "late", "--epochs", "3", "--spool",
-                         str(spool), "--record", str(tmp_path / "rec.npz"), "--linger-ms", "60000")
+                         str(spool), "--record", str(tmp_path / "rec.npz"), "--epoch-sleep", "4")
     # The monitor starts only once the trainer has finished its first epoch.
     wait_for(lambda: epoch_ends_in(spool / "late" / "rank0.mlog") >= 1, what="the trainer's first epoch")
     monitor = MonitorProcess(tmp_path / "out", port=port)
+    assert trainer.poll() is None, "the trainer ended before the monitor started; the test needs a slower trainer"
     out, err = trainer.communicate(timeout=240)
     assert trainer.returncode == 0, err
     assert monitor.stop() == 0, monitor.output()

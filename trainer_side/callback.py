@@ -57,7 +57,8 @@ class EmitterCallback(Callback):
         thumbnail_size: longest side of a thumbnail in pixels.
         spool: a folder that also receives every message as a message log (see `monitor watch`).
         queue_size: messages held while the monitor is slow or absent, beyond which they are dropped.
-        linger_ms: how long closing may wait for queued messages.
+        linger_ms: how long closing may wait for queued messages to reach a connected monitor (with
+            none connected, closing waits at most 250 ms for one that is connecting).
         chunk_size: validation samples gathered on the device before one copy to the host.
         batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
         server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
