@@ -1,0 +1,223 @@
+"""Shared benchmark helpers: a `monitor serve` process we own, process CPU, statistics, tables, JSON.
+
+Every program under bench/ prints plain-text tables and can write its raw numbers with `--json FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------------------- numbers
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (q in [0, 1]); the 99th percentile of 100 values is the 99th smallest."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A plain-text table: left-aligned first column, right-aligned others."""
+    rows = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "n/a"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as metadata
+
+    versions = {}
+    for name in ("torch", "lightning", "pyzmq", "msgpack", "numpy", "torchmetrics", "matplotlib", "rich"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
+            "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(), "versions": versions, "argv": sys.argv}
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (fewer repetitions)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers to FILE")
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=1, default=float) + "\n")
+    print(f"\nraw numbers written to {path}")
+
+
+# --------------------------------------------------------------------------------------- processes
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (the monitor and its worker)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid:  # fields[2] is pgrp (field 5 of proc(5))
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+class Monitor:
+    """A `monitor serve` process on a free loopback port, in its own process group (so SIGSTOP and
+    SIGCONT reach its render worker too). Always call `close()` (it continues a stopped group first)."""
+
+    def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        ready = out / "ready.txt"
+        ready.unlink(missing_ok=True)
+        self.log_path = out / "monitor.log"
+        self._log = open(self.log_path, "ab")
+        argv = list(command or [PYTHON, "-m", "monitor", "serve"])
+        self.proc = subprocess.Popen([*argv, "--bind", "tcp://127.0.0.1:0", "--out", str(out),
+                                      "--ready-file", str(ready), *extra],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.stopped = False
+        deadline = time.monotonic() + 120
+        while not ready.exists() or not ready.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"monitor did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+        self.endpoint = ready.read_text().strip()
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self.proc.pid)
+
+    def wait_idle(self, quiet_s: float = 0.6, max_cpu_share: float = 0.1, timeout: float = 60.0) -> float:
+        """Waits until the monitor (and its render worker) used under `max_cpu_share` of a core for
+        `quiet_s`, so its startup or a pending render does not overlap the next measurement."""
+        started = time.monotonic()
+        last = self.cpu_seconds()
+        while time.monotonic() - started < timeout:
+            time.sleep(quiet_s)
+            now = self.cpu_seconds()
+            if now - last < max_cpu_share * quiet_s:
+                break
+            last = now
+        return time.monotonic() - started
+
+    def sigstop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def sigcont(self) -> None:
+        if self.stopped and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        self.stopped = False
+
+    def close(self, timeout: float = 60.0) -> int | None:
+        """SIGCONT if stopped, SIGTERM (it drains and exits 0), SIGKILL to the group if that times out."""
+        try:
+            if self.proc.poll() is None:
+                self.sigcont()
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+            return self.proc.returncode
+        finally:
+            self._log.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_SINK_CODE = """
+import signal, sys, zmq
+ctx = zmq.Context(); sock = ctx.socket(zmq.PULL); sock.setsockopt(zmq.RCVHWM, 100000)
+sock.bind('tcp://127.0.0.1:0'); print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+stop = []; signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+frames = size = 0
+while not stop:
+    if sock.poll(100):
+        while True:
+            try:
+                size += len(sock.recv(zmq.NOBLOCK)); frames += 1
+            except zmq.Again:
+                break
+print(frames, size, flush=True)
+"""
+
+
+class PullSink:
+    """A bare ZeroMQ PULL socket in another process that drains and counts: a receiver that costs nothing."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PYTHON, "-c", _SINK_CODE], stdout=subprocess.PIPE, text=True)
+        self.endpoint = self.proc.stdout.readline().strip()
+
+    def close(self) -> tuple[int, int]:
+        """Stops the sink; returns (frames, bytes) it received."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=30)
+        frames, size = out.split()
+        return int(frames), int(size)

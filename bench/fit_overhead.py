@@ -1,0 +1,205 @@
+"""Fit overhead of observability on the demo (digits, DemoClassifier), five configurations interleaved.
+
+    (a) no observability                     (b) EmitterCallback, live `monitor serve`
+    (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
+    (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
+
+Each configuration lives in its own worker process (bench/fit_worker.py); rounds run a b c d e, a b c
+d e, ..., and every ratio is taken per round against that round's (a), then the median is reported.
+Also: the stall at each validation epoch end (last validation batch -> next training batch, median,
+minus (a)'s), the emitter's teardown time, and each worker's peak RSS.
+
+    python -m bench.fit_overhead [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import PYTHON, ROOT, Monitor, add_common_args, free_port, median, print_table, write_json
+
+CONFIGS = {
+    "a": "no observability",
+    "b": "emitter, live monitor",
+    "c": "emitter, no monitor",
+    "d": "emitter, monitor SIGSTOPped",
+    "e": "in-process callbacks",
+}
+
+
+class Worker:
+    def __init__(self, config: str, threads: int, log: Path) -> None:
+        self.config = config
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.fit_worker", "--config", config, "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     cwd=ROOT)
+        self.ready = json.loads(self._read("READY"))
+
+    def _read(self, tag: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(tag + " "):
+                return line[len(tag) + 1:]
+        raise RuntimeError(f"worker {self.config} exited; see {self._log.name}")
+
+    def fit(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read("RESULT"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def run_rounds(args: argparse.Namespace, work: Path) -> dict:
+    from trainer_side.demo_data import default_cache_dir, ensure_digits_imagefolder
+
+    ensure_digits_imagefolder(default_cache_dir() / "digits_imagefolder")  # before any worker needs it
+    configs = [c for c in args.configs]
+    monitors: dict[str, Monitor] = {}
+    workers: dict[str, Worker] = {}
+    results: dict[str, list[dict]] = {c: [] for c in configs}
+    try:
+        prefix = (["nice", "-n", str(args.monitor_nice)] if args.monitor_nice else []) + \
+            (["chrt", "--idle", "0"] if args.monitor_idle else [])
+        if "b" in configs:
+            monitors["b"] = Monitor(work / "monitor_live",
+                                    command=[*prefix, PYTHON, "-m", "monitor", "serve"] if prefix else None)
+        if "d" in configs:
+            monitors["d"] = Monitor(work / "monitor_stopped")
+        workers = {c: Worker(c, args.threads, work / f"worker_{c}.log") for c in configs}
+        for monitor in monitors.values():
+            monitor.wait_idle()
+        total = args.warmup + args.rounds
+        for round_index in range(total):
+            warm = round_index < args.warmup
+            for config in configs:
+                request = {"epochs": 1 if warm else args.epochs, "seed": round_index,
+                           "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
+                           "endpoint": None, "train_batches": args.train_batches}
+                if config in "bd":
+                    request["endpoint"] = monitors[config].endpoint
+                elif config == "c":
+                    request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
+                if config == "d":
+                    monitors["d"].sigstop()
+                monitor_cpu = monitors[config].cpu_seconds() if config in monitors else 0.0
+                result = workers[config].fit(request)
+                if config == "d":
+                    monitors["d"].sigcont()
+                if config in monitors:
+                    result["monitor_settle_s"] = monitors[config].wait_idle()
+                    result["monitor_cpu_s"] = monitors[config].cpu_seconds() - monitor_cpu
+                if not warm:
+                    results[config].append(result)
+                label = "warm-up" if warm else f"round {round_index - args.warmup + 1}/{args.rounds}"
+                print(f"  {label} {config}: fit {result['fit_s']:.2f} s, teardown {result['teardown_s']:.3f} s",
+                      flush=True)
+        threads = workers[configs[0]].ready["threads"]
+    finally:
+        for worker in workers.values():
+            worker.close()
+        codes = {name: monitor.close() for name, monitor in monitors.items()}
+    return {"results": results, "monitor_exit_codes": codes, "torch_threads": threads}
+
+
+def summarize(results: dict[str, list[dict]]) -> dict:
+    base = results["a"]
+    summary = {}
+    base_stall = median([s for r in base for s in r["stalls_s"]])
+    for config, runs in results.items():
+        ratios = [r["fit_s"] / b["fit_s"] for r, b in zip(runs, base)]
+        cpu_ratios = [r["cpu_s"] / b["cpu_s"] for r, b in zip(runs, base)]
+        ratios_no_teardown = [(r["fit_s"] - r["teardown_s"]) / (b["fit_s"] - b["teardown_s"]) for r, b in zip(runs, base)]
+        stalls = [s for r in runs for s in r["stalls_s"]]
+        summary[config] = {
+            "fit_s_median": median([r["fit_s"] for r in runs]),
+            # Interference on a shared machine only ever slows a run down, so the fastest run of each
+            # configuration is the least disturbed one: the ratio of minimums is a second estimate.
+            "fit_s_min": min(r["fit_s"] for r in runs),
+            "ratio_of_minimums": min(r["fit_s"] for r in runs) / min(b["fit_s"] for b in base),
+            "ratio_median": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_without_teardown_median": median(ratios_no_teardown),
+            "teardown_s_median": median([r["teardown_s"] for r in runs]),
+            "cpu_ratio_median": median(cpu_ratios),
+            "boundary_hooks_ms_median": 1e3 * median([s for r in runs for s in r["boundary_hooks_s"]]),
+            "boundary_hooks_ms_max": 1e3 * max((s for r in runs for s in r["boundary_hooks_s"]), default=float("nan")),
+            "loadavg_range": (min(min(r["loadavg_1min"]) for r in runs), max(max(r["loadavg_1min"]) for r in runs)),
+            "stall_ms_median": 1e3 * median(stalls), "stall_ms_max": 1e3 * max(stalls) if stalls else float("nan"),
+            "added_stall_ms_median": 1e3 * (median(stalls) - base_stall),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "rss_mb_first_last": (runs[0]["rss_mb"], runs[-1]["rss_mb"]),
+            "dropped": [r["dropped"] for r in runs], "sent": [r["sent"] for r in runs],
+            "monitor_cpu_s_median": median([r["monitor_cpu_s"] for r in runs]) if "monitor_cpu_s" in runs[0] else None,
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fit (default 3; --quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 5; --quick 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="unmeasured 1-epoch rounds first (default 1)")
+    parser.add_argument("--train-batches", type=int, default=None,
+                        help="limit training batches per epoch (default: the whole demo epoch, 18 batches)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the trainers (0: torch's default)")
+    parser.add_argument("--monitor-nice", type=int, default=0,
+                        help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
+    parser.add_argument("--monitor-idle", action="store_true",
+                        help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
+    parser.add_argument("--configs", default="abcde", help="configurations to run, (a) first (default abcde)")
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or (2 if args.quick else 3)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
+    if not args.configs.startswith("a") or set(args.configs) - set(CONFIGS):
+        parser.error("--configs must start with a and use only a, b, c, d, e")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
+        print(f"fit overhead: {args.rounds} rounds x {len(args.configs)} configs x {args.epochs} epochs "
+              f"(+{args.warmup} warm-up round), work dir {tmp}", flush=True)
+        measured = run_rounds(args, Path(tmp))
+    summary = summarize(measured["results"])
+    print_table(f"Fit wall time, demo digits, {args.epochs} epochs, validation every epoch, "
+                f"median of {args.rounds} interleaved runs, torch threads {measured['torch_threads']}"
+                + (f", live monitor under nice -n {args.monitor_nice}" if args.monitor_nice else "")
+                + (", live monitor under SCHED_IDLE" if args.monitor_idle else ""),
+                ["config", "fit s", "ratio to (a)", "min..max", "fastest s", "ratio of fastest", "w/o teardown",
+                 "teardown s", "CPU-time ratio", "load avg"],
+                [[f"({c}) {CONFIGS[c]}", s["fit_s_median"], s["ratio_median"],
+                  f"{s['ratio_min']:.3f}..{s['ratio_max']:.3f}", s["fit_s_min"], s["ratio_of_minimums"],
+                  s["ratio_without_teardown_median"],
+                  s["teardown_s_median"], s["cpu_ratio_median"], "{:.1f}..{:.1f}".format(*s["loadavg_range"])]
+                 for c, s in summary.items()])
+    print_table("Stall at each validation epoch end (last validation batch -> next training batch)",
+                ["config", "median ms", "max ms", "added vs (a), ms", "callback hooks ms (median)", "hooks max ms"],
+                [[f"({c}) {CONFIGS[c]}", s["stall_ms_median"], s["stall_ms_max"], s["added_stall_ms_median"],
+                  s["boundary_hooks_ms_median"], s["boundary_hooks_ms_max"]] for c, s in summary.items()])
+    print_table("Trainer process memory (RSS of each configuration's worker over all its fits)",
+                ["config", "peak MB", "after 1st fit MB", "after last fit MB", "messages sent", "dropped"],
+                [[f"({c}) {CONFIGS[c]}", s["peak_rss_mb"], *s["rss_mb_first_last"],
+                  ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
+                  ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
+                 for c, s in summary.items()])
+    print(f"\nlive monitor CPU per fit (render worker included), median: {summary.get('b', {}).get('monitor_cpu_s_median')} s"
+          f" for {args.epochs} epochs")
+    print(f"monitor exit codes: {measured['monitor_exit_codes']}; took {time.perf_counter() - started:.0f} s")
+    write_json(args.json, {"args": vars(args) | {"json": str(args.json)}, "summary": summary, **measured})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

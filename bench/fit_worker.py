@@ -1,0 +1,157 @@
+"""One training process of the fit-overhead benchmark: runs demo fits of one configuration on request.
+
+Started by bench/fit_overhead.py, one per configuration, so imports are paid once and each
+configuration's peak memory is its own process's. Reads one JSON request per line on stdin and
+answers one `RESULT {json}` line per fit on stdout:
+
+    {"epochs": 3, "seed": 0, "endpoint": "tcp://127.0.0.1:PORT" | null, "out": DIR}
+
+Configurations: a = no observability; b, c, d = EmitterCallback (the driver decides whether a live,
+no, or a SIGSTOPped monitor listens at `endpoint`); e = the in-process baseline callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+
+from trainer_side.demo import DemoClassifier, DigitsDataModule
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+BOUNDARY_HOOKS = ("on_validation_epoch_end", "on_validation_end", "on_train_epoch_end", "on_train_epoch_start")
+
+
+class StallTimer(Callback):
+    """Time from the last validation batch of an epoch to the next training batch (placed last, so a
+    callback's per-batch work is not counted, only what happens at the epoch boundary), and the time
+    the observability callback itself spent in its hooks inside that window."""
+
+    def __init__(self) -> None:
+        self.last_val_batch: float | None = None
+        self.stalls: list[float] = []
+        self.in_hooks: list[float] = []
+        self._window_hooks = 0.0
+        self.train_end: float | None = None
+
+    def timed(self, callback: Callback) -> Callback:
+        """Wraps the callback's epoch-boundary hooks (instance attributes: Lightning looks them up with getattr)."""
+        for name in BOUNDARY_HOOKS:
+            if getattr(type(callback), name) is getattr(Callback, name):
+                continue
+            original = getattr(callback, name)
+
+            def hook(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    if self.last_val_batch is not None:
+                        self._window_hooks += time.perf_counter() - started
+
+            setattr(callback, name, hook)
+        return callback
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not trainer.sanity_checking:
+            self.last_val_batch = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.last_val_batch is not None:
+            self.stalls.append(time.perf_counter() - self.last_val_batch)
+            self.in_hooks.append(self._window_hooks)
+            self.last_val_batch, self._window_hooks = None, 0.0
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.train_end = time.perf_counter()
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 1e6
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+
+
+def observability(config: str, request: dict, datamodule: DigitsDataModule) -> list[Callback]:
+    if config == "a":
+        return []
+    if config in "bcd":
+        from trainer_side import EmitterCallback
+
+        return [EmitterCallback(endpoint=request["endpoint"], run=request.get("run"))]
+    if config == "e":
+        from bench.inprocess_baseline import InProcessObservability
+
+        return [InProcessObservability(Path(request["out"]), list(datamodule.class_to_idx), datamodule.normalization)]
+    raise ValueError(f"config must be one of a, b, c, d, e, got {config!r}")
+
+
+def fit_once(config: str, request: dict) -> dict:
+    datamodule = DigitsDataModule(batch_size=64, seed=request["seed"])
+    timer = StallTimer()
+    callbacks = [*(timer.timed(cb) for cb in observability(config, request, datamodule)), timer]
+    L.seed_everything(request["seed"], workers=True, verbose=False)
+    model = DemoClassifier(num_classes=len(datamodule.class_to_idx))
+    trainer = L.Trainer(max_epochs=request["epochs"], accelerator="cpu", devices=1, callbacks=callbacks,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, deterministic="warn",
+                        limit_train_batches=request.get("train_batches") or 1.0)
+    load = os.getloadavg()[0]
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    ended = time.perf_counter()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    emitter = getattr(callbacks[0], "emitter", None)
+    return {
+        "fit_s": ended - started,
+        "teardown_s": ended - timer.train_end if timer.train_end else None,
+        "cpu_s": cpu_after.ru_utime + cpu_after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+        "stalls_s": timer.stalls,
+        "boundary_hooks_s": timer.in_hooks,
+        "loadavg_1min": [load, os.getloadavg()[0]],
+        "rss_mb": rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+        "sent": None if emitter is None else emitter.sent,
+        "dropped": None if emitter is None else emitter.dropped,
+        "val_acc": float(trainer.callback_metrics.get("val/acc_top1", float("nan"))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, choices=list("abcde"), help="which configuration to run")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.config == "e":  # import the baseline's heavy modules now, as a training script would at its top
+        import bench.inprocess_baseline  # noqa: F401
+    elif args.config in "bcd":
+        from trainer_side import EmitterCallback  # noqa: F401
+    print("READY", json.dumps({"threads": torch.get_num_threads(), "rss_mb": rss_mb()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        result = fit_once(args.config, json.loads(line))
+        print("RESULT", json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

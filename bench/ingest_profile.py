@@ -1,0 +1,79 @@
+"""Where the monitor's per-message time goes: each ingest stage timed alone, in one process, no sockets.
+
+Stages, for small `metrics` frames: protocol.decode, the message log append, the hand-off queue,
+Pipeline.handle; then a cProfile of decode. Explains the ingest rate of bench/monitor_ingest.py.
+
+    python -m bench.ingest_profile [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import queue
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.common import add_common_args, print_table, write_json
+from bench.monitor_ingest import frames_for
+from monitor.console import MonitorConsole
+from monitor.logbook import LogBook
+from monitor.pipeline import Pipeline
+from trainer_side import protocol
+
+
+class _NoRenderer:
+    def submit(self, job: object) -> None:
+        pass
+
+
+def per_message_us(action, count: int) -> float:
+    started = time.perf_counter()
+    action()
+    return 1e6 * (time.perf_counter() - started) / count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    frames = [frame for _, frame, _ in frames_for("profile", "metrics", 10_000 if args.quick else 50_000, 0)][:-1]
+    messages = [protocol.decode(frame) for frame in frames]
+    handoff: queue.SimpleQueue = queue.SimpleQueue()
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-profile-") as tmp:
+        logbook = LogBook(Path(tmp) / "log", flush_every=1 << 30)
+        pipeline = Pipeline(Path(tmp) / "out", _NoRenderer(), MonitorConsole(Console(file=io.StringIO()), fresh=False))
+        stages = {
+            "msgpack.unpackb alone": per_message_us(lambda: [protocol._unpack(f) for f in frames], len(frames)),
+            "protocol.decode (unpack + checks + Message)": per_message_us(
+                lambda: [protocol.decode(f) for f in frames], len(frames)),
+            "message log append": per_message_us(lambda: [logbook.append("profile", f) for f in frames], len(frames)),
+            "hand-off queue put + get": per_message_us(
+                lambda: ([handoff.put((m, 1)) for m in messages], [handoff.get() for _ in messages]), len(messages)),
+            "Pipeline.handle": per_message_us(lambda: [pipeline.handle(m, 209) for m in messages], len(messages)),
+        }
+        logbook.close()
+    total = sum(v for k, v in stages.items() if k != "msgpack.unpackb alone")
+    print_table(f"Monitor cost per small message ({len(frames):,} metrics frames of {len(frames[1])} bytes), one thread",
+                ["stage", "µs per message"], [*stages.items(), ["sum (decode + log + queue + handle)", total],
+                                              ["=> ceiling, messages/s on one core", 1e6 / total]])
+    profile = cProfile.Profile()
+    profile.enable()
+    for frame in frames[:10_000]:
+        protocol.decode(frame)
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(8)
+    print("\ncProfile of protocol.decode, 10,000 frames (by own time):")
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:3000])
+    write_json(args.json, {"us_per_message": stages, "sum_us": total})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

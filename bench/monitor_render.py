@@ -1,0 +1,165 @@
+"""Monitor while an epoch renders: the receive loop's longest pause, and epoch end -> artifacts on disk.
+
+For 43 and 1,000 classes, a sender process (bench/sender.py) plays a run whose epochs arrive as the
+EmitterCallback sends them (preds, samples, val metrics, sampled, train metrics, epoch_end), several
+seconds apart, while it also sends a small probe message every 2 ms. The monitor is `monitor serve`
+with a timestamp on every accepted frame (bench/probe_serve.py). A probe accepted L ms after it was
+sent means the receive loop was away for about L ms. Artifact times are the files' modification times.
+
+    python -m bench.monitor_render [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import PYTHON, ROOT, Monitor, add_common_args, median, print_table, quantile, write_json
+from monitor.logbook import run_dir
+from trainer_side import protocol
+
+PROBE_MS = 2.0
+EPOCH_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "sample_predictions.png", "sampler_distribution.json")
+RUN_FILES = ("training_history/loss_history.png", "training_history/accuracy_history.png", "history.csv")
+
+
+def epoch_schedule(run: str, classes: int, epochs: int, spacing: float) -> list[tuple[float, bytes, str]]:
+    """The frames of a run, as the EmitterCallback would send them, with their send offsets."""
+    rng = np.random.default_rng(classes)
+    label_dtype = protocol.smallest_label_dtype(classes)
+    val, train = 50 * classes, 100 * classes
+    targets = np.repeat(np.arange(classes), 100).astype(label_dtype)
+    start = {"class_names": [f"class_{i:04d}" for i in range(classes)],
+             "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+             "model": {"class": "Bench", "total_params": 11_000_000, "trainable_params": 11_000_000, "size_mb": 44.0},
+             "train_targets": targets, "class_counts": None,
+             "sampler": {"type": "TrackingWeightedRandomSampler", "num_samples": train,
+                         "weights_per_class": np.full(classes, 100 / train)}, "hparams": {"lr": 0.001}}
+    plan = [(0.3, "run_start", start, "")]
+    for epoch in range(epochs):
+        at = 1.0 + epoch * spacing
+        labels = rng.integers(0, classes, val).astype(label_dtype)
+        preds = np.where(rng.random(val) < 0.6, labels, rng.integers(0, classes, val)).astype(label_dtype)
+        metrics = {"val/loss": 1.0 / (epoch + 1), "val/acc_top1": 0.6, "val/acc_top5": 0.8}
+        plan += [
+            (at, "preds", {"epoch": epoch, "step": 100 * epoch, "preds": preds, "labels": labels}, f"first-{epoch}"),
+            (at, "samples", {"epoch": epoch, "images": rng.integers(0, 255, (16, 64, 64, 3), dtype=np.uint8),
+                             "labels": labels[:16], "preds": preds[:16]}, ""),
+            (at, "metrics", {"epoch": epoch, "stage": "val", "step": 100 * epoch, "values": metrics}, ""),
+            (at, "sampled", {"epoch": epoch, "indices": rng.integers(0, train, train).astype(np.uint32)}, ""),
+            (at, "metrics", {"epoch": epoch, "stage": "train", "step": 100 * epoch,
+                             "values": {"train/loss": 1.2 / (epoch + 1), "train/acc_top1": 0.5}}, ""),
+            (at, "epoch_end", {"epoch": epoch, "sent": 0, "dropped": 0}, f"epoch_end-{epoch}"),
+        ]
+    return [(at, protocol.encode(protocol.make_message(kind, run, 0, 1, seq, body)), label)
+            for seq, (at, kind, body, label) in enumerate(plan)]
+
+
+def watch_mtimes(paths: list[Path], until: subprocess.Popen) -> dict[str, list[float]]:
+    """Every distinct modification time each path had while the sender ran (files get rewritten)."""
+    seen: dict[str, list[float]] = {str(p): [] for p in paths}
+    while True:
+        running = until.poll() is None
+        for path in paths:
+            try:
+                mtime = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if not seen[str(path)] or seen[str(path)][-1] != mtime:
+                seen[str(path)].append(mtime)
+        if not running:
+            return seen
+        time.sleep(0.01)
+
+
+def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bool = False) -> dict:
+    run = f"render-{classes}"
+    schedule = epoch_schedule(run, classes, epochs, spacing)
+    plan = work / f"{run}.pickle"
+    plan.write_bytes(pickle.dumps(schedule))
+    record = work / f"{run}-arrivals.json"
+    out = work / f"out-{classes}"
+    folder = run_dir(out, run)
+    paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in EPOCH_FILES]
+    paths += [folder / name for name in RUN_FILES]
+    with Monitor(out, command=[PYTHON, "-m", "bench.probe_serve", str(record),
+                                           *(["--gc-freeze"] if gc_freeze else []), "serve"]) as monitor:
+        monitor.wait_idle()
+        sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
+                                   "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        mtimes = watch_mtimes(paths, sender)
+        report = json.loads(sender.communicate(timeout=60)[0])
+        code = monitor.close()
+    sent = dict(report["labelled"])
+    arrivals = json.loads(record.read_text())
+    probes = [(received, sent_at) for received, sent_at, r, _, _ in arrivals if r == "probe"]
+    result = {"classes": classes, "monitor_exit_code": code, "probes_sent": report["probes"],
+              "probes_received": len(probes), "epochs": []}
+    quiet_until = sent["first-0"]
+    quiet = [1e3 * (rec - snd) for rec, snd in probes if snd < quiet_until]
+    result["quiet_latency_ms"] = {"median": median(quiet), "max": max(quiet, default=float("nan"))}
+    for epoch in range(epochs):
+        end_sent = sent[f"epoch_end-{epoch}"]
+        ready = {}
+        for path in [folder / f"epoch_{epoch:03d}" / name for name in EPOCH_FILES] + [folder / n for n in RUN_FILES]:
+            after = [m for m in mtimes[str(path)] if m >= end_sent - 0.001]
+            if after:
+                ready[str(path.relative_to(folder))] = after[0] - end_sent
+        window_end = end_sent + max(ready.values(), default=spacing)
+        latencies = [1e3 * (rec - snd) for rec, snd in probes if sent[f"first-{epoch}"] <= snd <= window_end]
+        received = sorted(rec for rec, snd in probes if sent[f"first-{epoch}"] <= snd <= window_end)
+        gaps = [1e3 * (b - a) for a, b in zip(received, received[1:])]
+        result["epochs"].append({
+            "epoch": epoch, "artifacts_ready_s": max(ready.values(), default=float("nan")),
+            "artifacts_found": len(ready), "ready_by_file_s": ready,
+            "probe_latency_ms": {"median": median(latencies), "p99": quantile(latencies, 0.99),
+                                 "max": max(latencies, default=float("nan"))},
+            "max_gap_ms": max(gaps, default=float("nan")), "probes_in_window": len(latencies),
+        })
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--classes", type=int, nargs="*", default=[43, 1000], help="class counts (default 43 1000)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="experiment: gc.freeze() in the monitor after its imports (a proposed fix)")
+    args = parser.parse_args(argv)
+    epochs = 2 if args.quick else 3
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
+        for classes in args.classes:
+            spacing = 4.0 if classes <= 100 else 8.0
+            print(f"  {classes} classes: {epochs} epochs, {spacing:.0f} s apart, probe every {PROBE_MS:g} ms"
+                  + (", monitor with gc.freeze()" if args.gc_freeze else ""), flush=True)
+            results.append(measure(classes, epochs, spacing, Path(tmp), args.gc_freeze))
+    print_table(f"Receive loop while epochs render (probe every {PROBE_MS:g} ms; window: epoch's first message -> "
+                "its last artifact)",
+                ["classes", "epoch", "probe latency median ms", "p99 ms", "max ms (longest pause)",
+                 "max gap between probes ms", "quiet max ms"],
+                [[r["classes"], e["epoch"], e["probe_latency_ms"]["median"], e["probe_latency_ms"]["p99"],
+                  e["probe_latency_ms"]["max"], e["max_gap_ms"], r["quiet_latency_ms"]["max"]]
+                 for r in results for e in r["epochs"]])
+    print_table("Epoch's last message (epoch_end sent) -> all its artifacts on disk",
+                ["classes", "epoch", "ready s", "artifacts", "slowest file", "target s"],
+                [[r["classes"], e["epoch"], e["artifacts_ready_s"], e["artifacts_found"],
+                  max(e["ready_by_file_s"], key=e["ready_by_file_s"].get) if e["ready_by_file_s"] else "-",
+                  1.5 if r["classes"] <= 100 else 5.0] for r in results for e in r["epochs"]])
+    print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
+          f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}")
+    write_json(args.json, {"render": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
