@@ -17,8 +17,7 @@ STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def stop_on_signals() -> threading.Event:
-    """Call first, before imports start threads: threads inherit the blocked mask (one started
-    earlier could still be handed a signal, with the default action: the process dies).
+    """Call first, before imports start threads: threads inherit the blocked mask.
     The first signal sets the event; a second one ends the process at once (exit status 130)."""
     stop = threading.Event()
 
@@ -27,6 +26,10 @@ def stop_on_signals() -> threading.Event:
             os._exit(130)
         stop.set()
 
+    # A thread started before the mask (a BLAS pool started by an earlier numpy import) can still be
+    # handed a signal; a handler makes that harmless. Each signal reaches exactly one of the two paths.
+    for number in STOP_SIGNALS:
+        signal.signal(number, on_signal)
     # multiprocessing's resource tracker, when it starts (with the render worker), blocks and then
     # unblocks SIGINT/SIGTERM in the calling thread, undoing our mask; started now, it never runs that again.
     resource_tracker.ensure_running()
