@@ -30,8 +30,6 @@ class Pipeline:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
-        self.messages = 0
-        self.bytes = 0
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -48,8 +46,6 @@ class Pipeline:
         run = self.runs.get(message.run)
         if run is None:
             run = self.runs[message.run] = RunState(message.run, message.world)
-        self.messages += 1
-        self.bytes += size
         skipped = run.account(message, size)
         if skipped:
             self.console.note(f"run {message.run}: rank {message.rank} skipped {skipped} message(s) "

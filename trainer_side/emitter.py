@@ -233,6 +233,9 @@ class Emitter:
         if self.dropped and self.rank == 0:
             log.warning("trainer_side: run %s: %d of %d messages were dropped (monitor absent or too slow)",
                         self.run, self.dropped, self.sent + self.dropped)
+        if self.spool_dropped:
+            log.warning("trainer_side: run %s rank %d: %d messages were not written to the spool %s (disk too slow)",
+                        self.run, self.rank, self.spool_dropped, self.spool)
 
 
 _open_emitters: "weakref.WeakSet[Emitter]" = weakref.WeakSet()
