@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import tree_bytes
 from monitor.cli import main
 from trainer_side.msglog import HEADER_SIZE, RECORD_HEADER_SIZE, iter_frames, iter_records
 
@@ -40,8 +41,6 @@ def cli(capfd, *argv: object) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def flipped(bit: int) -> bytes:

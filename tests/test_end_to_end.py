@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_tiny
+from conftest import ROOT, run_tiny, tree_bytes
 from tiny_training import CLASS_NAMES, NORMALIZATION
 
 HEAVY = ("matplotlib", "rich", "torchmetrics", "watchdog")
@@ -32,8 +32,6 @@ def independent_confusion(preds: np.ndarray, labels: np.ndarray, classes: int) -
     return counts
 
 
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from conftest import tree_bytes, wait_for
 from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
@@ -338,9 +339,6 @@ class Mirror:
         return self.intake.rejected + self.pipeline.rejected
 
 
-def tree_bytes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and str(p.relative_to(folder)) not in skip}
 
 
 def fixture_jobs(renderer: DigestRenderer) -> list[str]:
@@ -540,11 +538,6 @@ class ForeignSender:
         self.sent += 1
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def log_records(path: Path) -> int:

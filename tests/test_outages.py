@@ -14,19 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, MonitorProcess, free_port, run_tiny
-from test_end_to_end import independent_confusion, read_confusion_csv, tree_bytes
+from conftest import ROOT, TINY, MonitorProcess, free_port, run_tiny, tree_bytes, wait_for
+from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import Emitter
 from trainer_side.msglog import LogFollower, TruncatedLogWarning, iter_frames
 from trainer_side.protocol import decode
 
 
-def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def epoch_ends_in(path: Path) -> int:

@@ -15,6 +15,7 @@ from trainer_side import runinfo
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, check_run_id
 from trainer_side.names import new_run_id
+from trainer_side.protocol import smallest_label_dtype
 from trainer_side.sampler import find_tracking_sampler
 
 log = logging.getLogger("trainer_side")
@@ -205,10 +206,9 @@ class EmitterCallback(Callback):
             sampler_info = {"type": type(sampler).__name__, "num_samples": int(sampler.num_samples),
                             "weights_per_class": sampler.weights_per_class(targets, len(names))}
         self._tracks_sampler = sampler_info is not None
-        label_dtype = np.uint8 if len(names) <= 256 else np.uint16 if len(names) <= 65536 else np.uint32
         self.emitter.run_start(
             names, normalization=normalization, model=runinfo.model_summary(pl_module),
-            train_targets=None if targets is None else targets.astype(label_dtype),
+            train_targets=None if targets is None else targets.astype(smallest_label_dtype(len(names))),
             sampler=sampler_info, hparams=dict(pl_module.hparams),
         )
 

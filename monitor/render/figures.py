@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ from matplotlib.patches import PathPatch
 from matplotlib.path import Path
 from matplotlib.textpath import TextPath, text_to_path
 from matplotlib.ticker import MaxNLocator
+
+from monitor.render.text import clean
 
 # Up to this many classes every cell shows its count and both axes show class names; the canvas
 # grows with C (about 17 inches at 50 classes). Above it, names and counts would be unreadable, so
@@ -64,17 +65,7 @@ _ACCURACY_SERIES = (
 
 def display_label(name: str, max_chars: int = FIGURE_LABEL_MAX_CHARS) -> str:
     """Make an untrusted class name safe and short enough to draw: no control chars, ellipsized."""
-    cleaned = "".join(_printable(char) for char in str(name))
-    if len(cleaned) > max_chars:
-        return cleaned[: max_chars - 1] + "…"
-    return cleaned
-
-
-def _printable(char: str) -> str:
-    if char.isspace():
-        return " "
-    # Category C: control, format (bidi overrides), surrogate, private use, unassigned.
-    return "\ufffd" if unicodedata.category(char).startswith("C") else char
+    return clean(name, max_chars)
 
 
 # ---------------------------------------------------------------------------- confusion matrix

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from monitor.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
 TABLE_WIDTH = 100
@@ -43,24 +44,13 @@ def display_name(name: object, max_chars: int = TABLE_NAME_MAX_CHARS) -> Text:
 
     A ``Text`` is never parsed for markup or emoji codes, so "[bold]" or ":smile:" print as typed.
     """
-    cleaned = "".join(_printable(char) for char in str(name))
-    if len(cleaned) > max_chars:
-        cleaned = cleaned[: max_chars - 1] + "…"
-    return Text(cleaned)
+    return Text(clean(name, max_chars))
 
 
 def plain_text(text: object) -> str:
     """Untrusted text for a plain line (run ids, error messages): like `display_name`, but whole and
     with its line breaks kept."""
-    return "\n".join("".join(_printable(char) for char in line) for line in str(text).split("\n"))
-
-
-def _printable(char: str) -> str:
-    if char.isspace():
-        return " "
-    # Category C: control (ANSI escapes start with one), format (bidi overrides), surrogate,
-    # private use, unassigned. Any of them could rewrite what the terminal shows.
-    return "\ufffd" if unicodedata.category(char).startswith("C") else char
+    return "\n".join(clean(line) for line in str(text).split("\n"))
 
 
 # ---------------------------------------------------------------------------- class distribution
