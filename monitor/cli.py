@@ -28,6 +28,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_render_priority(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--render-priority", choices=("idle", "normal"), default="idle",
+                        help="CPU priority of the render workers. idle (default): figures use only CPU time nothing "
+                             "else wants, so a CPU-bound trainer on this machine is never slowed (figures then wait "
+                             "for a quiet moment); normal: render each figure as soon as its epoch ends")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monitor",
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "holding the server's public key")
     serve.add_argument("--ready-file", type=Path, metavar="FILE",
                        help="write the bound endpoint to FILE once listening (for scripts and tests)")
+    _add_render_priority(serve)
 
     replay = sub.add_parser("replay", help="regenerate every artifact from saved message logs",
                             description="Feed message logs (served logs or emitter spools) through the same "
@@ -80,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--skip-corrupt", action="store_true", help="read past damaged records")
     watch.add_argument("--polling", action="store_true",
                        help="poll the folder instead of using file-system events (for network filesystems)")
+    _add_render_priority(watch)
 
     inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
                              description="Print per run and rank the message kinds with counts and bytes, the "
@@ -123,7 +132,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
         return serve(args.bind, args.out, allow_remote=args.allow_remote,
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
-                     curve=_curve_keys(args), ready_file=args.ready_file, console=console, stop=stop)
+                     curve=_curve_keys(args), ready_file=args.ready_file, console=console, stop=stop,
+                     render_priority=args.render_priority)
     if args.command == "replay":
         from monitor.replay import replay
 
@@ -137,7 +147,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         from monitor.watch import watch
 
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, skip_corrupt=args.skip_corrupt,
-                     polling=args.polling, console=console, stop=stop)
+                     polling=args.polling, console=console, stop=stop,
+                     render_priority=args.render_priority)
     if args.command == "inspect":
         from monitor.inspect import inspect_logs
 

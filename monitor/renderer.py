@@ -1,4 +1,4 @@
-"""Renderers run jobs: inline (replay, tests) or in a worker process, so a slow figure never
+"""Renderers run jobs: inline (replay, tests) or in worker processes, so a slow figure never
 holds the GIL that the receive loop needs."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from typing import Callable
 
-from monitor.jobs import HistoryJob, run_job
+from monitor.jobs import ConfusionJob, HistoryJob, run_job
 
 log = logging.getLogger("monitor")
 
@@ -48,28 +48,63 @@ class InlineRenderer:
         self.drain()
 
 
-class ProcessRenderer:
-    """One worker process; jobs run in submission order, so the last job for a file wins."""
+# Which lane runs a job: the confusion matrix is the slowest figure, so it gets a worker of its own
+# and the grid and history curves no longer queue behind it (bench/monitor_render.py). A file always
+# goes to the same lane, so jobs for one file still run in submission order and the last one wins.
+CONFUSION_LANE, FIGURE_LANE = 0, 1
+LANES = 2
+PRIORITIES = ("idle", "normal")
 
-    def __init__(self, on_done: Callable[[str], None] | None = None) -> None:
+
+class ProcessRenderer:
+    """Worker processes (two lanes, one worker each) that run jobs in submission order per file.
+
+    `priority="idle"` (the default) runs the workers under SCHED_IDLE: they get only CPU time that
+    nothing else wants, so a CPU-bound trainer on the same machine is never slowed by a figure (its
+    figures then wait until the CPU has time). `priority="normal"` renders as soon as a job arrives.
+    """
+
+    def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle") -> None:
+        if priority not in PRIORITIES:
+            raise ValueError(f"render priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
         # spawn, not fork: the parent has ZeroMQ threads, which must never be forked.
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker)
+        context = multiprocessing.get_context("spawn")
+        self._lanes = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_worker,
+                                           initargs=(priority,)) for _ in range(LANES)]
         self._pending: set[Future] = set()
+        # A history drawing not yet started is superseded by the next one for the same folder (only
+        # the last drawing survives anyway), so a busy machine does not pile up redraws.
+        self._queued_history: dict[object, Future] = {}
         self._lock = threading.Lock()
         self.on_done = on_done
         self.failures = 0
-        self._pool.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
+        self.superseded = 0
+        for lane in self._lanes:
+            lane.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
 
     def submit(self, job: object) -> None:
-        future = self._pool.submit(run_job, job)
+        lane = self._lanes[CONFUSION_LANE if isinstance(job, ConfusionJob) else FIGURE_LANE]
+        future = lane.submit(run_job, job)
+        previous = None
         with self._lock:
             self._pending.add(future)
+            if isinstance(job, HistoryJob):
+                previous = self._queued_history.pop(job.folder, None)
+                self._queued_history[job.folder] = future
+        # Outside the lock: cancel() runs the done callback, which takes it. Submitted first, so the
+        # newer drawing is already queued behind the one being withdrawn.
+        if previous is not None and previous.cancel():
+            self.superseded += 1
         future.add_done_callback(self._done)
 
     def _done(self, future: Future) -> None:
         with self._lock:
             self._pending.discard(future)
+            for folder, queued in list(self._queued_history.items()):
+                if queued is future:
+                    del self._queued_history[folder]
+        if future.cancelled():
+            return
         exc = future.exception()
         if exc is not None:
             self.failures += 1
@@ -86,11 +121,16 @@ class ProcessRenderer:
         with self._lock:
             futures = list(self._pending)
         for future in futures:
-            future.exception()  # waits; errors were already logged by _done
+            if not future.cancelled():
+                try:
+                    future.exception()  # waits; errors were already logged by _done
+                except CancelledError:
+                    pass
 
     def close(self) -> None:
         self.drain()
-        self._pool.shutdown(wait=True)
+        for lane in self._lanes:
+            lane.shutdown(wait=True)
 
 
 def _warm_up() -> None:
@@ -98,17 +138,31 @@ def _warm_up() -> None:
     import monitor.render.save  # noqa: F401
 
 
-def _init_worker() -> None:
+def _init_worker(priority: str = "idle") -> None:
     """Render-worker start-up: stop signals are the parent's business, and the worker yields the CPU.
 
     Ctrl-C and a process manager's SIGTERM reach the whole process group; the parent decides when
     the worker stops (after the pending renders), so the worker must not die first.
     """
-    import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # On a CPU-only machine the trainer needs the cores more than a figure does (bench/: a niced
-    # monitor cut the fit overhead on 2 cores from x1.31 to x1.14).
-    os.nice(10)
+    if priority == "idle":
+        yield_cpu()
+
+
+def yield_cpu() -> str:
+    """Put the calling process under SCHED_IDLE where the OS has it, else under the lowest nice level.
+
+    On a CPU-only machine the trainer needs the cores more than a figure does: bench/fit_overhead.py
+    measures the difference. Returns the policy that took effect, for the log and the tests.
+    """
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (AttributeError, OSError):
+        os.nice(19 - os.nice(0))
+        return "nice 19"

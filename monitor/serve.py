@@ -23,7 +23,7 @@ TICK_S = 0.25
 
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None) -> int:
+          stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
@@ -37,7 +37,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         if pipeline is not None:
             pipeline.record_artifact(Path(path))
 
-    renderer = ProcessRenderer(on_done=artifact_written)
+    renderer = ProcessRenderer(on_done=artifact_written, priority=render_priority)
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     receiver.start()
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's

@@ -95,12 +95,12 @@ class SpoolWatcher:
 
 
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
-          console: Console, stop: threading.Event | None = None) -> int:
+          console: Console, stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
-    renderer = ProcessRenderer()
+    renderer = ProcessRenderer(priority=render_priority)
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False), epoch_timeout=epoch_timeout)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     changed = _Changed()

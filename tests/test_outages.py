@@ -68,7 +68,9 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
                          str(tmp_path / "rec.npz"), "--linger-ms", "60000", "--epoch-sleep", "1.5")
     log = out / "phoenix" / "messages.mlog"
     wait_for(lambda: epoch_ends_in(log) >= 2, what="two epochs in the first monitor")
-    wait_for(lambda: (out / "phoenix" / "epoch_001" / "confusion_matrix.png").exists(), what="epoch 1 artifacts")
+    # Both render lanes past epoch 0: the confusion matrix and the sample grid of epoch 1 exist.
+    wait_for(lambda: all((out / "phoenix" / "epoch_001" / name).exists()
+                         for name in ("confusion_matrix.png", "sample_predictions.png")), what="epoch 1 artifacts")
     before = tree_bytes(out / "phoenix" / "epoch_000")
     first.kill()  # SIGKILL, mid-run
     assert trainer.poll() is None, "the run ended before the kill; the test needs a slower trainer"

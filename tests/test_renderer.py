@@ -1,0 +1,126 @@
+"""ProcessRenderer: two lanes of worker processes under the requested CPU priority, history redraws
+that a newer one supersedes, per-file order, failures counted without stopping the other jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.jobs import ConfusionJob, HistoryJob
+from monitor.renderer import InlineRenderer, ProcessRenderer
+
+# The jobs below run in spawned workers, which import this module by name to unpickle them.
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Writes the worker's pid and scheduling policy; runs on the figure lane."""
+
+    png: Path
+
+    def run(self) -> None:
+        self.png.write_text(json.dumps({"pid": os.getpid(), "policy": os.sched_getscheduler(0),
+                                        "nice": os.nice(0)}))
+
+
+@dataclass(frozen=True)
+class ConfusionProbe(ConfusionJob):
+    """The same probe, routed like a confusion matrix."""
+
+    def run(self) -> None:
+        Probe(self.png).run()
+
+
+@dataclass(frozen=True)
+class Sleep:
+    png: Path
+    seconds: float
+
+    def run(self) -> None:
+        time.sleep(self.seconds)
+        self.png.write_text("slept")
+
+
+@dataclass(frozen=True)
+class Broken:
+    png: Path
+
+    def run(self) -> None:
+        raise RuntimeError("this job always fails")
+
+
+def _probe_both_lanes(tmp_path: Path, priority: str) -> tuple[dict, dict]:
+    renderer = ProcessRenderer(priority=priority)
+    try:
+        renderer.submit(ConfusionProbe(tmp_path / "confusion.json", tmp_path / "unused.csv", np.zeros((1, 1)), ["a"], "t"))
+        renderer.submit(Probe(tmp_path / "figure.json"))
+        renderer.drain()
+    finally:
+        renderer.close()
+    return (json.loads((tmp_path / "confusion.json").read_text()), json.loads((tmp_path / "figure.json").read_text()))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+def test_idle_priority_puts_both_lanes_under_sched_idle_in_separate_processes(tmp_path):
+    confusion, figure = _probe_both_lanes(tmp_path, "idle")
+    assert confusion["policy"] == figure["policy"] == os.SCHED_IDLE
+    assert confusion["pid"] != figure["pid"] != os.getpid()
+
+
+def test_normal_priority_leaves_the_workers_alone(tmp_path):
+    confusion, figure = _probe_both_lanes(tmp_path, "normal")
+    assert confusion["policy"] == figure["policy"] == os.sched_getscheduler(0)
+    assert confusion["nice"] == figure["nice"] == os.nice(0)
+
+
+def test_unknown_priority_is_refused():
+    with pytest.raises(ValueError, match="render priority must be one of idle, normal"):
+        ProcessRenderer(priority="high")
+
+
+def _history(epochs: int) -> dict[int, dict[str, float]]:
+    return {e: {"train/loss": 1.0 / (e + 1), "val/loss": 1.2 / (e + 1), "val/acc_top1": e / epochs}
+            for e in range(epochs)}
+
+
+def test_queued_history_redraws_are_superseded_by_the_latest(tmp_path):
+    done: list[str] = []
+    renderer = ProcessRenderer(on_done=done.append, priority="normal")
+    folder = tmp_path / "served" / "training_history"
+    try:
+        renderer.submit(Sleep(tmp_path / "slept.txt", 2.0))  # occupies the figure lane
+        time.sleep(0.5)
+        for epochs in range(1, 7):
+            renderer.submit(HistoryJob(folder, _history(epochs)))
+        renderer.drain()
+    finally:
+        renderer.close()
+    # Only the jobs that had already left the queue when their successor came could not be withdrawn.
+    assert renderer.superseded >= 3
+    assert len(done) == 1 + 6 - renderer.superseded
+    assert renderer.pending == 0 and renderer.failures == 0
+    expected = tmp_path / "inline" / "training_history"
+    inline = InlineRenderer()
+    inline.submit(HistoryJob(expected, _history(6)))
+    inline.drain()
+    for name in ("loss_history.png", "accuracy_history.png"):
+        assert (folder / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+def test_a_failing_job_is_counted_and_the_next_one_still_runs(tmp_path):
+    done: list[str] = []
+    renderer = ProcessRenderer(on_done=done.append, priority="normal")
+    try:
+        renderer.submit(Broken(tmp_path / "never.png"))
+        renderer.submit(Probe(tmp_path / "after.json"))
+        renderer.drain()
+    finally:
+        renderer.close()
+    assert renderer.failures == 1
+    assert done == [str(tmp_path / "after.json")]
