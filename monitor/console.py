@@ -52,9 +52,10 @@ class MonitorConsole:
         elif self.terminal is not None:
             self.terminal.print(renderable)
 
-    def table(self, run_dir: Path, table: Table) -> None:
+    def table(self, run_dir: Path, table: Table, terminal: Table | None = None) -> None:
+        """`table` goes to console.txt, and to the terminal unless a shorter `terminal` version is given."""
         self._append(run_dir, table_text(table))
-        self._show(table)
+        self._show(table if terminal is None else terminal)
 
     # Lines and notes quote run ids and trainer errors: untrusted, so neutralized like table cells.
     def line(self, run_dir: Path, text: str) -> None:

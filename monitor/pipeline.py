@@ -130,7 +130,8 @@ class Pipeline:
                 "classes": [{"name": r.name, "index": r.index, "count": r.count,
                              "percentage": round(r.percentage, 4)} for r in rows],
             })
-            self.console.table(folder, tables.class_distribution_table(rows))
+            self.console.table(folder, tables.class_distribution_table(rows), _shortened(
+                rows, lambda: tables.class_distribution_table(rows, tables.smallest_and_largest(rows))))
         else:
             self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
                                       "no dataset class distribution")
@@ -177,7 +178,8 @@ class Pipeline:
                              "expected": round(r.expected, 6),
                              "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
             })
-            self.console.table(folder, tables.sampler_table(rows, number))
+            self.console.table(folder, tables.sampler_table(rows, number), _shortened(
+                rows, lambda: tables.sampler_table(rows, number, tables.furthest_from_expected(rows))))
         if run.history:
             self.renderer.submit(HistoryJob(folder / "training_history",
                                             {e: dict(v) for e, v in sorted(run.history.items())}))
@@ -211,6 +213,11 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
     })
+
+
+def _shortened(rows: list, build: Callable[[], object]) -> object | None:
+    """The terminal's shorter version of a per-class table, for runs with many classes."""
+    return build() if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _csv_value(value: float | None) -> str:

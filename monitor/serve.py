@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
     gc.collect()
     gc.freeze()
+    # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
+    # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
+    sys.setswitchinterval(0.001)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)

@@ -23,9 +23,10 @@ from monitor.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DAT
                                     WRONG_COLOR, CellLabel, cell_labels, confusion_figure,
                                     display_label, history_figures, sample_grid_figure)
 from monitor.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
-from monitor.render.tables import (ClassDistributionRow, SamplerRow, class_distribution_rows,
-                                   class_distribution_table, epoch_summary_table,
-                                   model_info_table, sampler_rows, sampler_table, table_text)
+from monitor.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
+                                   class_distribution_rows, class_distribution_table,
+                                   epoch_summary_table, furthest_from_expected, model_info_table,
+                                   sampler_rows, sampler_table, smallest_and_largest, table_text)
 
 
 def render_rgb(fig: Figure) -> np.ndarray:
@@ -452,6 +453,66 @@ def test_sampler_rows_and_table():
     assert table_line(text, "b") == ["b", "5", "7.5", "0.67"]
     assert table_line(text, "c") == ["c", "0", "0.0", "—"]
     assert table_line(text, "Total") == ["Total", "15", "15.5", "0.97"]
+
+
+def test_furthest_from_expected_keeps_the_strays_in_class_order():
+    names = [f"c{i}" for i in range(8)]
+    sampled = [10, 10, 2, 10, 19, 10, 3, 10]
+    expected = [10.0, 10.0, 10.0, 10.0, 10.0, 0.0, 3.0, 9.0]
+    rows = sampler_rows(names, sampled, expected)
+    # c5: drawn although nothing was expected (furthest); c2 |0.2-1|; c4 |1.9-1|; c7 |1.11-1|.
+    assert [r.name for r in furthest_from_expected(rows, 3)] == ["c2", "c4", "c5"]
+    assert [r.name for r in furthest_from_expected(rows, 4)] == ["c2", "c4", "c5", "c7"]
+    assert furthest_from_expected(rows, 100) == rows
+
+
+def test_smallest_and_largest_takes_both_ends_in_class_order():
+    rows = class_distribution_rows([f"c{i}" for i in range(7)], [50, 1, 30, 2, 90, 40, 3])
+    assert [r.name for r in smallest_and_largest(rows, 4)] == ["c0", "c1", "c3", "c4"]
+    assert [r.name for r in smallest_and_largest(rows, 3)] == ["c0", "c1", "c4"]
+    assert smallest_and_largest(rows, 7) == rows
+
+
+def test_shortened_tables_total_every_class_and_say_where_the_rest_is():
+    rows = sampler_rows([f"class{i:03d}" for i in range(100)], [10] * 99 + [40], [10.0] * 100)
+    text = table_text(sampler_table(rows, 0, furthest_from_expected(rows, 5)), width=200)
+    assert table_line(text, "class099") == ["class099", "40", "10.0", "4.00"]
+    assert sum(line.startswith("│ class") for line in text.splitlines()) == 5
+    assert table_line(text, "Total") == ["Total", "1,030", "1,000.0", "1.03"]
+    assert ("5 of 100 classes shown (furthest from their expected count); every class is in the run's console.txt"
+            in " ".join(text.split()))
+    counts = class_distribution_rows([f"k{i}" for i in range(50)], list(range(1, 51)))
+    text = table_text(class_distribution_table(counts, smallest_and_largest(counts, 4)), width=200)
+    assert [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│ k")] == ["k0", "k1", "k48", "k49"]
+    assert table_line(text, "Total") == ["Total", "", "1,275", "100.0%"]
+    assert "4 of 50 classes shown (smallest and largest)" in " ".join(text.split())
+    assert "classes shown" not in table_text(sampler_table(rows, 0))
+
+
+def test_many_classes_print_a_short_table_on_the_terminal_and_every_row_in_console_txt(tmp_path):
+    from monitor.replay import replay
+    from trainer_side import Emitter
+
+    classes = 3 * TERMINAL_MAX_CLASS_ROWS
+    names = [f"class{i:03d}" for i in range(classes)]
+    emitter = Emitter(None, run="wide", spool=tmp_path / "spool")
+    emitter.run_start(names, train_targets=np.repeat(np.arange(classes), np.arange(classes) % 7 + 1).astype(np.uint8),
+                      sampler={"type": "TrackingWeightedRandomSampler", "num_samples": classes,
+                               "weights_per_class": np.ones(classes)})
+    emitter.sampled(0, np.arange(classes, dtype=np.uint32))
+    emitter.epoch_end(0)
+    emitter.run_end("completed")
+    emitter.close()
+    screen = io.StringIO()
+    replay(sorted((tmp_path / "spool").rglob("*.mlog")), tmp_path / "out", skip_corrupt=False,
+           console=Console(file=screen, width=120), show_tables=True)
+    record = (tmp_path / "out" / "wide" / "console.txt").read_text()
+    for title in ("Dataset Class Distribution", "Sampler Distribution — epoch 0"):
+        shown = screen.getvalue().split(title)[1].split("Total")[0]
+        assert sum(name in shown for name in names) == TERMINAL_MAX_CLASS_ROWS, title
+        assert sum(name in record.split(title)[1].split("Total")[0] for name in names) == classes, title
+    assert f"{TERMINAL_MAX_CLASS_ROWS} of {classes} classes shown" in " ".join(screen.getvalue().split())
+    assert "classes shown" not in record
 
 
 def test_epoch_summary_table():

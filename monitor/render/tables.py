@@ -13,6 +13,9 @@ from rich.text import Text
 from monitor.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
+# Above this many classes the terminal gets a shortened table (console.txt always has every row): a
+# 1,000-row table scrolls the screen away, and rendering it twice cost the monitor 0.4 s per epoch.
+TERMINAL_MAX_CLASS_ROWS = 30
 TABLE_WIDTH = 100
 MISSING = "—"
 MODEL_INFO_KEYS = ("class", "total_params", "trainable_params", "size_mb")
@@ -66,20 +69,40 @@ def class_distribution_rows(class_names: Sequence[str],
             for index, (name, count) in enumerate(zip(class_names, counts))]
 
 
-def class_distribution_table(rows: Sequence[ClassDistributionRow]) -> Table:
-    """The "Dataset Class Distribution" table, with a total row."""
-    table = Table(title="Dataset Class Distribution")
+def class_distribution_table(rows: Sequence[ClassDistributionRow],
+                             shown: Sequence[ClassDistributionRow] | None = None) -> Table:
+    """The "Dataset Class Distribution" table, with a total row over all `rows`; `shown` limits the
+    class rows drawn (see `smallest_and_largest`)."""
+    table = Table(title="Dataset Class Distribution",
+                  caption=_shortened_caption(rows, shown, "smallest and largest"))
     table.add_column("Class Name")
     table.add_column("Index", justify="right")
     table.add_column("Count", justify="right")
     table.add_column("Percentage", justify="right")
-    for row in rows:
+    for row in rows if shown is None else shown:
         table.add_row(display_name(row.name), str(row.index), f"{row.count:,}",
                       f"{row.percentage:.1f}%")
     total = sum(row.count for row in rows)
     table.add_section()
     table.add_row("Total", "", f"{total:,}", "100.0%" if total else "0.0%")
     return table
+
+
+def smallest_and_largest(rows: Sequence[ClassDistributionRow],
+                         limit: int = TERMINAL_MAX_CLASS_ROWS) -> list[ClassDistributionRow]:
+    """The `limit` classes at both ends of the distribution (half the smallest, half the largest),
+    in class order: where imbalance shows."""
+    by_count = sorted(rows, key=lambda row: (row.count, row.index))
+    if len(by_count) <= limit:
+        return list(rows)
+    chosen = by_count[:limit // 2] + by_count[len(by_count) - (limit - limit // 2):]
+    return sorted(chosen, key=lambda row: row.index)
+
+
+def _shortened_caption(rows: Sequence[object], shown: Sequence[object] | None, which: str) -> Text | None:
+    if shown is None or len(shown) == len(rows):
+        return None
+    return Text(f"{len(shown)} of {len(rows):,} classes shown ({which}); every class is in the run's console.txt")
 
 
 # ---------------------------------------------------------------------------- model information
@@ -117,14 +140,16 @@ def sampler_rows(class_names: Sequence[str], sampled_counts: Sequence[int],
             in enumerate(zip(class_names, sampled_counts, expected_counts))]
 
 
-def sampler_table(rows: Sequence[SamplerRow], epoch: int) -> Table:
-    """The per-epoch sampler table, with a total row."""
-    table = Table(title=f"Sampler Distribution — epoch {epoch}")
+def sampler_table(rows: Sequence[SamplerRow], epoch: int, shown: Sequence[SamplerRow] | None = None) -> Table:
+    """The per-epoch sampler table, with a total row over all `rows`; `shown` limits the class rows
+    drawn (see `furthest_from_expected`)."""
+    table = Table(title=f"Sampler Distribution — epoch {epoch}",
+                  caption=_shortened_caption(rows, shown, "furthest from their expected count"))
     table.add_column("Class Name")
     table.add_column("Sampled Count", justify="right")
     table.add_column("Expected Count", justify="right")
     table.add_column("Ratio", justify="right")
-    for row in rows:
+    for row in rows if shown is None else shown:
         table.add_row(display_name(row.name), f"{row.sampled:,}", f"{row.expected:,.1f}",
                       _format_ratio(row.ratio))
     sampled = sum(row.sampled for row in rows)
@@ -133,6 +158,18 @@ def sampler_table(rows: Sequence[SamplerRow], epoch: int) -> Table:
     table.add_row("Total", f"{sampled:,}", f"{expected:,.1f}",
                   _format_ratio(_ratio(sampled, expected)))
     return table
+
+
+def furthest_from_expected(rows: Sequence[SamplerRow], limit: int = TERMINAL_MAX_CLASS_ROWS) -> list[SamplerRow]:
+    """The `limit` classes whose draws strayed furthest from their weights' prediction, in class
+    order; a class drawn although nothing was expected counts as furthest of all."""
+    def distance(row: SamplerRow) -> float:
+        if row.ratio is None:
+            return float("inf") if row.sampled else 0.0
+        return abs(row.ratio - 1.0)
+
+    chosen = sorted(rows, key=lambda row: (-distance(row), row.index))[:limit]
+    return sorted(chosen, key=lambda row: row.index)
 
 
 def _ratio(sampled: int, expected: float) -> float | None:
