@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from typing import Callable
 
@@ -150,6 +152,15 @@ def _init_worker(priority: str = "idle") -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if priority == "idle":
         yield_cpu()
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """A monitor killed with SIGKILL cannot stop its workers, and a worker blocked on the job queue
+    never notices (it holds that pipe's write end itself): it would live on, orphaned, for ever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def yield_cpu() -> str:
@@ -158,8 +169,6 @@ def yield_cpu() -> str:
     On a CPU-only machine the trainer needs the cores more than a figure does: bench/fit_overhead.py
     measures the difference. Returns the policy that took effect, for the log and the tests.
     """
-    import os
-
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         return "SCHED_IDLE"

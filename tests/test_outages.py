@@ -72,6 +72,8 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
     wait_for(lambda: all((out / "phoenix" / "epoch_001" / name).exists()
                          for name in ("confusion_matrix.png", "sample_predictions.png")), what="epoch 1 artifacts")
     before = tree_bytes(out / "phoenix" / "epoch_000")
+    workers = children_of(first.proc.pid)
+    assert len(workers) >= 2  # the render lanes (and multiprocessing's resource tracker)
     first.kill()  # SIGKILL, mid-run
     assert trainer.poll() is None, "the run ended before the kill; the test needs a slower trainer"
     second = MonitorProcess(out, port=first.port)
@@ -95,6 +97,20 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
     received = {decode(f)["epoch"] for f in iter_frames(log) if decode(f).kind == "preds"}
     assert_confusions_match(run, record, sorted(received))
     assert received >= {0, 1, 4, 5}  # everything before the kill and after the restart
+    # A SIGKILLed monitor cannot stop its render workers; they notice and leave instead of lingering.
+    wait_for(lambda: not any(map(alive, workers)), what="orphaned workers exiting")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (exited, not yet reaped by its new parent) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_frozen_monitor_never_blocks_the_sender_and_every_drop_is_counted(tmp_path):
