@@ -3,6 +3,7 @@
     (a) no observability                     (b) EmitterCallback, live `monitor serve`
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
+    (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
 
 Each configuration lives in its own worker process (bench/fit_worker.py); rounds run a b c d e, a b c
 d e, ..., and every ratio is taken per round against that round's (a), then the median is reported.
@@ -29,14 +30,18 @@ CONFIGS = {
     "c": "emitter, no monitor",
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
+    "n": "(b), renders at normal priority",
 }
+# The trainer side of each configuration (n differs from b only in the monitor's --render-priority).
+WORKER_CONFIG = {"n": "b"}
 
 
 class Worker:
     def __init__(self, config: str, threads: int, log: Path) -> None:
         self.config = config
         self._log = open(log, "w")
-        self.proc = subprocess.Popen([PYTHON, "-m", "bench.fit_worker", "--config", config, "--threads", str(threads)],
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.fit_worker", "--config", WORKER_CONFIG.get(config, config),
+                                      "--threads", str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      cwd=ROOT)
         self.ready = json.loads(self._read("READY"))
@@ -79,6 +84,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                                     command=[*prefix, PYTHON, "-m", "monitor", "serve"] if prefix else None)
         if "d" in configs:
             monitors["d"] = Monitor(work / "monitor_stopped")
+        if "n" in configs:
+            monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
         workers = {c: Worker(c, args.threads, work / f"worker_{c}.log") for c in configs}
         for monitor in monitors.values():
             monitor.wait_idle()
@@ -89,7 +96,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                 request = {"epochs": 1 if warm else args.epochs, "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches}
-                if config in "bd":
+                if config in "bdn":
                     request["endpoint"] = monitors[config].endpoint
                 elif config == "c":
                     request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
@@ -143,6 +150,8 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             "rss_mb_first_last": (runs[0]["rss_mb"], runs[-1]["rss_mb"]),
             "dropped": [r["dropped"] for r in runs], "sent": [r["sent"] for r in runs],
             "monitor_cpu_s_median": median([r["monitor_cpu_s"] for r in runs]) if "monitor_cpu_s" in runs[0] else None,
+            # How long after fit() returned the monitor still worked (renders it had put off).
+            "monitor_settle_s_median": median([r["monitor_settle_s"] for r in runs]) if "monitor_settle_s" in runs[0] else None,
         }
     return summary
 
@@ -160,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
     parser.add_argument("--monitor-idle", action="store_true",
                         help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
-    parser.add_argument("--configs", default="abcde", help="configurations to run, (a) first (default abcde)")
+    parser.add_argument("--configs", default="abcde",
+                        help="configurations to run, (a) first (default abcde; n = (b) with the monitor's "
+                             "--render-priority normal, for comparison)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
     if not args.configs.startswith("a") or set(args.configs) - set(CONFIGS):
-        parser.error("--configs must start with a and use only a, b, c, d, e")
+        parser.error("--configs must start with a and use only a, b, c, d, e, n")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
         print(f"fit overhead: {args.rounds} rounds x {len(args.configs)} configs x {args.epochs} epochs "
@@ -194,8 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    print(f"\nlive monitor CPU per fit (render worker included), median: {summary.get('b', {}).get('monitor_cpu_s_median')} s"
-          f" for {args.epochs} epochs")
+    for config in ("b", "n"):
+        if config in summary:
+            s = summary[config]
+            print(f"\n({config}) live monitor CPU per fit (render workers included), median: "
+                  f"{s['monitor_cpu_s_median']:.2f} s for {args.epochs} epochs; the monitor was idle again "
+                  f"{s['monitor_settle_s_median']:.2f} s after fit() returned (median; 0.6 s is the quiet "
+                  f"period the check needs)")
     print(f"monitor exit codes: {measured['monitor_exit_codes']}; took {time.perf_counter() - started:.0f} s")
     write_json(args.json, {"args": vars(args) | {"json": str(args.json)}, "summary": summary, **measured})
     return 0
