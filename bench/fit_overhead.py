@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
     parser.add_argument("--monitor-idle", action="store_true",
                         help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
-    parser.add_argument("--configs", default="abcde",
-                        help="configurations to run, (a) first (default abcde; n = (b) with the monitor's "
+    parser.add_argument("--configs", default="abcden",
+                        help="configurations to run, (a) first (default abcden; n = (b) with the monitor's "
                              "--render-priority normal, for comparison)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 3)
