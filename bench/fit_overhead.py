@@ -95,7 +95,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             for config in configs:
                 request = {"epochs": 1 if warm else args.epochs, "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
-                           "endpoint": None, "train_batches": args.train_batches}
+                           "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
                 if config in "bdn":
                     request["endpoint"] = monitors[config].endpoint
                 elif config == "c":
@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured 1-epoch rounds first (default 1)")
     parser.add_argument("--train-batches", type=int, default=None,
                         help="limit training batches per epoch (default: the whole demo epoch, 18 batches)")
+    parser.add_argument("--epoch-scale", type=int, default=1,
+                        help="each training epoch draws N times the demo's training set (default 1): longer epochs, "
+                             "the same validation and monitor work per epoch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the trainers (0: torch's default)")
     parser.add_argument("--monitor-nice", type=int, default=0,
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(+{args.warmup} warm-up round), work dir {tmp}", flush=True)
         measured = run_rounds(args, Path(tmp))
     summary = summarize(measured["results"])
-    print_table(f"Fit wall time, demo digits, {args.epochs} epochs, validation every epoch, "
+    print_table(f"Fit wall time, demo digits{f' (epochs x{args.epoch_scale} longer)' if args.epoch_scale > 1 else ''}, "
+                f"{args.epochs} epochs, validation every epoch, "
                 f"median of {args.rounds} interleaved runs, torch threads {measured['torch_threads']}"
                 + (f", live monitor under nice -n {args.monitor_nice}" if args.monitor_nice else "")
                 + (", live monitor under SCHED_IDLE" if args.monitor_idle else ""),

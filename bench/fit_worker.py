@@ -26,7 +26,10 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
+from torch.utils.data import DataLoader
+
 from trainer_side.demo import DemoClassifier, DigitsDataModule
+from trainer_side.sampler import TrackingWeightedRandomSampler
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -100,8 +103,25 @@ def observability(config: str, request: dict, datamodule: DigitsDataModule) -> l
     raise ValueError(f"config must be one of a, b, c, d, e, got {config!r}")
 
 
+class LongerEpochs(DigitsDataModule):
+    """The demo data, but each training epoch draws `scale` times the training set: a longer epoch
+    with the same model, the same validation, and so the same monitor work per epoch."""
+
+    def __init__(self, scale: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        sampler = TrackingWeightedRandomSampler(loader.sampler.weights, num_samples=self.scale * loader.sampler.num_samples,
+                                                generator=loader.sampler.generator)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler)
+
+
 def fit_once(config: str, request: dict) -> dict:
-    datamodule = DigitsDataModule(batch_size=64, seed=request["seed"])
+    scale = request.get("epoch_scale") or 1
+    datamodule = (LongerEpochs(scale, batch_size=64, seed=request["seed"]) if scale > 1
+                  else DigitsDataModule(batch_size=64, seed=request["seed"]))
     timer = StallTimer()
     callbacks = [*(timer.timed(cb) for cb in observability(config, request, datamodule)), timer]
     L.seed_everything(request["seed"], workers=True, verbose=False)
