@@ -1,5 +1,6 @@
 """Wire codec: every kind and dtype round-trips; bad frames are refused with named errors."""
 
+import dataclasses
 import math
 
 import msgpack
@@ -155,3 +156,13 @@ def test_decoded_arrays_do_not_copy_the_frame():
     frame = encode(make_message("sampled", "r", 0, 1, 0, {"epoch": 0, "indices": np.arange(1000, dtype=np.uint32)}))
     indices = decode(frame)["indices"]
     assert not indices.flags.writeable and not indices.flags.owndata
+
+
+def test_decode_builds_the_same_message_as_the_dataclass():
+    args = ("metrics", "r", 1, 2, 3, 4.5, {"values": {"loss": 0.5}}, (1, 0))
+    built, constructed = protocol._checked_message(*args), protocol.Message(*args)
+    # Equal, and field for field: a field added to Message but not to the shortcut fails here.
+    assert type(built) is protocol.Message and built == constructed and vars(built) == vars(constructed)
+    assert repr(built) == repr(constructed)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.seq = 4  # type: ignore[misc]
