@@ -164,8 +164,7 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
 
 
 def yield_cpu() -> str:
-    """Put the calling thread (on Linux the policy and nice level are per thread; a process started
-    from it inherits them) under SCHED_IDLE where the OS has it, else under the lowest nice level.
+    """Put the calling process under SCHED_IDLE where the OS has it, else under the lowest nice level.
 
     On a CPU-only machine the trainer needs the cores more than a figure does: bench/fit_overhead.py
     measures the difference. Returns the policy that took effect, for the log and the tests.

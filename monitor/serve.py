@@ -16,7 +16,7 @@ from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_table
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
-from monitor.renderer import ProcessRenderer, yield_cpu
+from monitor.renderer import ProcessRenderer
 from monitor.signals import stop_on_signals
 
 TICK_S = 0.25
@@ -41,10 +41,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     renderer = ProcessRenderer(on_done=artifact_written, priority=render_priority)
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     receiver.start()
-    if render_priority == "idle":
-        # This thread aggregates, prints tables and writes JSON: work that can wait for an idle CPU
-        # too. The receive thread started above keeps normal priority (the policy is per thread).
-        yield_cpu()
+    # This thread (aggregation, tables, JSON) keeps normal priority: under SCHED_IDLE it fell behind
+    # a busy sender, and the hand-off queue grew without bound (bench/monitor_ingest.py: 197k queued).
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
     # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
     gc.collect()

@@ -21,7 +21,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
-from monitor.renderer import ProcessRenderer, yield_cpu
+from monitor.renderer import ProcessRenderer
 from monitor.signals import stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
@@ -101,8 +101,6 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
-    if render_priority == "idle":
-        yield_cpu()  # this thread reads the spools and aggregates: nothing here is lost by waiting
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False), epoch_timeout=epoch_timeout)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     changed = _Changed()

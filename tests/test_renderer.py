@@ -125,27 +125,3 @@ def test_a_failing_job_is_counted_and_the_next_one_still_runs(tmp_path):
     assert renderer.failures == 1
     assert done == [str(tmp_path / "after.json")]
 
-
-def thread_policies(pid: int) -> dict[int, int]:
-    """Scheduling policy of every thread of a process (field 41 of /proc/PID/task/TID/stat)."""
-    policies = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        policies[int(task.name)] = int(fields[41 - 3])
-    return policies
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
-@pytest.mark.parametrize("priority", ["idle", "normal"])
-def test_serve_aggregates_at_the_requested_priority_and_receives_at_normal(tmp_path, priority):
-    from conftest import MonitorProcess
-
-    monitor = MonitorProcess(tmp_path / "out", "--render-priority", priority)
-    try:
-        policies = thread_policies(monitor.proc.pid)
-    finally:
-        assert monitor.stop() == 0
-    main_thread = policies.pop(monitor.proc.pid)
-    assert main_thread == (os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER)
-    # The receive thread (and ZeroMQ's I/O threads) were started before the pipeline thread yielded.
-    assert os.SCHED_OTHER in policies.values()
