@@ -6,7 +6,7 @@ a second thread wakes every 1 ms and notes its longest gap; the receiver thread 
 Garbage collections longer than 5 ms are recorded with gc.callbacks. Run twice, with and without
 --gc-freeze, to see the effect of the proposed fix.
 
-    python -m bench.gil_pauses [--classes 1000] [--gc-freeze] [--json FILE]
+    python -m bench.gil_pauses [--classes 1000] [--gc-freeze] [--switch-interval-ms 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import gc
 import io
 import pickle
+import sys
 import tempfile
 import threading
 import time
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--classes", type=int, default=1000, help="class count (default 1000)")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the imports (the proposed fix)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="sys.setswitchinterval, in ms (Python's default is 5; monitor serve uses 1)")
     args = parser.parse_args(argv)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     epochs = 2 if args.quick else 3
     messages = [protocol.decode(frame) for _, frame, _ in epoch_schedule("pauses", args.classes, epochs, 1.0)]
     collections: list[float] = []
@@ -82,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"{message.kind} (epoch {message.get('epoch', '-')})", 1e3 * took, 1e3 * ticker.longest,
                          1e3 * max((c for c in collections), default=0.0), sum(c > 0.005 for c in collections)])
         ticker.stopped = True
-    print_table(f"Pipeline thread per message, {args.classes} classes" + (" (gc.freeze)" if args.gc_freeze else ""),
+    print_table(f"Pipeline thread per message, {args.classes} classes" + (" (gc.freeze)" if args.gc_freeze else "")
+                + f", GIL switch interval {sys.getswitchinterval() * 1000:g} ms",
                 ["message", "handle ms", "other thread's longest gap ms", "longest GC ms", "GCs > 5 ms"], rows)
-    write_json(args.json, {"rows": rows, "classes": args.classes, "gc_freeze": args.gc_freeze})
+    write_json(args.json, {"rows": rows, "classes": args.classes, "gc_freeze": args.gc_freeze,
+                           "switch_interval_s": sys.getswitchinterval()})
     return 0
 
 

@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                                      show_tables=not args.quiet)
         rejected = intake.rejected + pipeline.rejected
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
-                      f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
+                      f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False, markup=False)
         return 0
     if args.command == "watch":
         from monitor.watch import watch
@@ -185,7 +185,7 @@ def _keygen(folder: Path, name: str, console: Console) -> int:
     public_file, secret_file = zmq.auth.create_certificates(str(folder), name)
     public, _ = zmq.auth.load_certificate(public_file)
     console.print(f"public key: {public.decode()}\npublic key file: {public_file}\nsecret key file: {secret_file} "
-                  "(keep it private)", highlight=False)
+                  "(keep it private)", highlight=False, markup=False)
     return 0
 
 

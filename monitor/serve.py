@@ -52,7 +52,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     sys.setswitchinterval(0.001)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
-                  highlight=False)
+                  highlight=False, markup=False)
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
 
@@ -79,7 +79,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
                 pipeline=pipeline)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
+                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False, markup=False)
     return 0
 
 
