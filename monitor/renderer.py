@@ -62,8 +62,9 @@ class ProcessRenderer:
     """Worker processes (two lanes, one worker each) that run jobs in submission order per file.
 
     `priority="idle"` (the default) runs the workers under SCHED_IDLE: they get only CPU time that
-    nothing else wants, so a CPU-bound trainer on the same machine is never slowed by a figure (its
-    figures then wait until the CPU has time). `priority="normal"` renders as soon as a job arrives.
+    nothing else wants, so a CPU-bound trainer on the same machine gets the cores first (its figures
+    wait until the CPU has time; bench/fit_overhead.py measures what contention remains).
+    `priority="normal"` renders as soon as a job arrives.
     """
 
     def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle") -> None:
@@ -163,15 +164,13 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     os._exit(0)
 
 
-def yield_cpu() -> str:
+def yield_cpu() -> None:
     """Put the calling process under SCHED_IDLE where the OS has it, else under the lowest nice level.
 
     On a CPU-only machine the trainer needs the cores more than a figure does: bench/fit_overhead.py
-    measures the difference. Returns the policy that took effect, for the log and the tests.
+    measures the difference (configurations b and n).
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
     except (AttributeError, OSError):
         os.nice(19 - os.nice(0))
-        return "nice 19"
