@@ -113,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     except (AttributeError, ValueError, OSError):
         pass  # stderr has no file descriptor (in-process use, notebooks): no stack dumps, that is all
-    console = Console()
+    # Everything the monitor prints quotes keys, paths, endpoints or names from the wire, and none of it
+    # is rich markup: a Z85 key holding "[g3i!]" must print as it is, not lose it as a style tag.
+    console = Console(markup=False, emoji=False)
     try:
         return _run(args, console)
     except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
@@ -142,7 +144,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                                      show_tables=not args.quiet)
         rejected = intake.rejected + pipeline.rejected
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
-                      f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False, markup=False)
+                      f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
         return 0
     if args.command == "watch":
         from monitor.watch import watch
@@ -185,7 +187,7 @@ def _keygen(folder: Path, name: str, console: Console) -> int:
     public_file, secret_file = zmq.auth.create_certificates(str(folder), name)
     public, _ = zmq.auth.load_certificate(public_file)
     console.print(f"public key: {public.decode()}\npublic key file: {public_file}\nsecret key file: {secret_file} "
-                  "(keep it private)", highlight=False, markup=False)
+                  "(keep it private)", highlight=False)
     return 0
 
 

@@ -51,9 +51,9 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
                         pipeline.handle(message, len(frame))
                     bar.update(task, completed=done + offset)
             for warning in caught:
-                console.print(f"monitor: warning: {warning.message}", highlight=False, markup=False)
+                console.print(f"monitor: warning: {warning.message}", highlight=False)
             for start, end, reason in report.skipped:
-                console.print(f"monitor: {path}: skipped bytes {start}..{end} ({reason})", highlight=False, markup=False)
+                console.print(f"monitor: {path}: skipped bytes {start}..{end} ({reason})", highlight=False)
             done += path.stat().st_size
     pipeline.finish()
     logbook.close()

@@ -41,8 +41,6 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     renderer = ProcessRenderer(on_done=artifact_written, priority=render_priority)
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     receiver.start()
-    # This thread (aggregation, tables, JSON) keeps normal priority: under SCHED_IDLE it fell behind
-    # a busy sender, and the hand-off queue grew without bound (bench/monitor_ingest.py: 197k queued).
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
     # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
     gc.collect()
@@ -52,7 +50,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     sys.setswitchinterval(0.001)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
-                  highlight=False, markup=False)
+                  highlight=False)
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
 
@@ -79,7 +77,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
                 pipeline=pipeline)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False, markup=False)
+                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0
 
 

@@ -80,7 +80,7 @@ class SpoolWatcher:
                     new = follower.poll()
             except (CorruptLogError, ValueError) as exc:
                 self.failed.add(path)
-                self.console.print(f"monitor watch: stopped following {path}: {exc}", highlight=False, markup=False)
+                self.console.print(f"monitor watch: stopped following {path}: {exc}", highlight=False)
                 continue
             for frame in new:
                 message = self.intake.accept(frame)
@@ -108,7 +108,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     observer.schedule(changed, str(folder), recursive=True)
     observer.start()
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
-                  highlight=False, markup=False)
+                  highlight=False)
     try:
         next_rescan = 0.0
         while not stop.is_set():
@@ -129,5 +129,5 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
         write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
                     rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
     console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False, markup=False)
+                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0

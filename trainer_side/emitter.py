@@ -143,6 +143,10 @@ class Emitter:
     @_never_raises
     def send(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Encodes and sends one message; True when the socket took it. Never raises, never blocks."""
+        return self._send(kind, body)
+
+    def _send(self, kind: str, body: Mapping[str, Any]) -> bool:
+        # Unguarded: every public caller is guarded once, by `_never_raises`.
         if self._pid != os.getpid():
             if self._pid is not None:
                 return False  # a forked child (a DataLoader worker): the parent's socket is not ours
@@ -187,33 +191,33 @@ class Emitter:
             "sampler": None if sampler is None else dict(sampler),
             "hparams": plain_hparams(hparams or {}),
         }
-        return self.send("run_start", body)
+        return self._send("run_start", body)
 
     @_never_raises
     def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
-        return self.send("preds", {"epoch": epoch, "step": step, "preds": preds, "labels": labels})
+        return self._send("preds", {"epoch": epoch, "step": step, "preds": preds, "labels": labels})
 
     @_never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
-        return self.send("samples", {"epoch": epoch, "images": images, "labels": labels, "preds": preds})
+        return self._send("samples", {"epoch": epoch, "images": images, "labels": labels, "preds": preds})
 
     @_never_raises
     def sampled(self, epoch: int, indices: np.ndarray) -> bool:
-        return self.send("sampled", {"epoch": epoch, "indices": indices})
+        return self._send("sampled", {"epoch": epoch, "indices": indices})
 
     @_never_raises
     def metrics(self, epoch: int, stage: str, values: Mapping[str, float], step: int = 0) -> bool:
-        return self.send("metrics", {"epoch": epoch, "stage": stage, "step": step,
+        return self._send("metrics", {"epoch": epoch, "stage": stage, "step": step,
                                      "values": {str(k): float(v) for k, v in values.items()}})
 
     @_never_raises
     def epoch_end(self, epoch: int) -> bool:
         # The counters include this message itself only if it gets through; the monitor knows.
-        return self.send("epoch_end", {"epoch": epoch, "sent": self.sent, "dropped": self.dropped})
+        return self._send("epoch_end", {"epoch": epoch, "sent": self.sent, "dropped": self.dropped})
 
     @_never_raises
     def run_end(self, status: str = "completed", error: str | None = None) -> bool:
-        return self.send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
+        return self._send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
 
     def close(self) -> None:
         """Closes the sinks of this process, waiting at most `linger_ms` for queued frames."""

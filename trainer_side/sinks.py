@@ -57,14 +57,13 @@ class SocketSink:
             sent = True
         except zmq.Again:
             sent = False
-        # Note connection events as they come (a flag read, no system call), so close() knows how
-        # long a handshake has been pending. The time noted is when a send first sees the event, so
-        # at worst one message interval late: that only lengthens the grace.
-        if self._events.get(zmq.EVENTS) & zmq.POLLIN:
-            self._take_events()
+        self._take_events()
         return sent
 
     def _take_events(self) -> None:
+        """Notes connection events as they come (a flag read, no system call), so close() knows how
+        long a handshake has been pending. The time noted is when a send first sees the event, so at
+        worst one message interval late: that only lengthens the grace."""
         while self._events.get(zmq.EVENTS) & zmq.POLLIN:
             event = recv_monitor_message(self._events)["event"]
             if event == zmq.EVENT_CONNECTED:
