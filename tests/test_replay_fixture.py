@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 from rich.console import Console
 
-from monitor.render.figures import CORRECT_COLOR, WRONG_COLOR, sample_grid_figure
+from monitor.render.figures import CORRECT_COLOR, WRONG_COLOR, sample_grid_cells
 from monitor.replay import replay
 from tiny_training import CLASS_NAMES, NORMALIZATION
 
@@ -120,11 +119,9 @@ def test_sample_grid_borders_are_green_when_right_and_red_when_wrong(replayed):
     assert (labels == preds).any() and (labels != preds).any(), "fixture needs both outcomes"
     image = np.array(Image.open(run / f"epoch_{epoch:03d}" / "sample_predictions.png").convert("RGB")).astype(int)
     # Where each thumbnail sits comes from the layout; the colours come from the replayed PNG.
-    layout = sample_grid_figure(np.zeros((16, 12, 12, 3), np.uint8), list(labels), list(preds), CLASS_NAMES)
-    FigureCanvasAgg(layout).draw()  # runs the constrained layout, as saving does
-    height = image.shape[0]
-    for i, ax in enumerate(layout.axes[:16]):
-        box = ax.get_window_extent()
-        x, y = int(box.x0 + 1), int(height - (box.y0 + box.y1) / 2)  # on the left border line
+    cells, (width, height) = sample_grid_cells(16, (12, 12))  # tiny_training's 12×12 images
+    assert image.shape[:2] == (height, width)
+    for i, cell in enumerate(cells):
+        y, x = cell.top + cell.height // 2, cell.left  # on the left frame line
         colour = _rgb(CORRECT_COLOR if labels[i] == preds[i] else WRONG_COLOR)
         assert np.abs(image[y, x] - colour).max() <= 40, (i, image[y, x], colour)
