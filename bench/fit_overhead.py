@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--epochs", type=int, default=None, help="epochs per fit (default 3; --quick 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 5; --quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 7; --quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured 1-epoch rounds first (default 1)")
     parser.add_argument("--train-batches", type=int, default=None,
                         help="limit training batches per epoch (default: the whole demo epoch, 18 batches)")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--render-priority normal, for comparison)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 3)
-    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.rounds = args.rounds or (2 if args.quick else 7)
     args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
     if not args.configs.startswith("a") or set(args.configs) - set(CONFIGS):
         parser.error("--configs must start with a and use only a, b, c, d, e, n")

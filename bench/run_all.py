@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT, machine_info
 
-PROGRAMS = ("import_cost", "emitter_costs", "monitor_ingest", "monitor_render", "fit_overhead", "gpu_check")
+PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "cpu_interference", "monitor_ingest", "monitor_render",
+            "fit_overhead", "gpu_check")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,134 @@
+"""How much a busy process beside the trainer slows it down, whatever that process does.
+
+The live monitor costs the trainer in proportion to the CPU it uses, so this program measures the
+price of CPU used beside a trainer on this machine, with no monitor at all. A training-step loop of
+a small CNN (the demo's shapes: batches of 64 32×32 images) runs a fixed number of steps:
+
+- alone;
+- beside one process that spins on the CPU for the whole measurement (normal priority);
+- beside the same spinner under SCHED_IDLE (what `monitor serve` uses for its render workers);
+- beside a spinner that works for ``--duty`` of each 100 ms (normal priority), about what a
+  monitor rendering every epoch of a short fit uses.
+
+Each is measured with the trainer on 1 torch thread (one vCPU left free, as a GPU trainer leaves
+its spare cores) and on all vCPUs. Runs are interleaved, and each slowdown is the median of the
+per-round ratios to the same round's "alone".
+
+    python -m bench.cpu_interference [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from bench.common import PYTHON, add_common_args, median, print_table, write_json
+
+_TRAINER = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+steps = int(sys.argv[2])
+torch.manual_seed(0)
+x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                          torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                          torch.nn.Flatten(), torch.nn.Linear(64, 10))
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+loss_fn = torch.nn.CrossEntropyLoss()
+def run(n):
+    for _ in range(n):
+        opt.zero_grad(); loss_fn(net(x), y).backward(); opt.step()
+run(10)
+print("READY", flush=True)
+sys.stdin.readline()
+start = time.perf_counter(); cpu0 = time.process_time()
+run(steps)
+print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu0}), flush=True)
+"""
+
+_SPINNER = """
+import os, sys, time
+duty = float(sys.argv[1])
+if sys.argv[2] == "idle":
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+print("READY", flush=True)
+while True:
+    if duty >= 1:
+        continue
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.1 * duty:
+        pass
+    time.sleep(0.1 * (1 - duty))
+"""
+
+
+def one_run(threads: int, steps: int, spinner: tuple[float, str] | None) -> dict[str, float]:
+    spin = None
+    if spinner is not None:
+        spin = subprocess.Popen([PYTHON, "-c", _SPINNER, str(spinner[0]), spinner[1]],
+                                stdout=subprocess.PIPE, text=True)
+        assert spin.stdout is not None and spin.stdout.readline().strip() == "READY"
+    trainer = subprocess.Popen([PYTHON, "-c", _TRAINER, str(threads), str(steps)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout is not None and trainer.stdin is not None
+        assert trainer.stdout.readline().strip() == "READY"
+        trainer.stdin.write("go\n")
+        trainer.stdin.flush()
+        result = json.loads(trainer.stdout.readline())
+    finally:
+        trainer.wait()
+        if spin is not None:
+            spin.kill()
+            spin.wait()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 150; --quick 40)")
+    parser.add_argument("--duty", type=float, default=0.2,
+                        help="share of each 100 ms the part-time spinner works (default 0.2)")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
+    steps = args.steps or (40 if args.quick else 150)
+    cpus = os.cpu_count() or 1
+    setups = {
+        "alone": None,
+        "spinner, normal priority": (1.0, "normal"),
+        "spinner, SCHED_IDLE": (1.0, "idle"),
+        f"spinner {args.duty:.0%} of the time": (args.duty, "normal"),
+    }
+    thread_counts = sorted({1, cpus})
+    runs: dict[str, list[dict[str, float]]] = {}
+    for round_index in range(rounds):
+        for threads in thread_counts:
+            for name, spinner in setups.items():
+                result = one_run(threads, steps, spinner)
+                runs.setdefault(f"{threads}|{name}", []).append(result)
+                print(f"  round {round_index + 1}/{rounds}, {threads} thread(s), {name}: {result['wall_s']:.2f} s",
+                      flush=True)
+
+    rows = []
+    for threads in thread_counts:
+        alone = runs[f"{threads}|alone"]
+        for name in setups:
+            mine = runs[f"{threads}|{name}"]
+            ratios = [m["wall_s"] / a["wall_s"] for m, a in zip(mine, alone)]
+            rows.append([f"{threads}", name, median([m["wall_s"] for m in mine]), median(ratios),
+                         f"{min(ratios):.3f}..{max(ratios):.3f}",
+                         median([m["cpu_s"] for m in mine]) / median([a["cpu_s"] for a in alone])])
+    print_table(f"{steps} training steps of a small CNN on {cpus} vCPU(s), median of {rounds} interleaved rounds",
+                ["torch threads", "beside the trainer", "wall s", "wall ratio to alone", "min..max",
+                 "trainer CPU-time ratio"], rows)
+    write_json(args.json, {"rounds": rounds, "steps": steps, "duty": args.duty, "runs": runs})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
