@@ -87,6 +87,9 @@ class Pipeline:
 
     def _dispatch(self, run: RunState, message: Message) -> None:
         kind = message.kind
+        if kind == "metrics":  # the most frequent kind, and the one with nothing else to do
+            run.on_metrics(message)
+            return
         if kind == "run_start":
             first = run.start is None
             run.on_run_start(message)
@@ -98,8 +101,6 @@ class Pipeline:
             run.on_samples(message)
         elif kind == "sampled":
             run.on_sampled(message)
-        elif kind == "metrics":
-            run.on_metrics(message)
         elif kind == "epoch_end":
             run.on_epoch_end(message, self.clock())
             self._render_ready(run)

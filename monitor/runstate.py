@@ -84,21 +84,29 @@ class RunState:
 
     def account(self, message: Message, size: int) -> int:
         """Counts a message and returns how many sequence numbers were skipped before it."""
-        counters = self.ranks.setdefault(message.rank, RankCounters())
+        counters = self.ranks.get(message.rank)  # not setdefault: it would build a RankCounters per message
+        if counters is None:
+            counters = self.ranks[message.rank] = RankCounters()
         counters.messages += 1
         counters.bytes += size
-        self.world = max(self.world, message.world)
-        if message.kind == "run_start" and message.seq == 0:
+        if message.world > self.world:
+            self.world = message.world
+        seq = message.seq
+        if seq == 0 and message.kind == "run_start":
             counters.next_seq = 0  # a new emitter session (a resumed run) numbers from 0 again
-        skipped = 0
-        if message.seq > counters.next_seq:
-            skipped = message.seq - counters.next_seq
-            counters.gaps += skipped
-        counters.next_seq = max(counters.next_seq, message.seq + 1)
-        return skipped
+        expected = counters.next_seq
+        if seq < expected:
+            return 0  # a repeat, or a late message: next_seq stays
+        counters.next_seq = seq + 1
+        if seq == expected:
+            return 0
+        counters.gaps += seq - expected
+        return seq - expected
 
     def epoch(self, number: int) -> EpochState:
-        state = self.epochs.setdefault(number, EpochState())
+        state = self.epochs.get(number)
+        if state is None:
+            state = self.epochs[number] = EpochState()
         if self.latest_epoch is None or number > self.latest_epoch:
             self.latest_epoch = number
         return state
@@ -167,9 +175,13 @@ class RunState:
         return epoch
 
     def on_metrics(self, message: Message) -> None:
-        row = self.history.setdefault(message["epoch"], {})
-        row.update(message["values"])
-        self.epoch(message["epoch"]).dirty = True
+        body = message.body
+        number = body["epoch"]
+        row = self.history.get(number)
+        if row is None:
+            row = self.history[number] = {}
+        row.update(body["values"])
+        self.epoch(number).dirty = True
 
     def on_epoch_end(self, message: Message, now: float) -> EpochState:
         counters = self.ranks.setdefault(message.rank, RankCounters())
