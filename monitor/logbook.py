@@ -36,6 +36,14 @@ class LogBook:
         return run_dir(self.out, run) / "messages.mlog"
 
     def append(self, run: str, frame: bytes) -> None:
+        self._writer(run).append(frame)
+
+    def append_many(self, run: str, frames: list[bytes]) -> None:
+        """Appends frames of one run, in order: the same records as `append` for each, one write."""
+        self._writer(run).append_many(frames)
+
+    def _writer(self, run: str) -> LogWriter:
+        """The run's open writer; opening it first resumes the run from an existing log."""
         writer = self._writers.get(run)
         if writer is None:
             path = self.path(run)
@@ -51,7 +59,7 @@ class LogBook:
             self._opened.add(run)
         else:
             self._writers.move_to_end(run)
-        writer.append(frame)
+        return writer
 
     def flush(self) -> None:
         for writer in self._writers.values():

@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ import zmq
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from trainer_side import protocol
+from trainer_side.protocol import Message
 
 log = logging.getLogger("monitor")
 
@@ -85,7 +87,7 @@ class Receiver(threading.Thread):
         # Flushed after every burst, not every frame; a restarted monitor resumes runs from their logs.
         self.logbook = LogBook(out, flush_every=1 << 30, on_resume=self._resume)
         self.intake = Intake(self.logbook)
-        self.messages: queue.SimpleQueue = queue.SimpleQueue()
+        self.messages = Handoff()
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -110,8 +112,8 @@ class Receiver(threading.Thread):
         drained = False
         while not drained:
             frames, drained = self._take()
-            for frame in frames:
-                self._accept(frame)
+            if frames:
+                self.messages.put_many(self.intake.accept_many(frames))
         self.logbook.flush()
 
     def _take(self) -> tuple[list[bytes], bool]:
@@ -133,25 +135,45 @@ class Receiver(threading.Thread):
             return frames, True
         return frames, False
 
-    def _accept(self, frame: bytes) -> None:
-        try:
-            message = self.intake.accept(frame)
-        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: count it, keep receiving
-            self.intake.rejected["internal"] += 1
-            log.error("could not log a frame (%s: %s)", type(exc).__name__, exc)
-            return
-        if message is not None:
-            self.messages.put((message, len(frame), False))
-
     def _resume(self, run: str, frames: list[bytes]) -> None:
+        resumed = []
         for frame in frames:
             try:
-                self.messages.put((protocol.decode(frame), len(frame), True))
+                resumed.append((protocol.decode(frame), len(frame)))
             except protocol.ProtocolError:
                 pass  # was rejected and counted when it first arrived
+        self.messages.put_many(resumed, resumed=True)
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+class Handoff:
+    """The receive thread's queue to the pipeline thread. The receiver puts a whole batch at once, so
+    that the pipeline thread wakes once per batch, not once per message; the pipeline thread (the
+    only reader) takes one `(message, frame size, resumed)` at a time, in order."""
+
+    def __init__(self) -> None:
+        self._batches: queue.SimpleQueue[tuple[list[tuple[Message, int]], bool]] = queue.SimpleQueue()
+        self._current: deque[tuple[Message, int]] = deque()  # the rest of the batch being read
+        self._resumed = False
+
+    def put_many(self, items: list[tuple[Message, int]], *, resumed: bool = False) -> None:
+        """Queues (message, frame size) pairs; `resumed` marks messages re-read from a run's log."""
+        if items:
+            self._batches.put((items, resumed))
+
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[Message, int, bool]:
+        """The next message, as `queue.SimpleQueue.get` would give it (raises queue.Empty)."""
+        current = self._current
+        if not current:
+            items, self._resumed = self._batches.get(block, timeout)
+            current.extend(items)
+        message, size = current.popleft()
+        return message, size, self._resumed
+
+    def empty(self) -> bool:
+        return not self._current and self._batches.empty()
 
 
 def _start_authenticator(context: zmq.Context, curve: CurveServerKeys):
