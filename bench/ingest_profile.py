@@ -1,7 +1,8 @@
 """Where the monitor's per-message time goes: each ingest stage timed alone, in one process, no sockets.
 
-Stages, for small `metrics` frames: protocol.decode, the message log append, the hand-off queue,
-Pipeline.handle; then a cProfile of decode. Explains the ingest rate of bench/monitor_ingest.py.
+Stages, for small `metrics` frames: protocol.decode, the message log append (one frame per call, and
+a batch per call as the receiver does), the hand-off queue, Pipeline.handle; then a cProfile of
+decode. Explains the ingest rate of bench/monitor_ingest.py.
 Each stage is run several times (5; 3 with --quick) on fresh state and its fastest run is kept: on
 a shared machine the slower runs measure the neighbours.
 
@@ -14,7 +15,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import queue
 import tempfile
 import time
 from functools import partial
@@ -28,6 +28,7 @@ from bench.monitor_ingest import frames_for
 from monitor.console import MonitorConsole
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline
+from monitor.receiver import BATCH_FRAMES, Handoff
 from trainer_side import protocol
 
 
@@ -62,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     frames = [frame for _, frame, _ in frames_for("profile", "metrics", 10_000 if args.quick else 50_000, 0)][:-1]
     messages = [protocol.decode(frame) for frame in frames]
     count, size, repeats = len(frames), len(frames[1]), 3 if args.quick else 5
-    handoff: queue.SimpleQueue = queue.SimpleQueue()
+    batches = [frames[i:i + BATCH_FRAMES] for i in range(0, count, BATCH_FRAMES)]
+    pairs = [[(m, size) for m in messages[i:i + BATCH_FRAMES]] for i in range(0, count, BATCH_FRAMES)]
+    handoff = Handoff()
+
+    def hand_off() -> None:
+        for batch in pairs:
+            handoff.put_many(batch)
+        for _ in messages:
+            handoff.get()
+
     with tempfile.TemporaryDirectory(prefix="bench-ingest-profile-") as tmp:
         logbook = LogBook(Path(tmp) / "log", flush_every=1 << 30)
         pipelines: list[Pipeline] = []  # a fresh one per run: a repeated seq would take another path
@@ -75,18 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             "msgpack.unpackb alone": per_message_us(lambda: each(protocol._unpack, frames), count, repeats),
             "protocol.decode (unpack + checks + Message)": per_message_us(
                 lambda: each(protocol.decode, frames), count, repeats),
-            "message log append": per_message_us(
+            "message log append, one frame a call": per_message_us(
                 lambda: each(partial(logbook.append, "profile"), frames), count, repeats),
-            "hand-off queue put + get": per_message_us(
-                lambda: ([handoff.put((m, 1)) for m in messages], [handoff.get() for _ in messages]), count, repeats),
+            f"message log append_many, {BATCH_FRAMES} frames a call": per_message_us(
+                lambda: each(partial(logbook.append_many, "profile"), batches), count, repeats),
+            f"hand-off put_many ({BATCH_FRAMES}) + get": per_message_us(hand_off, count, repeats),
             "Pipeline.handle": per_message_us(
                 lambda: each(partial(pipelines[-1].handle, size=size), messages), count, repeats, setup=new_pipeline),
         }
         logbook.close()
-    total = sum(v for k, v in stages.items() if k != "msgpack.unpackb alone")
+    total = sum(v for k, v in stages.items() if k not in ("msgpack.unpackb alone", "message log append, one frame a call"))
     print_table(f"Monitor cost per small message ({count:,} metrics frames of {size} bytes, fastest of {repeats} runs), "
                 "one thread",
-                ["stage", "µs per message"], [*stages.items(), ["sum (decode + log + queue + handle)", total],
+                ["stage", "µs per message"], [*stages.items(), ["sum (decode + log append_many + hand-off + handle)", total],
                                               ["=> ceiling, messages/s on one core", 1e6 / total]])
     profile = cProfile.Profile()
     profile.enable()
