@@ -61,8 +61,9 @@ def ingest(monitor: Monitor, work: Path, run: str, kind: str, count: int, sample
             break
         time.sleep(0.002)
     report = json.loads(sender.communicate(timeout=60)[0])
-    if done is None:
-        raise RuntimeError(f"monitor did not finish run {run}; see {monitor.log_path}")
+    if done is None:  # the log lives in a temporary folder that is gone by the time anyone reads it
+        tail = "\n".join(monitor.log_path.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"monitor did not finish run {run}; the end of its log:\n{tail}")
     elapsed = done - report["first"]
     messages = len(schedule)
     return {"messages": messages, "bytes": sum(len(f) for _, f, _ in schedule), "seconds": elapsed,

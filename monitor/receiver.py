@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import queue
 import threading
 from collections import deque
@@ -18,7 +17,6 @@ from monitor.logbook import LogBook
 from trainer_side import protocol
 from trainer_side.protocol import Message
 
-log = logging.getLogger("monitor")
 
 POLL_MS = 100
 DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
