@@ -6,7 +6,10 @@ a small CNN (the demo's shapes: batches of 64 32×32 images) runs a fixed number
 
 - alone;
 - beside one process that spins on the CPU for the whole measurement (normal priority);
-- beside the same spinner under SCHED_IDLE (what `monitor serve` uses for its render workers);
+- beside the same spinner under SCHED_IDLE, started in the trainer's session;
+- beside it under SCHED_IDLE in a session of its own, as a monitor in a second terminal is. Where the
+  kernel groups processes by session (autogroup), SCHED_IDLE then ranks it only within its own group;
+- the same, with its session's autogroup at nice 19 (what `monitor serve` does for its render workers);
 - beside a spinner that works for ``--duty`` of each 100 ms (normal priority), about what a
   monitor rendering every epoch of a short fit uses.
 
@@ -52,17 +55,22 @@ print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": time.process_t
 
 _SPINNER = """
 import os, sys, time
-duty = float(sys.argv[1])
-if sys.argv[2] == "idle":
+duty, mode = float(sys.argv[1]), sys.argv[2]
+if "session" in mode:
+    os.setsid()
+if "autogroup" in mode:
+    with open("/proc/self/autogroup", "w") as autogroup:
+        autogroup.write("19")
+if "idle" in mode:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+parent = os.getppid()
 print("READY", flush=True)
-while True:
-    if duty >= 1:
-        continue
+while os.getppid() == parent:  # a spinner in its own session must not outlive an interrupted bench
     start = time.perf_counter()
     while time.perf_counter() - start < 0.1 * duty:
         pass
-    time.sleep(0.1 * (1 - duty))
+    if duty < 1:
+        time.sleep(0.1 * (1 - duty))
 """
 
 
@@ -91,18 +99,20 @@ def one_run(threads: int, steps: int, spinner: tuple[float, str] | None) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 150; --quick 40)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick 1)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 100; --quick 30)")
     parser.add_argument("--duty", type=float, default=0.2,
                         help="share of each 100 ms the part-time spinner works (default 0.2)")
     args = parser.parse_args()
-    rounds = args.rounds or (2 if args.quick else 5)
-    steps = args.steps or (40 if args.quick else 150)
+    rounds = args.rounds or (1 if args.quick else 3)
+    steps = args.steps or (30 if args.quick else 100)
     cpus = os.cpu_count() or 1
     setups = {
         "alone": None,
         "spinner, normal priority": (1.0, "normal"),
         "spinner, SCHED_IDLE": (1.0, "idle"),
+        "spinner, SCHED_IDLE, own session": (1.0, "idle session"),
+        "same, autogroup nice 19": (1.0, "idle session autogroup"),
         f"spinner {args.duty:.0%} of the time": (args.duty, "normal"),
     }
     thread_counts = sorted({1, cpus})

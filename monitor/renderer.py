@@ -61,9 +61,10 @@ PRIORITIES = ("idle", "normal")
 class ProcessRenderer:
     """Worker processes (two lanes, one worker each) that run jobs in submission order per file.
 
-    `priority="idle"` (the default) runs the workers under SCHED_IDLE: they get only CPU time that
-    nothing else wants, so a CPU-bound trainer on the same machine gets the cores first (its figures
-    wait until the CPU has time; bench/fit_overhead.py measures what contention remains).
+    `priority="idle"` (the default) runs each worker in a session of its own at autogroup nice 19
+    and under SCHED_IDLE (`yield_cpu`): they get only CPU time that nothing else wants, so a
+    CPU-bound trainer on the same machine gets the cores first (its figures wait until the CPU has
+    time; bench/fit_overhead.py measures what contention remains).
     `priority="normal"` renders as soon as a job arrives.
     """
 
@@ -165,11 +166,27 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
 
 
 def yield_cpu() -> None:
-    """Put the calling process under SCHED_IDLE where the OS has it, else under the lowest nice level.
+    """Give the calling process only CPU time that nothing else wants.
 
-    On a CPU-only machine the trainer needs the cores more than a figure does: bench/fit_overhead.py
-    measures the difference (configurations b and n).
+    SCHED_IDLE (else nice 19) alone is not enough where the kernel groups processes by session
+    ("autogroup", on by default in most desktop and many server kernels): the scheduler first
+    shares the CPU fairly between sessions, and only then between the processes inside each. A
+    monitor started in a second terminal is its own session, so its idle workers still took a
+    full session's share from the trainer. `bench/cpu_interference.py` measures it:
+    an idle spinner in another session slowed a 2-thread trainer about 4.5 times on the project
+    machine. So the worker also starts a session of its own and sets that session's autogroup to
+    nice 19, the lowest share there is. Both steps are best effort: without autogroup there is
+    nothing to lower.
     """
+    try:
+        os.setsid()  # a process-group leader cannot; a spawned worker never is one
+    except (AttributeError, OSError):
+        pass
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write("19")
+    except OSError:
+        pass
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):

@@ -25,8 +25,10 @@ class Probe:
     png: Path
 
     def run(self) -> None:
+        autogroup = Path("/proc/self/autogroup")
         self.png.write_text(json.dumps({"pid": os.getpid(), "policy": os.sched_getscheduler(0),
-                                        "nice": os.nice(0)}))
+                                        "nice": os.nice(0), "sid": os.getsid(0),
+                                        "autogroup": autogroup.read_text() if autogroup.exists() else None}))
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,21 @@ def test_idle_priority_puts_both_lanes_under_sched_idle_in_separate_processes(tm
     assert confusion["pid"] != figure["pid"] != os.getpid()
 
 
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
+def test_idle_workers_lead_their_own_session_at_the_lowest_autogroup_share(tmp_path):
+    # SCHED_IDLE only ranks processes within one session's group; across sessions (a monitor in
+    # a second terminal) the group's share decides, so each worker gets a group of its own at nice 19.
+    confusion, figure = _probe_both_lanes(tmp_path, "idle")
+    for worker in (confusion, figure):
+        assert worker["sid"] == worker["pid"] != os.getsid(0)
+        assert worker["autogroup"].strip().endswith("nice 19"), worker["autogroup"]
+
+
 def test_normal_priority_leaves_the_workers_alone(tmp_path):
     confusion, figure = _probe_both_lanes(tmp_path, "normal")
     assert confusion["policy"] == figure["policy"] == os.sched_getscheduler(0)
     assert confusion["nice"] == figure["nice"] == os.nice(0)
+    assert confusion["sid"] == figure["sid"] == os.getsid(0)
 
 
 def test_unknown_priority_is_refused():
