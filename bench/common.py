@@ -104,9 +104,9 @@ def write_json(path: Path | None, payload: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------- processes
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (the monitor and its worker)."""
-    total = 0
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system clock ticks) of every live process."""
+    table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -114,15 +114,36 @@ def group_cpu_seconds(pgid: int) -> float:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # fields[2] is pgrp (field 5 of proc(5))
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        fields = stat.rsplit(")", 1)[1].split()  # fields[1] is ppid (field 4 of proc(5))
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def process_tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    """``root`` and all its live descendants. The monitor's idle render workers lead sessions of
+    their own, so its process group no longer holds them all."""
+    table = _process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (the monitor and its workers)."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in process_tree(root, table)) / CLK_TCK
 
 
 class Monitor:
-    """A `monitor serve` process on a free loopback port, in its own process group (so SIGSTOP and
-    SIGCONT reach its render worker too). Always call `close()` (it continues a stopped group first)."""
+    """A `monitor serve` process on a free loopback port, in its own session (as a second terminal
+    would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
 
     def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +166,7 @@ class Monitor:
         self.endpoint = ready.read_text().strip()
 
     def cpu_seconds(self) -> float:
-        return group_cpu_seconds(self.proc.pid)
+        return tree_cpu_seconds(self.proc.pid)
 
     def wait_idle(self, quiet_s: float = 0.6, max_cpu_share: float = 0.1, timeout: float = 60.0) -> float:
         """Waits until the monitor (and its render worker) used under `max_cpu_share` of a core for
@@ -160,17 +181,25 @@ class Monitor:
             last = now
         return time.monotonic() - started
 
+    def _signal_tree(self, sig: int) -> None:
+        for pid in process_tree(self.proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def sigstop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        """Stops the monitor and every process under it (its render workers included)."""
+        self._signal_tree(signal.SIGSTOP)
         self.stopped = True
 
     def sigcont(self) -> None:
         if self.stopped and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGCONT)
+            self._signal_tree(signal.SIGCONT)
         self.stopped = False
 
     def close(self, timeout: float = 60.0) -> int | None:
-        """SIGCONT if stopped, SIGTERM (it drains and exits 0), SIGKILL to the group if that times out."""
+        """SIGCONT if stopped, SIGTERM (it drains and exits 0), SIGKILL to it and its workers if that times out."""
         try:
             if self.proc.poll() is None:
                 self.sigcont()
@@ -178,7 +207,7 @@ class Monitor:
                 try:
                     self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self._signal_tree(signal.SIGKILL)
                     self.proc.wait(10)
             return self.proc.returncode
         finally:

@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -158,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
           f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}")
     write_json(args.json, {"render": results})
+    lost = [r["classes"] for r in results if r["probes_received"] < r["probes_sent"]]
+    if lost:
+        print(f"FAILED: the monitor recorded fewer probes than were sent ({lost} classes); "
+              "bench/probe_serve.py may no longer hook the receive path", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,8 +2,9 @@
 
     python -m bench.probe_serve RECORD.json [--gc-freeze] serve --bind ... --out ...
 
-Wraps `monitor.intake.Intake.accept` (called by the receiver thread for every frame, right after
-`recv`) to append (received, sent, run, kind, seq) per frame, and writes them to RECORD.json when
+Wraps `monitor.intake.Intake.accept_many` (called by the receiver thread for every batch of frames,
+right after it has taken them from the socket) and `accept` to append (received, sent, run, kind,
+seq) per frame, and writes them to RECORD.json when
 serve exits. With --gc-freeze (an experiment, a proposed fix) it imports the serve modules, then
 moves every object alive at that point into the garbage collector's permanent generation
 (`gc.freeze()`), so full collections no longer walk torch's and matplotlib's import-time objects.
@@ -42,7 +43,17 @@ def main() -> int:
             arrivals.append((received, message.time, message.run, message.kind, message.seq))
         return message
 
+    accept_many = Intake.accept_many
+
+    def timed_accept_many(self: Intake, frames: list[bytes]):
+        # The receiver takes every waiting frame (up to a batch) and then hands them over at once.
+        received = time.time()
+        accepted = accept_many(self, frames)
+        arrivals.extend((received, message.time, message.run, message.kind, message.seq) for message, _ in accepted)
+        return accepted
+
     Intake.accept = timed_accept  # type: ignore[method-assign]
+    Intake.accept_many = timed_accept_many  # type: ignore[method-assign]
     try:
         return cli.main(argv)
     finally:
