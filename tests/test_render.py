@@ -192,6 +192,25 @@ def test_confusion_figure_without_counts_has_blank_cells():
     assert not np.array_equal(with_counts, render_rgb(fig))
 
 
+@pytest.mark.parametrize("n", [2, 10, 43])
+def test_confusion_layout_keeps_every_label_and_the_colour_bar_on_the_canvas(n):
+    # Fixed layout, no layout engine: the margins must come from the names' real extents.
+    names = [f"{'W' * 18}{i:02d}" for i in range(n)]  # display_label keeps 20 characters
+    fig = confusion_figure(np.diag(np.full(n, 12345)).astype(np.int64), names, "layout")
+    render_rgb(fig)
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    ax, colorbar = fig.axes
+    texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label, ax.title,
+             *colorbar.get_yticklabels(), colorbar.yaxis.label]
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, \
+            (text.get_text(), box.bounds, (width, height))
+    # The colour bar sits right of the matrix, not over it.
+    assert colorbar.get_window_extent().x0 > ax.get_window_extent().x1
+
+
 def test_large_confusion_has_no_cell_text_and_thinned_ticks():
     n = 200
     counts = np.diag(np.arange(1, n + 1)).astype(np.int64)

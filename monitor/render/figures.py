@@ -141,7 +141,7 @@ def _confusion_margins(names: Sequence[str], points: float, rotation: int) -> tu
     """Left and bottom margins in inches: axis label, tick labels as measured, tick pads."""
     if not names:  # class-index ticks: at most 4 digits
         return 0.95, 0.75
-    font = FontProperties(family="DejaVu Sans", size=points)
+    font = FontProperties(size=points)  # the tick labels' font: the default family
     extents = [text_to_path.get_text_width_height_descent(name, font, ismath=False) for name in names]
     widest = max(w for w, _, _ in extents) / 72
     tallest = max(h for _, h, _ in extents) / 72
