@@ -28,7 +28,6 @@ MAGIC = b"SCMLOG\r\n"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHH")
 RECORD_HEADER = struct.Struct("<II")
-_pack_record_header = RECORD_HEADER.pack
 HEADER_SIZE = HEADER.size  # 12
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 8
 # No legal record is larger than the biggest frame the monitor accepts; a larger length is damage.
@@ -111,12 +110,7 @@ class LogWriter:
     def append_many(self, frames: list[bytes]) -> None:
         """`append` for each frame in turn: the same records, written with one call. The flush
         policy counts records as `append` does, but is applied once, after the last of them."""
-        pack, crc32 = _pack_record_header, zlib.crc32
-        parts = []
-        for frame in frames:
-            parts.append(pack(len(frame), crc32(frame)))
-            parts.append(frame)
-        data = b"".join(parts)
+        data = b"".join([record_bytes(frame) for frame in frames])
         self._file.write(data)
         self.records += len(frames)
         self.bytes += len(data)

@@ -364,14 +364,11 @@ def make_message(kind: str, run: str, rank: int, world: int, seq: int, body: Map
 # Decoding
 
 
-_UNPACK_ERRORS = (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
-                  msgpack.exceptions.StackError, TypeError)
-
-
 def _unpack(frame: bytes) -> Any:
     try:
         return msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
-    except _UNPACK_ERRORS as exc:
+    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+            msgpack.exceptions.StackError, TypeError) as exc:
         raise MalformedFrameError(f"frame is not a msgpack value: {exc}") from None
 
 
@@ -383,10 +380,7 @@ def decode(frame: bytes) -> Message:
     the general path, which gives every refusal its error; the fast path accepts nothing that the
     general one refuses, and builds the same message (tests/test_decode_outcomes.py).
     """
-    try:  # `_unpack`, written out: the call alone costs a few percent of decode
-        obj = _unpackb(frame, raw=False, strict_map_key=True, use_list=True)
-    except _UNPACK_ERRORS as exc:
-        raise MalformedFrameError(f"frame is not a msgpack value: {exc}") from None
+    obj = _unpack(frame)
     if type(obj) is not dict:
         return _decode_slow(obj)
     get = obj.get
@@ -416,16 +410,7 @@ def decode(frame: bytes) -> Message:
         if fields is None:
             raise UnknownKindError(f"unknown message kind {kind!r}")
         body = _checked_body(kind, fields, get)
-    # `_checked_message`, written out: filling the new instance's own dict is the cheapest way in.
-    message = _new_object(Message)
-    fill = message.__dict__
-    fill["kind"], fill["run"], fill["rank"], fill["world"] = kind, run, rank, world
-    fill["seq"], fill["time"], fill["body"], fill["version"] = seq, wall, body, (version[0], version[1])
-    return message
-
-
-_unpackb = msgpack.unpackb
-_new_object = object.__new__
+    return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]))
 
 
 def _checked_body(kind: str, fields: tuple[tuple[str, str, Callable[[Any, str], Any], bool], ...],
