@@ -145,8 +145,9 @@ def _warm_up() -> None:
 def _init_worker(priority: str = "idle") -> None:
     """Render-worker start-up: stop signals are the parent's business, and the worker yields the CPU.
 
-    Ctrl-C and a process manager's SIGTERM reach the whole process group; the parent decides when
-    the worker stops (after the pending renders), so the worker must not die first.
+    Ctrl-C and a process manager's SIGTERM reach the whole process group (an idle worker leaves it
+    for a session of its own, see `yield_cpu`, but a normal-priority one stays); the parent decides
+    when the worker stops (after the pending renders), so the worker must not die first.
     """
     import signal
 
