@@ -1,8 +1,19 @@
-"""Where the monitor's tables go: the terminal (above the live dashboard) and each run's console.txt."""
+"""Where the monitor's tables go: the terminal (above the live dashboard) and each run's console.txt.
+
+Drawing a rich table is pure-Python work: a demo epoch's tables take ~30 ms of CPU, as much as
+everything else the monitor's own process does for that epoch. `monitor serve` hands it to a render
+worker (`offload`, see `ProcessRenderer.table`) so that its normal-priority process does not compete
+with the trainer; replay draws inline. Either way, entries come out in the order they were made:
+each one waits for those before it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -10,19 +21,34 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.render.tables import plain_text, table_text
+from monitor.jobs import TableJob
+from monitor.render.tables import TerminalView, plain_text
+
+log = logging.getLogger("monitor")
+
+
+@dataclass
+class _Entry:
+    run_dir: Path | None        # where the record goes (None: terminal only)
+    record: str | None          # console.txt text, once known
+    shown: object | None        # what the terminal prints, once known
+    job: TableJob | None = None
+    future: Future | None = None  # a table being drawn elsewhere
 
 
 class MonitorConsole:
     """`table` and `line` are part of the run's record (console.txt); `note` is for the terminal only,
     for what depends on wall time or arrival order (timeouts, warnings), so records stay reproducible."""
 
-    def __init__(self, terminal: Console | None, *, fresh: bool) -> None:
+    def __init__(self, terminal: Console | None, *, fresh: bool,
+                 offload: Callable[[TableJob], Future] | None = None) -> None:
         self.terminal = terminal
         self.fresh = fresh  # replay starts each run's console.txt anew; serve appends (restarts continue)
+        self.offload = offload
         self._started: set[Path] = set()
         self.printer: Callable[[object], None] | None = None  # the dashboard redirects printing here
         self._muted = False
+        self._outbox: deque[_Entry] = deque()
 
     @contextlib.contextmanager
     def muted(self) -> Iterator[None]:
@@ -32,9 +58,75 @@ class MonitorConsole:
         finally:
             self._muted = previous
 
-    def _append(self, run_dir: Path, text: str) -> None:
+    # --- what the pipeline says -------------------------------------------------------------
+
+    def table(self, run_dir: Path, record: Callable[[], Table], terminal: Callable[[], Table] | None = None) -> None:
+        """`record()` builds the table for console.txt, and for the terminal unless a shorter
+        `terminal()` version is given. Both must pickle when an `offload` is set (module-level
+        builders bound to their rows with `functools.partial`)."""
         if self._muted:
             return
+        job = TableJob(record, terminal, None if self.terminal is None else TerminalView.of(self.terminal))
+        future = None
+        if self.offload is not None:
+            try:
+                future = self.offload(job)
+            except Exception as exc:  # noqa: BLE001 - e.g. a broken worker pool: draw it here instead
+                log.warning("table worker unavailable (%s: %s); drawing the table in the monitor",
+                            type(exc).__name__, exc)
+        self._outbox.append(_Entry(run_dir, None, None, job, future))
+        self.flush()
+
+    # Lines and notes quote run ids and trainer errors: untrusted, so neutralized like table cells.
+    def line(self, run_dir: Path, text: str) -> None:
+        if self._muted:
+            return
+        text = plain_text(text)
+        self._outbox.append(_Entry(run_dir, text, Text(text)))
+        self.flush()
+
+    def note(self, text: str, style: str = "yellow") -> None:
+        if self._muted:
+            return
+        self._outbox.append(_Entry(None, None, Text(plain_text(text), style=style)))
+        self.flush()
+
+    # --- writing out, in order ----------------------------------------------------------------
+
+    def flush(self, wait: bool = False) -> None:
+        """Writes out every entry whose table is drawn, oldest first, stopping at the first one still
+        being drawn; `wait` waits for them all. Called after each entry and on each serve tick."""
+        while self._outbox:
+            entry = self._outbox[0]
+            if entry.job is not None:
+                if entry.future is not None and not entry.future.done() and not wait:
+                    return
+                self._complete(entry)
+            self._outbox.popleft()
+            if entry.run_dir is not None and entry.record is not None:
+                self._append(entry.run_dir, entry.record)
+            if entry.shown is not None:
+                self._show(entry.shown)
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    def _complete(self, entry: _Entry) -> None:
+        assert entry.job is not None
+        texts = None
+        if entry.future is not None:
+            try:
+                texts = entry.future.result()
+            except Exception as exc:  # noqa: BLE001 - the worker died or failed: draw it here instead
+                log.warning("table worker failed (%s: %s); drawing the table in the monitor", type(exc).__name__, exc)
+        if texts is None:
+            texts = entry.job.run()
+        record, shown = texts
+        entry.record = record
+        entry.shown = None if shown is None else Text.from_ansi(shown)
+
+    def _append(self, run_dir: Path, text: str) -> None:
         path = run_dir / "console.txt"
         mode = "a"
         if self.fresh and run_dir not in self._started:
@@ -45,23 +137,7 @@ class MonitorConsole:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def _show(self, renderable: object) -> None:
-        if self._muted:
-            return
         if self.printer is not None:
             self.printer(renderable)
         elif self.terminal is not None:
             self.terminal.print(renderable)
-
-    def table(self, run_dir: Path, table: Table, terminal: Table | None = None) -> None:
-        """`table` goes to console.txt, and to the terminal unless a shorter `terminal` version is given."""
-        self._append(run_dir, table_text(table))
-        self._show(table if terminal is None else terminal)
-
-    # Lines and notes quote run ids and trainer errors: untrusted, so neutralized like table cells.
-    def line(self, run_dir: Path, text: str) -> None:
-        text = plain_text(text)
-        self._append(run_dir, text)
-        self._show(Text(text))
-
-    def note(self, text: str, style: str = "yellow") -> None:
-        self._show(Text(plain_text(text), style=style))

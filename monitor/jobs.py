@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from monitor.render.tables import TerminalView
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,27 @@ class SampleGridJob:
         figure = sample_grid_figure(np.asarray(self.images), [int(x) for x in self.labels],
                                     [int(x) for x in self.preds], self.class_names)
         save_figure(figure, self.png)
+
+
+@dataclass(frozen=True)
+class TableJob:
+    """One table for the record (console.txt) and the terminal. `record` and `terminal` build the rich
+    Tables: module-level builders from `monitor.render.tables` bound to their rows with
+    `functools.partial`, so the job pickles. `terminal` is a shorter version for the screen (None:
+    the same table); `view` is the terminal to draw it for (None: nothing goes to a terminal)."""
+
+    record: Callable[[], "Table"]
+    terminal: Callable[[], "Table"] | None
+    view: "TerminalView | None"
+
+    def run(self) -> tuple[str, str | None]:
+        """The console.txt text and the terminal's ANSI text."""
+        from monitor.render.tables import table_text, terminal_text
+
+        record = self.record()
+        if self.view is None:
+            return table_text(record), None
+        return table_text(record), terminal_text(record if self.terminal is None else self.terminal(), self.view)
 
 
 def run_job(job: ConfusionJob | HistoryJob | SampleGridJob) -> str:

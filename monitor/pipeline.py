@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Callable
+
+from rich.table import Table
 
 from monitor.confusion import accuracy
 from monitor.console import MonitorConsole
@@ -75,12 +78,14 @@ class Pipeline:
         """Renders epochs whose missing ranks timed out; call it periodically while serving."""
         for run in list(self.runs.values()):
             self._render_ready(run)
+        self.console.flush()
 
     def finish(self) -> None:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
             write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+        self.console.flush(wait=True)
         self.renderer.drain()
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -131,12 +136,12 @@ class Pipeline:
                 "classes": [{"name": r.name, "index": r.index, "count": r.count,
                              "percentage": round(r.percentage, 4)} for r in rows],
             })
-            self.console.table(folder, tables.class_distribution_table(rows), _shortened(
-                rows, lambda: tables.class_distribution_table(rows, tables.smallest_and_largest(rows))))
+            self.console.table(folder, partial(tables.class_distribution_table, rows), _shortened(
+                rows, partial(tables.class_distribution_table, rows, tables.smallest_and_largest(rows))))
         else:
             self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
                                       "no dataset class distribution")
-        self.console.table(folder, tables.model_info_table(start["model"]))
+        self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
         if start["sampler"] is None:
             self.console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; "
                                       "no sampler distribution tables")
@@ -179,16 +184,17 @@ class Pipeline:
                              "expected": round(r.expected, 6),
                              "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
             })
-            self.console.table(folder, tables.sampler_table(rows, number), _shortened(
-                rows, lambda: tables.sampler_table(rows, number, tables.furthest_from_expected(rows))))
+            self.console.table(folder, partial(tables.sampler_table, rows, number), _shortened(
+                rows, partial(tables.sampler_table, rows, number, tables.furthest_from_expected(rows))))
         if run.history:
             self.renderer.submit(HistoryJob(folder / "training_history",
                                             {e: dict(v) for e, v in sorted(run.history.items())}))
             columns = run.history_columns()
             write_csv(folder / "history.csv", ["epoch", *columns],
                       ([e, *(_csv_value(run.history[e].get(c)) for c in columns)] for e in sorted(run.history)))
-        self.console.table(folder, tables.epoch_summary_table(
-            run.run, number, run.history.get(number, {}), None if counts is None else accuracy(counts), run.world))
+        self.console.table(folder, partial(
+            tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
+            None if counts is None else accuracy(counts), run.world))
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)
@@ -216,9 +222,9 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
     })
 
 
-def _shortened(rows: list, build: Callable[[], object]) -> object | None:
+def _shortened(rows: list, build: Callable[[], Table]) -> Callable[[], Table] | None:
     """The terminal's shorter version of a per-class table, for runs with many classes."""
-    return build() if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
+    return build if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _csv_value(value: float | None) -> str:

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from typing import Callable
 
-from monitor.jobs import ConfusionJob, HistoryJob, run_job
+from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
 
@@ -41,6 +41,15 @@ class InlineRenderer:
         if self.on_done is not None:
             self.on_done(written)
 
+    def table(self, job: TableJob) -> Future:
+        """Draws a table now; the result comes back as a finished future, as from `ProcessRenderer`."""
+        future: Future = Future()
+        try:
+            future.set_result(job.run())
+        except Exception as exc:  # noqa: BLE001 - the console decides what a failed table means
+            future.set_exception(exc)
+        return future
+
     def drain(self) -> None:
         held, self._held = self._held, {}
         for job in held.values():
@@ -59,7 +68,8 @@ PRIORITIES = ("idle", "normal")
 
 
 class ProcessRenderer:
-    """Worker processes (two lanes, one worker each) that run jobs in submission order per file.
+    """Worker processes (two figure lanes and one for tables, one worker each) that run jobs in
+    submission order per file.
 
     `priority="idle"` (the default) runs each worker in a session of its own at autogroup nice 19
     and under SCHED_IDLE (`yield_cpu`): they get only CPU time that nothing else wants, so a
@@ -85,6 +95,11 @@ class ProcessRenderer:
         self.superseded = 0
         for lane in self._lanes:
             lane.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
+        # Tables are pure-Python work too (a demo epoch's: ~30 ms of CPU): a third worker draws them at
+        # the same priority, so the monitor's own process does next to nothing when an epoch ends.
+        self._tables = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_worker,
+                                           initargs=(priority,))
+        self._tables.submit(_warm_up_tables)
 
     def submit(self, job: object) -> None:
         lane = self._lanes[CONFUSION_LANE if isinstance(job, ConfusionJob) else FIGURE_LANE]
@@ -100,6 +115,18 @@ class ProcessRenderer:
         if previous is not None and previous.cancel():
             self.superseded += 1
         future.add_done_callback(self._done)
+
+    def table(self, job: TableJob) -> Future:
+        """Draws a table in the table worker; the future holds `TableJob.run`'s texts."""
+        future = self._tables.submit(job.run)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._table_done)
+        return future
+
+    def _table_done(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def _done(self, future: Future) -> None:
         with self._lock:
@@ -133,8 +160,12 @@ class ProcessRenderer:
 
     def close(self) -> None:
         self.drain()
-        for lane in self._lanes:
+        for lane in (*self._lanes, self._tables):
             lane.shutdown(wait=True)
+
+
+def _warm_up_tables() -> None:
+    import monitor.render.tables  # noqa: F401
 
 
 def _warm_up() -> None:

@@ -1,4 +1,4 @@
-"""`monitor serve`: the receiver thread feeds the pipeline; renders run in a worker process."""
+"""`monitor serve`: the receiver thread feeds the pipeline; figures and tables are drawn in worker processes."""
 
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
     dashboard = Dashboard(console)
-    records = MonitorConsole(console, fresh=False)
-    records.printer = dashboard.print
     pipeline: Pipeline | None = None
 
     def artifact_written(path: str) -> None:
@@ -39,6 +37,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
             pipeline.record_artifact(Path(path))
 
     renderer = ProcessRenderer(on_done=artifact_written, priority=render_priority)
+    records = MonitorConsole(console, fresh=False, offload=renderer.table)
+    records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     receiver.start()
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's

@@ -101,7 +101,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
-    pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False), epoch_timeout=epoch_timeout)
+    pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()

@@ -1,5 +1,5 @@
-"""ProcessRenderer: two lanes of worker processes under the requested CPU priority, history redraws
-that a newer one supersedes, per-file order, failures counted without stopping the other jobs."""
+"""ProcessRenderer: two figure lanes and a table worker under the requested CPU priority, history
+redraws that a newer one supersedes, per-file order, failures counted without stopping the other jobs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from monitor.jobs import ConfusionJob, HistoryJob
+from rich.table import Table
+
+from monitor.jobs import ConfusionJob, HistoryJob, TableJob
 from monitor.renderer import InlineRenderer, ProcessRenderer
 
 # The jobs below run in spawned workers, which import this module by name to unpickle them.
@@ -39,6 +42,12 @@ class ConfusionProbe(ConfusionJob):
         Probe(self.png).run()
 
 
+def probe_table(path: Path) -> Table:
+    """A table builder that records where it ran (the table worker, when offloaded)."""
+    Probe(path).run()
+    return Table("probe")
+
+
 @dataclass(frozen=True)
 class Sleep:
     png: Path
@@ -57,39 +66,41 @@ class Broken:
         raise RuntimeError("this job always fails")
 
 
-def _probe_both_lanes(tmp_path: Path, priority: str) -> tuple[dict, dict]:
+def _probe_every_lane(tmp_path: Path, priority: str) -> tuple[dict, dict, dict]:
     renderer = ProcessRenderer(priority=priority)
     try:
         renderer.submit(ConfusionProbe(tmp_path / "confusion.json", tmp_path / "unused.csv", np.zeros((1, 1)), ["a"], "t"))
         renderer.submit(Probe(tmp_path / "figure.json"))
+        record, shown = renderer.table(TableJob(partial(probe_table, tmp_path / "table.json"), None, None)).result()
         renderer.drain()
     finally:
         renderer.close()
-    return (json.loads((tmp_path / "confusion.json").read_text()), json.loads((tmp_path / "figure.json").read_text()))
+    assert "probe" in record and shown is None
+    return tuple(json.loads((tmp_path / f"{lane}.json").read_text())  # type: ignore[return-value]
+                 for lane in ("confusion", "figure", "table"))
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
-def test_idle_priority_puts_both_lanes_under_sched_idle_in_separate_processes(tmp_path):
-    confusion, figure = _probe_both_lanes(tmp_path, "idle")
-    assert confusion["policy"] == figure["policy"] == os.SCHED_IDLE
-    assert confusion["pid"] != figure["pid"] != os.getpid()
+def test_idle_priority_puts_every_lane_under_sched_idle_in_separate_processes(tmp_path):
+    confusion, figure, table = _probe_every_lane(tmp_path, "idle")
+    assert confusion["policy"] == figure["policy"] == table["policy"] == os.SCHED_IDLE
+    assert len({confusion["pid"], figure["pid"], table["pid"], os.getpid()}) == 4
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
 def test_idle_workers_lead_their_own_session_at_the_lowest_autogroup_share(tmp_path):
     # SCHED_IDLE only ranks processes within one session's group; across sessions (a monitor in
     # a second terminal) the group's share decides, so each worker gets a group of its own at nice 19.
-    confusion, figure = _probe_both_lanes(tmp_path, "idle")
-    for worker in (confusion, figure):
+    for worker in _probe_every_lane(tmp_path, "idle"):
         assert worker["sid"] == worker["pid"] != os.getsid(0)
         assert worker["autogroup"].strip().endswith("nice 19"), worker["autogroup"]
 
 
 def test_normal_priority_leaves_the_workers_alone(tmp_path):
-    confusion, figure = _probe_both_lanes(tmp_path, "normal")
-    assert confusion["policy"] == figure["policy"] == os.sched_getscheduler(0)
-    assert confusion["nice"] == figure["nice"] == os.nice(0)
-    assert confusion["sid"] == figure["sid"] == os.getsid(0)
+    confusion, figure, table = _probe_every_lane(tmp_path, "normal")
+    assert confusion["policy"] == figure["policy"] == table["policy"] == os.sched_getscheduler(0)
+    assert confusion["nice"] == figure["nice"] == table["nice"] == os.nice(0)
+    assert confusion["sid"] == figure["sid"] == table["sid"] == os.getsid(0)
 
 
 def test_unknown_priority_is_refused():

@@ -207,6 +207,30 @@ def format_metric(value: float) -> str:
 # ---------------------------------------------------------------------------- plain text
 
 
+@dataclass(frozen=True)
+class TerminalView:
+    """What the monitor's terminal can show, so a table can be drawn for it in another process."""
+
+    width: int
+    color_system: str | None  # rich's name ("standard", "256", "truecolor", ...); None: no colour codes
+    highlight: bool = True
+
+    @classmethod
+    def of(cls, console: Console) -> "TerminalView":
+        # rich keeps the console's highlight setting private; our consoles leave it at rich's default.
+        return cls(console.width, console.color_system, bool(getattr(console, "_highlight", True)))
+
+
+def terminal_text(table: Table, view: TerminalView) -> str:
+    """Render ``table`` as the terminal described by ``view`` would print it (ANSI codes included),
+    without its final line break; `rich.text.Text.from_ansi` turns it back into printable text."""
+    console = Console(file=io.StringIO(), width=view.width, color_system=view.color_system,  # type: ignore[arg-type]
+                      force_terminal=view.color_system is not None, force_jupyter=False, force_interactive=False,
+                      legacy_windows=False, markup=False, emoji=False, highlight=view.highlight)
+    console.print(table)
+    return console.file.getvalue().removesuffix("\n")  # type: ignore[attr-defined]
+
+
 def table_text(table: Table, width: int = TABLE_WIDTH) -> str:
     """Render ``table`` to plain text: no ANSI codes, independent of the real terminal."""
     # An explicit width ignores $COLUMNS; exporting without styles drops colour codes even if
