@@ -4,9 +4,14 @@
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
     (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
+    (z) A/A control: (a) again, in a second worker process. What it measures is the noise floor of
+        this method on this machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
-Each configuration lives in its own worker process (bench/fit_worker.py); rounds run a b c d e, a b c
-d e, ..., and every ratio is taken per round against that round's (a), then the median is reported.
+Each configuration lives in its own worker process (bench/fit_worker.py); rounds run a z b c d e,
+a z b c d e, ..., and one more (a) closes the last round. The machine's speed drifts over minutes, so
+each fit is compared with (a)'s time interpolated, by start time, between the (a) that opens its
+round and the one that opens the next ("bracketed ratio"); the median over rounds is reported, with
+a 95 % bootstrap interval.
 Also: the stall at each validation epoch end (last validation batch -> next training batch, median,
 minus (a)'s), the emitter's teardown time, and each worker's peak RSS.
 
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import statistics
 import subprocess
 import tempfile
 import time
@@ -31,9 +38,10 @@ CONFIGS = {
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
+    "z": "A/A control: (a) in a 2nd process",
 }
 # The trainer side of each configuration (n differs from b only in the monitor's --render-priority).
-WORKER_CONFIG = {"n": "b"}
+WORKER_CONFIG = {"n": "b", "z": "a"}
 
 
 class Worker:
@@ -76,6 +84,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
     monitors: dict[str, Monitor] = {}
     workers: dict[str, Worker] = {}
     results: dict[str, list[dict]] = {c: [] for c in configs}
+    closing_run: dict | None = None
     try:
         prefix = (["nice", "-n", str(args.monitor_nice)] if args.monitor_nice else []) + \
             (["chrt", "--idle", "0"] if args.monitor_idle else [])
@@ -90,9 +99,10 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
         for monitor in monitors.values():
             monitor.wait_idle()
         total = args.warmup + args.rounds
-        for round_index in range(total):
+        for round_index in range(total + 1):
             warm = round_index < args.warmup
-            for config in configs:
+            closing = round_index == total  # the (a) that brackets the last round
+            for config in configs[:1] if closing else configs:
                 request = {"epochs": 1 if warm else args.epochs, "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
@@ -103,15 +113,20 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                 if config == "d":
                     monitors["d"].sigstop()
                 monitor_cpu = monitors[config].cpu_seconds() if config in monitors else 0.0
+                started = time.monotonic()
                 result = workers[config].fit(request)
+                result["started"] = started
                 if config == "d":
                     monitors["d"].sigcont()
                 if config in monitors:
                     result["monitor_settle_s"] = monitors[config].wait_idle()
                     result["monitor_cpu_s"] = monitors[config].cpu_seconds() - monitor_cpu
-                if not warm:
+                if closing:
+                    closing_run = result
+                elif not warm:
                     results[config].append(result)
-                label = "warm-up" if warm else f"round {round_index - args.warmup + 1}/{args.rounds}"
+                label = ("warm-up" if warm else "closing" if closing
+                         else f"round {round_index - args.warmup + 1}/{args.rounds}")
                 print(f"  {label} {config}: fit {result['fit_s']:.2f} s, teardown {result['teardown_s']:.3f} s",
                       flush=True)
         threads = workers[configs[0]].ready["threads"]
@@ -119,15 +134,37 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
         for worker in workers.values():
             worker.close()
         codes = {name: monitor.close() for name, monitor in monitors.items()}
-    return {"results": results, "monitor_exit_codes": codes, "torch_threads": threads}
+    return {"results": results, "closing_a": closing_run, "monitor_exit_codes": codes, "torch_threads": threads}
 
 
-def summarize(results: dict[str, list[dict]]) -> dict:
+def bracketed_ratios(runs: list[dict], base: list[dict]) -> list[float]:
+    """Each run's fit time over (a)'s, interpolated by start time between the (a) that opened its round
+    and the next one; `base` has one (a) more than there are rounds (the closing one)."""
+    ratios = []
+    for run, before, after in zip(runs, base, base[1:]):
+        weight = (run["started"] - before["started"]) / (after["started"] - before["started"])
+        ratios.append(run["fit_s"] / (before["fit_s"] + weight * (after["fit_s"] - before["fit_s"])))
+    return ratios
+
+
+def bootstrap_median_ci(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the median: how far the median of this few noisy rounds
+    could be from the one many more rounds would give."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> dict:
+    """`closing_a`: the (a) fit after the last round; without it (older result files) each run is
+    compared with its own round's (a) only."""
     base = results["a"]
     summary = {}
     base_stall = median([s for r in base for s in r["stalls_s"]])
     for config, runs in results.items():
-        ratios = [r["fit_s"] / b["fit_s"] for r, b in zip(runs, base)]
+        bracketed = closing_a is not None and config != "a"
+        ratios = bracketed_ratios(runs, [*base, closing_a]) if bracketed else \
+            [r["fit_s"] / b["fit_s"] for r, b in zip(runs, base)]
         cpu_ratios = [r["cpu_s"] / b["cpu_s"] for r, b in zip(runs, base)]
         ratios_no_teardown = [(r["fit_s"] - r["teardown_s"]) / (b["fit_s"] - b["teardown_s"]) for r, b in zip(runs, base)]
         stalls = [s for r in runs for s in r["stalls_s"]]
@@ -138,6 +175,9 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             "fit_s_min": min(r["fit_s"] for r in runs),
             "ratio_of_minimums": min(r["fit_s"] for r in runs) / min(b["fit_s"] for b in base),
             "ratio_median": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_ci95": bootstrap_median_ci(ratios) if config != "a" else (1.0, 1.0),
+            "ratios": ratios,
+            "bracketed": bracketed,
             "ratio_without_teardown_median": median(ratios_no_teardown),
             "teardown_s_median": median([r["teardown_s"] for r in runs]),
             "cpu_ratio_median": median(cpu_ratios),
@@ -172,33 +212,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
     parser.add_argument("--monitor-idle", action="store_true",
                         help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
-    parser.add_argument("--configs", default="abcden",
-                        help="configurations to run, (a) first (default abcden; n = (b) with the monitor's "
-                             "--render-priority normal, for comparison)")
+    parser.add_argument("--configs", default="azbcden",
+                        help="configurations to run, (a) first (default azbcden; z = the A/A control, n = (b) "
+                             "with the monitor's --render-priority normal, for comparison)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.rounds = args.rounds or (2 if args.quick else 7)
     args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
     if not args.configs.startswith("a") or set(args.configs) - set(CONFIGS):
-        parser.error("--configs must start with a and use only a, b, c, d, e, n")
+        parser.error(f"--configs must start with a and use only {', '.join(CONFIGS)}; got {args.configs!r}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-fit-") as tmp:
         print(f"fit overhead: {args.rounds} rounds x {len(args.configs)} configs x {args.epochs} epochs "
               f"(+{args.warmup} warm-up round), work dir {tmp}", flush=True)
         measured = run_rounds(args, Path(tmp))
-    summary = summarize(measured["results"])
+    summary = summarize(measured["results"], measured["closing_a"])
     print_table(f"Fit wall time, demo digits{f' (epochs x{args.epoch_scale} longer)' if args.epoch_scale > 1 else ''}, "
                 f"{args.epochs} epochs, validation every epoch, "
                 f"median of {args.rounds} interleaved runs, torch threads {measured['torch_threads']}"
                 + (f", live monitor under nice -n {args.monitor_nice}" if args.monitor_nice else "")
                 + (", live monitor under SCHED_IDLE" if args.monitor_idle else ""),
-                ["config", "fit s", "ratio to (a)", "min..max", "fastest s", "ratio of fastest", "w/o teardown",
+                ["config", "fit s", "ratio to (a)", "95 % interval", "min..max", "fastest s", "ratio of fastest",
                  "teardown s", "CPU-time ratio", "load avg"],
                 [[f"({c}) {CONFIGS[c]}", s["fit_s_median"], s["ratio_median"],
+                  "{:.3f}..{:.3f}".format(*s["ratio_ci95"]),
                   f"{s['ratio_min']:.3f}..{s['ratio_max']:.3f}", s["fit_s_min"], s["ratio_of_minimums"],
-                  s["ratio_without_teardown_median"],
                   s["teardown_s_median"], s["cpu_ratio_median"], "{:.1f}..{:.1f}".format(*s["loadavg_range"])]
                  for c, s in summary.items()])
+    print("ratio to (a): median over rounds of each fit over (a)'s time "
+          + ("interpolated between the (a) runs that bracket it" if measured["closing_a"] else "in the same round")
+          + "; 95 % interval: bootstrap of that median." + (" (z) runs (a) again in a second process: the spread a "
+          "ratio of 1 shows here is the noise floor." if "z" in summary else ""))
     print_table("Stall at each validation epoch end (last validation batch -> next training batch)",
                 ["config", "median ms", "max ms", "added vs (a), ms", "callback hooks ms (median)", "hooks max ms"],
                 [[f"({c}) {CONFIGS[c]}", s["stall_ms_median"], s["stall_ms_max"], s["added_stall_ms_median"],
