@@ -4,10 +4,13 @@
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
     (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
-    (z) A/A control: (a) again, in a second worker process. What it measures is the noise floor of
-        this method on this machine: any ratio within (z)'s spread of 1 cannot be told from noise.
+    (z) A/A control: (a) again. What it measures is the noise floor of this method on this
+        machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
-Each configuration lives in its own worker process (bench/fit_worker.py); rounds run a z b c d e,
+One trainer process (bench/fit_worker.py) runs every configuration, one fit after another: two
+processes that run the very same fits can differ by several per cent for their whole life (layout
+in memory, where the kernel puts their threads), which no number of rounds averages away
+(--separate-processes gives each configuration its own process, to see it). Rounds run a z b c d e,
 a z b c d e, ..., and one more (a) closes the last round. The machine's speed drifts over minutes, so
 each fit is compared with (a)'s time interpolated, by start time, between the (a) that opens its
 round and the one that opens the next ("bracketed ratio"); the median over rounds is reported, with
@@ -38,17 +41,17 @@ CONFIGS = {
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
-    "z": "A/A control: (a) in a 2nd process",
+    "z": "A/A control: (a) again",
 }
 # The trainer side of each configuration (n differs from b only in the monitor's --render-priority).
 WORKER_CONFIG = {"n": "b", "z": "a"}
 
 
 class Worker:
-    def __init__(self, config: str, threads: int, log: Path) -> None:
-        self.config = config
+    def __init__(self, configs: str, threads: int, log: Path) -> None:
+        self.config = configs
         self._log = open(log, "w")
-        self.proc = subprocess.Popen([PYTHON, "-m", "bench.fit_worker", "--config", WORKER_CONFIG.get(config, config),
+        self.proc = subprocess.Popen([PYTHON, "-m", "bench.fit_worker", "--configs", configs,
                                       "--threads", str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      cwd=ROOT)
@@ -95,7 +98,12 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             monitors["d"] = Monitor(work / "monitor_stopped")
         if "n" in configs:
             monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
-        workers = {c: Worker(c, args.threads, work / f"worker_{c}.log") for c in configs}
+        trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
+        if args.separate_processes:
+            workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
+        else:
+            shared = Worker(trainer_side, args.threads, work / "worker.log")
+            workers = {c: shared for c in configs}
         for monitor in monitors.values():
             monitor.wait_idle()
         total = args.warmup + args.rounds
@@ -103,7 +111,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             warm = round_index < args.warmup
             closing = round_index == total  # the (a) that brackets the last round
             for config in configs[:1] if closing else configs:
-                request = {"epochs": 1 if warm else args.epochs, "seed": round_index,
+                request = {"config": WORKER_CONFIG.get(config, config), "epochs": 1 if warm else args.epochs,
+                           "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
                 if config in "bdn":
@@ -131,7 +140,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                       flush=True)
         threads = workers[configs[0]].ready["threads"]
     finally:
-        for worker in workers.values():
+        for worker in set(workers.values()):
             worker.close()
         codes = {name: monitor.close() for name, monitor in monitors.items()}
     return {"results": results, "closing_a": closing_run, "monitor_exit_codes": codes, "torch_threads": threads}
@@ -212,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
     parser.add_argument("--monitor-idle", action="store_true",
                         help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
+    parser.add_argument("--separate-processes", action="store_true",
+                        help="one trainer process per configuration (default: one process runs them all)")
     parser.add_argument("--configs", default="azbcden",
                         help="configurations to run, (a) first (default azbcden; z = the A/A control, n = (b) "
                              "with the monitor's --render-priority normal, for comparison)")
@@ -239,16 +250,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['ratio_min']:.3f}..{s['ratio_max']:.3f}", s["fit_s_min"], s["ratio_of_minimums"],
                   s["teardown_s_median"], s["cpu_ratio_median"], "{:.1f}..{:.1f}".format(*s["loadavg_range"])]
                  for c, s in summary.items()])
-    print("ratio to (a): median over rounds of each fit over (a)'s time "
+    print(("one trainer process per configuration. " if args.separate_processes else
+           "one trainer process ran every configuration. ") + "ratio to (a): median over rounds of each fit over (a)'s time "
           + ("interpolated between the (a) runs that bracket it" if measured["closing_a"] else "in the same round")
-          + "; 95 % interval: bootstrap of that median." + (" (z) runs (a) again in a second process: the spread a "
+          + "; 95 % interval: bootstrap of that median." + (" (z) runs (a) again: the spread a "
           "ratio of 1 shows here is the noise floor." if "z" in summary else ""))
+    if not all(r.get("peak_is_this_fit") for runs in measured["results"].values() for r in runs):
+        print("peak RSS: the kernel could not reset its high-water mark, so peaks are the process's lifetime peak")
     print_table("Stall at each validation epoch end (last validation batch -> next training batch)",
                 ["config", "median ms", "max ms", "added vs (a), ms", "callback hooks ms (median)", "hooks max ms"],
                 [[f"({c}) {CONFIGS[c]}", s["stall_ms_median"], s["stall_ms_max"], s["added_stall_ms_median"],
                   s["boundary_hooks_ms_median"], s["boundary_hooks_ms_max"]] for c, s in summary.items()])
-    print_table("Trainer process memory (RSS of each configuration's worker over all its fits)",
-                ["config", "peak MB", "after 1st fit MB", "after last fit MB", "messages sent", "dropped"],
+    print_table("Trainer process memory (RSS during and after each configuration's fits)",
+                ["config", "peak MB (any fit)", "after 1st fit MB", "after last fit MB", "messages sent", "dropped"],
                 [[f"({c}) {CONFIGS[c]}", s["peak_rss_mb"], *s["rss_mb_first_last"],
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]

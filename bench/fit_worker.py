@@ -1,10 +1,13 @@
-"""One training process of the fit-overhead benchmark: runs demo fits of one configuration on request.
+"""A training process of the fit-overhead benchmark: runs demo fits on request.
 
-Started by bench/fit_overhead.py, one per configuration, so imports are paid once and each
-configuration's peak memory is its own process's. Reads one JSON request per line on stdin and
-answers one `RESULT {json}` line per fit on stdout:
+Started by bench/fit_overhead.py: by default one process runs every configuration (two processes
+that do the same thing can differ by several per cent for their whole life, see BENCHMARKS.md), or
+one process per configuration with --separate-processes. Imports are paid once. Reads one JSON
+request per line on stdin and answers one `RESULT {json}` line per fit on stdout:
 
-    {"epochs": 3, "seed": 0, "endpoint": "tcp://127.0.0.1:PORT" | null, "out": DIR}
+    {"config": "a", "epochs": 3, "seed": 0, "endpoint": "tcp://127.0.0.1:PORT" | null, "out": DIR}
+
+`peak_rss_mb` is the fit's own peak: the kernel's high-water mark is reset before each fit.
 
 Configurations: a = no observability; b, c, d = EmitterCallback (the driver decides whether a live,
 no, or a SIGSTOPped monitor listens at `endpoint`); e = the in-process baseline callback.
@@ -85,8 +88,20 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 1e6
 
 
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS mark to the current RSS (Linux 4.0+); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e3  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux; the process's lifetime peak
 
 
 def observability(config: str, request: dict, datamodule: DigitsDataModule) -> list[Callback]:
@@ -131,6 +146,7 @@ def fit_once(config: str, request: dict) -> dict:
                         enable_model_summary=False, deterministic="warn",
                         limit_train_batches=request.get("train_batches") or 1.0)
     load = os.getloadavg()[0]
+    peak_is_this_fit = reset_peak_rss()
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
@@ -146,6 +162,7 @@ def fit_once(config: str, request: dict) -> dict:
         "loadavg_1min": [load, os.getloadavg()[0]],
         "rss_mb": rss_mb(),
         "peak_rss_mb": peak_rss_mb(),
+        "peak_is_this_fit": peak_is_this_fit,
         "sent": None if emitter is None else emitter.sent,
         "dropped": None if emitter is None else emitter.dropped,
         "val_acc": float(trainer.callback_metrics.get("val/acc_top1", float("nan"))),
@@ -154,21 +171,27 @@ def fit_once(config: str, request: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, choices=list("abcde"), help="which configuration to run")
+    parser.add_argument("--configs", default="abcde",
+                        help="the configurations this process will be asked to run (their modules are imported first)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    if args.config == "e":  # import the baseline's heavy modules now, as a training script would at its top
+    if set(args.configs) - set("abcde"):
+        parser.error(f"--configs takes letters from abcde, got {args.configs!r}")
+    if "e" in args.configs:  # import the baseline's heavy modules now, as a training script would at its top
         import bench.inprocess_baseline  # noqa: F401
-    elif args.config in "bcd":
+    if set(args.configs) & set("bcd"):
         from trainer_side import EmitterCallback  # noqa: F401
     print("READY", json.dumps({"threads": torch.get_num_threads(), "rss_mb": rss_mb()}), flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue
-        result = fit_once(args.config, json.loads(line))
+        request = json.loads(line)
+        if request["config"] not in args.configs:
+            raise SystemExit(f"fit_worker: asked for config {request['config']!r}, started for {args.configs!r}")
+        result = fit_once(request["config"], request)
         print("RESULT", json.dumps(result), flush=True)
     return 0
 
