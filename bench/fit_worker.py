@@ -100,7 +100,7 @@ def reset_peak_rss() -> bool:
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e3  # kB
+            return int(line.split()[1]) * 1024 / 1e6  # the kernel's kB are KiB; MB as in rss_mb
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux; the process's lifetime peak
 
 
