@@ -145,7 +145,7 @@ class Monitor:
     """A `monitor serve` process on a free loopback port, in its own session (as a second terminal
     would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
 
-    def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None) -> None:
+    def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None, cwd: Path = ROOT) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         ready = out / "ready.txt"
@@ -155,7 +155,7 @@ class Monitor:
         argv = list(command or [PYTHON, "-m", "monitor", "serve"])
         self.proc = subprocess.Popen([*argv, "--bind", "tcp://127.0.0.1:0", "--out", str(out),
                                       "--ready-file", str(ready), *extra],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
         self.stopped = False
         deadline = time.monotonic() + 120
         while not ready.exists() or not ready.read_text().strip():
@@ -167,6 +167,10 @@ class Monitor:
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
+
+    def own_cpu_seconds(self) -> float:
+        """The `monitor serve` process alone, its render workers left out."""
+        return _process_table()[self.proc.pid][1] / CLK_TCK
 
     def wait_idle(self, quiet_s: float = 0.6, max_cpu_share: float = 0.1, timeout: float = 60.0) -> float:
         """Waits until the monitor (and its render worker) used under `max_cpu_share` of a core for
