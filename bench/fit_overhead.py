@@ -10,13 +10,13 @@
 One trainer process (bench/fit_worker.py) runs every configuration, one fit after another: two
 processes that run the very same fits can differ by several per cent for their whole life (layout
 in memory, where the kernel puts their threads), which no number of rounds averages away
-(--separate-processes gives each configuration its own process, to see it). Rounds run a z b c d e,
-a z b c d e, ..., and one more (a) closes the last round. The machine's speed drifts over minutes, so
-each fit is compared with (a)'s time interpolated, by start time, between the (a) that opens its
-round and the one that opens the next ("bracketed ratio"); the median over rounds is reported, with
-a 95 % bootstrap interval.
+(--separate-processes gives each configuration its own process, to see it). Each round runs (a)
+first and the others in a new seeded order (--order fixed: as listed), and one more (a) closes the
+last round. The machine's speed drifts over minutes, so each fit is compared with (a)'s time
+interpolated, by start time, between the (a) that opens its round and the one that opens the next
+("bracketed ratio"); the median over rounds is reported, with a 95 % bootstrap interval.
 Also: the stall at each validation epoch end (last validation batch -> next training batch, median,
-minus (a)'s), the emitter's teardown time, and each worker's peak RSS.
+minus (a)'s), the emitter's teardown time, and each fit's peak RSS.
 
     python -m bench.fit_overhead [--quick] [--json FILE]
 """
@@ -110,7 +110,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
         for round_index in range(total + 1):
             warm = round_index < args.warmup
             closing = round_index == total  # the (a) that brackets the last round
-            for config in configs[:1] if closing else configs:
+            for config in configs[:1] if closing else round_order(configs, round_index, args.order):
                 request = {"config": WORKER_CONFIG.get(config, config), "epochs": 1 if warm else args.epochs,
                            "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
@@ -144,6 +144,16 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             worker.close()
         codes = {name: monitor.close() for name, monitor in monitors.items()}
     return {"results": results, "closing_a": closing_run, "monitor_exit_codes": codes, "torch_threads": threads}
+
+
+def round_order(configs: list[str], round_index: int, order: str) -> list[str]:
+    """(a) first, then the others as listed ("fixed") or in a new seeded order each round ("shuffled"):
+    with a fixed order each configuration always sits at the same place in its round, and whatever
+    that place does to a fit (what ran just before it, the drift inside the round) becomes a bias."""
+    rest = configs[1:]
+    if order == "shuffled":
+        rest = random.Random(round_index).sample(rest, len(rest))
+    return [configs[0], *rest]
 
 
 def bracketed_ratios(runs: list[dict], base: list[dict]) -> list[float]:
@@ -221,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
     parser.add_argument("--monitor-idle", action="store_true",
                         help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
+    parser.add_argument("--order", choices=("shuffled", "fixed"), default="shuffled",
+                        help="the order of the configurations after (a) in each round: a new seeded shuffle each "
+                             "round (default) or always as --configs lists them")
     parser.add_argument("--separate-processes", action="store_true",
                         help="one trainer process per configuration (default: one process runs them all)")
     parser.add_argument("--configs", default="azbcden",
@@ -250,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['ratio_min']:.3f}..{s['ratio_max']:.3f}", s["fit_s_min"], s["ratio_of_minimums"],
                   s["teardown_s_median"], s["cpu_ratio_median"], "{:.1f}..{:.1f}".format(*s["loadavg_range"])]
                  for c, s in summary.items()])
-    print(("one trainer process per configuration. " if args.separate_processes else
-           "one trainer process ran every configuration. ") + "ratio to (a): median over rounds of each fit over (a)'s time "
+    print(("one trainer process per configuration" if args.separate_processes else
+           "one trainer process ran every configuration") + f"; order in each round: (a), then {args.order}. " + "ratio to (a): median over rounds of each fit over (a)'s time "
           + ("interpolated between the (a) runs that bracket it" if measured["closing_a"] else "in the same round")
           + "; 95 % interval: bootstrap of that median." + (" (z) runs (a) again: the spread a "
           "ratio of 1 shows here is the noise floor." if "z" in summary else ""))
