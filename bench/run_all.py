@@ -3,7 +3,7 @@
     python -m bench.run_all [--quick] [--out bench/results]
 
 Writes <out>/<name>.json and <out>/<name>.txt for each program, and <out>/machine.json. The full set
-takes about 20 minutes on the 2-core project machine; --quick about 5.
+takes about 30 minutes on the 2-core project machine; --quick about 5.
 """
 
 from __future__ import annotations
