@@ -136,8 +136,8 @@ class Pipeline:
                 "classes": [{"name": r.name, "index": r.index, "count": r.count,
                              "percentage": round(r.percentage, 4)} for r in rows],
             })
-            self.console.table(folder, partial(tables.class_distribution_table, rows), _shortened(
-                rows, partial(tables.class_distribution_table, rows, tables.smallest_and_largest(rows))))
+            record = partial(tables.class_distribution_table, rows)
+            self.console.table(folder, record, _shortened(record, rows, tables.smallest_and_largest))
         else:
             self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
                                       "no dataset class distribution")
@@ -184,8 +184,8 @@ class Pipeline:
                              "expected": round(r.expected, 6),
                              "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
             })
-            self.console.table(folder, partial(tables.sampler_table, rows, number), _shortened(
-                rows, partial(tables.sampler_table, rows, number, tables.furthest_from_expected(rows))))
+            record = partial(tables.sampler_table, rows, number)
+            self.console.table(folder, record, _shortened(record, rows, tables.furthest_from_expected))
         if run.history:
             self.renderer.submit(HistoryJob(folder / "training_history",
                                             {e: dict(v) for e, v in sorted(run.history.items())}))
@@ -222,9 +222,10 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
     })
 
 
-def _shortened(rows: list, build: Callable[[], Table]) -> Callable[[], Table] | None:
-    """The terminal's shorter version of a per-class table, for runs with many classes."""
-    return build if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
+def _shortened(record: partial, rows: list, pick: Callable[[list], list]) -> Callable[[], Table] | None:
+    """The terminal's shorter version of a per-class table (`record` drawing only the rows `pick`
+    chooses), for runs with many classes; None, and nothing picked, for the others."""
+    return partial(record, shown=pick(rows)) if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _csv_value(value: float | None) -> str:

@@ -41,15 +41,6 @@ class InlineRenderer:
         if self.on_done is not None:
             self.on_done(written)
 
-    def table(self, job: TableJob) -> Future:
-        """Draws a table now; the result comes back as a finished future, as from `ProcessRenderer`."""
-        future: Future = Future()
-        try:
-            future.set_result(job.run())
-        except Exception as exc:  # noqa: BLE001 - the console decides what a failed table means
-            future.set_exception(exc)
-        return future
-
     def drain(self) -> None:
         held, self._held = self._held, {}
         for job in held.values():
