@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import subprocess
 import tempfile
 import time
@@ -170,7 +169,7 @@ def bootstrap_median_ci(values: list[float], resamples: int = 10_000, seed: int 
     """95 % percentile-bootstrap interval of the median: how far the median of this few noisy rounds
     could be from the one many more rounds would give."""
     rng = random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    medians = sorted(median(rng.choices(values, k=len(values))) for _ in range(resamples))
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
@@ -185,7 +184,6 @@ def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> 
         ratios = bracketed_ratios(runs, [*base, closing_a]) if bracketed else \
             [r["fit_s"] / b["fit_s"] for r, b in zip(runs, base)]
         cpu_ratios = [r["cpu_s"] / b["cpu_s"] for r, b in zip(runs, base)]
-        ratios_no_teardown = [(r["fit_s"] - r["teardown_s"]) / (b["fit_s"] - b["teardown_s"]) for r, b in zip(runs, base)]
         stalls = [s for r in runs for s in r["stalls_s"]]
         summary[config] = {
             "fit_s_median": median([r["fit_s"] for r in runs]),
@@ -197,7 +195,6 @@ def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> 
             "ratio_ci95": bootstrap_median_ci(ratios) if config != "a" else (1.0, 1.0),
             "ratios": ratios,
             "bracketed": bracketed,
-            "ratio_without_teardown_median": median(ratios_no_teardown),
             "teardown_s_median": median([r["teardown_s"] for r in runs]),
             "cpu_ratio_median": median(cpu_ratios),
             "boundary_hooks_ms_median": 1e3 * median([s for r in runs for s in r["boundary_hooks_s"]]),
