@@ -27,13 +27,15 @@ class ConfusionJob:
     title: str
 
     def run(self) -> None:
-        from monitor.render.figures import confusion_figure
+        from monitor.render.figures import ConfusionPlot
+        from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure, write_csv
 
         header = ["true\\pred", *self.class_names]
         rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, self.counts))
         write_csv(self.csv, header, rows)
-        save_figure(confusion_figure(self.counts, self.class_names, self.title), self.png)
+        with plot_of(ConfusionPlot, self.counts, self.class_names, self.title) as plot:
+            save_figure(plot.figure, self.png)
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,13 @@ class HistoryJob:
     history: Mapping[int, Mapping[str, float]]
 
     def run(self) -> None:
-        from monitor.render.figures import history_figures
+        from monitor.render.figures import HISTORY_KINDS, HistoryPlot
+        from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure
 
-        loss, accuracy = history_figures(self.history)
-        save_figure(loss, self.folder / "loss_history.png")
-        save_figure(accuracy, self.folder / "accuracy_history.png")
+        for kind in HISTORY_KINDS:
+            with plot_of(HistoryPlot, self.history, kind) as plot:
+                save_figure(plot.figure, self.folder / f"{kind}_history.png")
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,13 @@ class SampleGridJob:
     class_names: Sequence[str]
 
     def run(self) -> None:
-        from monitor.render.figures import sample_grid_figure
+        from monitor.render.figures import SampleGridPlot
+        from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure
 
-        figure = sample_grid_figure(np.asarray(self.images), [int(x) for x in self.labels],
-                                    [int(x) for x in self.preds], self.class_names)
-        save_figure(figure, self.png)
+        with plot_of(SampleGridPlot, np.asarray(self.images), [int(x) for x in self.labels],
+                     [int(x) for x in self.preds], self.class_names) as plot:
+            save_figure(plot.figure, self.png)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,19 @@ def test_same_figure_saves_to_identical_png_without_software_chunk(tmp_path):
     assert sorted(p.name for p in first.parent.iterdir()) == ["cm.png"]
 
 
+def test_encoded_png_decodes_to_the_exact_pixels_with_only_the_chunks_it_needs():
+    rng = np.random.default_rng(7)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)  # noise: every Up difference wraps somewhere
+    rgba[10:20] = (250, 3, 128, 255)  # and flat rows, the figures' usual content
+    data = save.encode_png(rgba, PNG_DPI)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGB" and image.size == (53, 37)
+        np.testing.assert_array_equal(np.asarray(image), rgba[..., :3])
+        assert image.info["dpi"] == pytest.approx((PNG_DPI, PNG_DPI), abs=0.01)
+    assert [kind for kind, _ in png_chunks(data)] == [b"IHDR", b"pHYs", b"IDAT", b"IEND"]
+    assert save.encode_png(rgba.copy(), PNG_DPI) == data
+
+
 def test_different_figures_save_to_different_bytes(tmp_path):
     eye = np.eye(3, dtype=np.int64)
     save_figure(confusion_figure(eye, ["x", "y", "z"], "t"), tmp_path / "a.png")

@@ -89,48 +89,85 @@ def display_label(name: str, max_chars: int = FIGURE_LABEL_MAX_CHARS) -> str:
 
 def confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
     """Heatmap of a C×C confusion matrix: rows are true classes, columns predicted classes."""
-    counts = np.asarray(counts)
-    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
-        raise ValueError(f"counts must be a C×C matrix with C >= 1, got shape {counts.shape}")
-    if counts.min() < 0:
-        raise ValueError("counts must be non-negative")
-    n_classes = counts.shape[0]
-    if len(class_names) != n_classes:
-        raise ValueError(f"expected {n_classes} class names for a {n_classes}-class matrix, "
-                         f"got {len(class_names)}")
-    with_cells = n_classes <= CELL_TEXT_MAX_CLASSES
-    cell = _cell_inches(n_classes) if with_cells else _LARGE_MATRIX_INCHES / max(n_classes, 1)
-    grid = n_classes * cell if with_cells else _LARGE_MATRIX_INCHES
-    names = [display_label(name) for name in class_names] if with_cells else []
-    name_points = min(10.0, max(6.0, cell * 72 * 0.45))
-    rotation = 45 if n_classes <= 20 else 90
-    left, bottom = _confusion_margins(names, name_points, rotation)
-    norm = _confusion_norm(counts)
-    # Right of the matrix: gap, colour bar, its tick labels (the largest count) and its label.
-    right = _COLORBAR_GAP + _COLORBAR_WIDTH + 0.2 + len(str(int(norm.vmax))) * _DIGIT_INCHES + 0.45
-    # A small matrix sits in the middle of a minimum canvas that leaves its title room.
-    width = max(5.0, left + grid + right)
-    height = max(4.5, bottom + grid + _CONFUSION_TOP)
-    left += (width - (left + grid + right)) / 2
-    bottom += (height - (bottom + grid + _CONFUSION_TOP)) / 2
-    # Fixed positions rather than a layout engine: the margins come from the measured extents of
-    # the names, so nothing is clipped, and drawing happens in one pass (a constrained layout
-    # measured every label in an extra pass, about a third of the render).
-    fig = Figure(figsize=(width, height))
-    ax = fig.add_axes((left / width, bottom / height, grid / width, grid / height))
-    colorbar_axes = fig.add_axes(((left + grid + _COLORBAR_GAP) / width,
-                                  (bottom + 0.1 * grid) / height,
-                                  _COLORBAR_WIDTH / width, 0.8 * grid / height))
-    image = ax.imshow(counts, cmap=CONFUSION_CMAP, norm=norm, aspect="equal",
-                      interpolation="nearest" if with_cells else "antialiased")
-    fig.colorbar(image, cax=colorbar_axes, label="Count")
-    ax.set_title(display_label(title, 120), parse_math=False)
-    if with_cells:
-        _name_ticks(ax, names, name_points, rotation)
-        _draw_cell_labels(ax, cell_labels(counts), cell)
-    else:
-        _index_ticks(ax)
-    return fig
+    return ConfusionPlot(counts, class_names, title).figure
+
+
+class ConfusionPlot:
+    """The confusion-matrix figure, and the artists that change from one epoch to the next.
+
+    Building the figure (two Axes, their ticks, the colour bar) is about half of what it costs to
+    draw, and it comes out the same every epoch of a run. `update` puts new counts and a new title
+    into a figure built for the same `layout`, which then draws exactly as a freshly built one
+    (tests/test_render.py compares the bytes), so a render worker redraws rather than rebuilds.
+    """
+
+    def __init__(self, counts: np.ndarray, class_names: Sequence[str], title: str) -> None:
+        self.layout = self.layout_of(counts, class_names, title)
+        counts = np.asarray(counts)
+        n_classes = counts.shape[0]
+        with_cells = n_classes <= CELL_TEXT_MAX_CLASSES
+        cell = _cell_inches(n_classes) if with_cells else _LARGE_MATRIX_INCHES / max(n_classes, 1)
+        grid = n_classes * cell if with_cells else _LARGE_MATRIX_INCHES
+        names = [display_label(name) for name in class_names] if with_cells else []
+        name_points = min(10.0, max(6.0, cell * 72 * 0.45))
+        rotation = 45 if n_classes <= 20 else 90
+        left, bottom = _confusion_margins(names, name_points, rotation)
+        norm = _confusion_norm(counts)
+        # Right of the matrix: gap, colour bar, its tick labels (the largest count) and its label.
+        right = _COLORBAR_GAP + _COLORBAR_WIDTH + 0.2 + len(str(int(norm.vmax))) * _DIGIT_INCHES + 0.45
+        # A small matrix sits in the middle of a minimum canvas that leaves its title room.
+        width = max(5.0, left + grid + right)
+        height = max(4.5, bottom + grid + _CONFUSION_TOP)
+        left += (width - (left + grid + right)) / 2
+        bottom += (height - (bottom + grid + _CONFUSION_TOP)) / 2
+        # Fixed positions rather than a layout engine: the margins come from the measured extents of
+        # the names, so nothing is clipped, and drawing happens in one pass (a constrained layout
+        # measured every label in an extra pass, about a third of the render).
+        self.figure = fig = Figure(figsize=(width, height))
+        self._axes = ax = fig.add_axes((left / width, bottom / height, grid / width, grid / height))
+        colorbar_axes = fig.add_axes(((left + grid + _COLORBAR_GAP) / width,
+                                      (bottom + 0.1 * grid) / height,
+                                      _COLORBAR_WIDTH / width, 0.8 * grid / height))
+        self._image = ax.imshow(counts, cmap=CONFUSION_CMAP, norm=norm, aspect="equal",
+                                interpolation="nearest" if with_cells else "antialiased")
+        fig.colorbar(self._image, cax=colorbar_axes, label="Count")
+        ax.set_title(display_label(title, 120), parse_math=False)
+        self._cell = cell if with_cells else None
+        self._counts: list[PathPatch] = []
+        if with_cells:
+            _name_ticks(ax, names, name_points, rotation)
+            self._counts = _draw_cell_labels(ax, cell_labels(counts), cell)
+        else:
+            _index_ticks(ax)
+
+    @staticmethod
+    def layout_of(counts: np.ndarray, class_names: Sequence[str], title: str = "") -> tuple:
+        """What the figure's geometry depends on: the class count, the names drawn, and the digits
+        of the largest count (the colour bar's labels). Raises ValueError for a malformed matrix."""
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+            raise ValueError(f"counts must be a C×C matrix with C >= 1, got shape {counts.shape}")
+        if counts.min() < 0:
+            raise ValueError("counts must be non-negative")
+        n_classes = counts.shape[0]
+        if len(class_names) != n_classes:
+            raise ValueError(f"expected {n_classes} class names for a {n_classes}-class matrix, "
+                             f"got {len(class_names)}")
+        names = tuple(class_names) if n_classes <= CELL_TEXT_MAX_CLASSES else None
+        return "confusion", n_classes, names, len(str(int(_confusion_norm(counts).vmax)))
+
+    def update(self, counts: np.ndarray, class_names: Sequence[str], title: str) -> None:
+        """New counts and title, for a matrix of this plot's layout."""
+        if self.layout_of(counts, class_names, title) != self.layout:
+            raise ValueError("these counts need a figure of another layout; build a new ConfusionPlot")
+        counts = np.asarray(counts)
+        self._image.set_data(counts)
+        self._image.set_norm(_confusion_norm(counts))  # the colour bar follows its mappable
+        self._axes.set_title(display_label(title, 120), parse_math=False)
+        for patch in self._counts:
+            patch.remove()
+        if self._cell is not None:
+            self._counts = _draw_cell_labels(self._axes, cell_labels(counts), self._cell)
 
 
 def _cell_inches(n_classes: int) -> float:
@@ -193,7 +230,7 @@ def _confusion_norm(counts: np.ndarray) -> Normalize:
     return Normalize(vmin=0, vmax=max(1, int(counts.max(initial=0))))
 
 
-def _draw_cell_labels(ax: Axes, labels: Sequence[CellLabel], cell_inches: float) -> None:
+def _draw_cell_labels(ax: Axes, labels: Sequence[CellLabel], cell_inches: float) -> list[PathPatch]:
     """Draw all counts as two filled glyph paths (one per text colour).
 
     One Text artist per cell cost about 0.6 ms to draw on the 2-core project machine, 2 s for
@@ -205,6 +242,7 @@ def _draw_cell_labels(ax: Axes, labels: Sequence[CellLabel], cell_inches: float)
     widest = max(width for _, _, width in outlines.values())
     # Font size as a fraction of the cell: capped in points, by cell height, by the widest count.
     scale = min(_CELL_FONT_MAX_POINTS / (cell_inches * 72), 0.34, 0.8 / widest)
+    patches = []
     for dark, color in ((False, "black"), (True, "white")):
         chosen = [label for label in labels if label.dark == dark]
         if not chosen:
@@ -217,6 +255,8 @@ def _draw_cell_labels(ax: Axes, labels: Sequence[CellLabel], cell_inches: float)
         patch.set_in_layout(False)
         # add_artist, not add_patch: the latter walks every glyph curve to update data limits.
         ax.add_artist(patch)
+        patches.append(patch)
+    return patches
 
 
 def _count_outline(text: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -247,41 +287,67 @@ def _digit_outlines() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float, 
 # ---------------------------------------------------------------------------- history curves
 
 
+HISTORY_KINDS = ("loss", "accuracy")
+_HISTORY = {"loss": (_LOSS_SERIES, "Loss", "Loss"), "accuracy": (_ACCURACY_SERIES, "Accuracy", "Accuracy")}
+
+
 def history_figures(history: Mapping[int, Mapping[str, float]]) -> tuple[Figure, Figure]:
     """Loss and accuracy curves against epoch; missing or non-finite values are gaps."""
-    epochs = sorted(history)
-    loss_fig = _history_figure(history, epochs, _LOSS_SERIES, "Loss", "Loss")
-    accuracy_fig = _history_figure(history, epochs, _ACCURACY_SERIES, "Accuracy", "Accuracy")
-    return loss_fig, accuracy_fig
+    loss, accuracy = (HistoryPlot(history, kind).figure for kind in HISTORY_KINDS)
+    return loss, accuracy
 
 
-def _history_figure(history: Mapping[int, Mapping[str, float]], epochs: list[int],
-                    series: Sequence[tuple[str, Sequence[str]]], title: str,
-                    ylabel: str) -> Figure:
-    width, height = _HISTORY_INCHES
-    left, bottom, right, top = _HISTORY_MARGINS
-    fig = Figure(figsize=_HISTORY_INCHES)
-    ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width,
-                       1 - (bottom + top) / height))
-    ax.set_title(title)
-    ax.set_xlabel("Epoch")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    plotted = 0
-    for label, keys in series:
-        key = _first_present(history, keys)
-        if key is None:
-            continue
-        values = [_finite_or_nan(history[epoch].get(key)) for epoch in epochs]
-        # Markers keep an isolated value visible when NaN gaps surround it.
-        ax.plot(epochs, values, marker="o", markersize=3.5, linewidth=1.8, label=label)
-        plotted += 1
-    if plotted:
-        ax.legend()
-    else:
-        _note(ax, NO_DATA_NOTE)
-    return fig
+class HistoryPlot:
+    """One history figure ("loss" or "accuracy"), and its curves.
+
+    `update` gives the curves a longer history; a figure whose `layout` (which series it has) stays
+    the same then draws exactly as a freshly built one, ticks and limits included, for a fraction of
+    the cost of building it again.
+    """
+
+    def __init__(self, history: Mapping[int, Mapping[str, float]], kind: str) -> None:
+        self.layout = self.layout_of(history, kind)
+        series, title, ylabel = _HISTORY[kind]
+        width, height = _HISTORY_INCHES
+        left, bottom, right, top = _HISTORY_MARGINS
+        self.figure = fig = Figure(figsize=_HISTORY_INCHES)
+        self._axes = ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width,
+                                        1 - (bottom + top) / height))
+        ax.set_title(title)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epochs = sorted(history)
+        for label, key in self.layout[2]:
+            # Markers keep an isolated value visible when NaN gaps surround it.
+            ax.plot(epochs, _series(history, epochs, key), marker="o", markersize=3.5, linewidth=1.8,
+                    label=label)
+        if self.layout[2]:
+            ax.legend()
+        else:
+            _note(ax, NO_DATA_NOTE)
+
+    @staticmethod
+    def layout_of(history: Mapping[int, Mapping[str, float]], kind: str) -> tuple:
+        """The series this figure plots, as (label, metric key) pairs, in drawing order."""
+        series, _, _ = _HISTORY[kind]
+        plotted = ((label, _first_present(history, keys)) for label, keys in series)
+        return "history", kind, tuple((label, key) for label, key in plotted if key is not None)
+
+    def update(self, history: Mapping[int, Mapping[str, float]], kind: str) -> None:
+        """The curves of a new history that has this plot's series."""
+        if self.layout_of(history, kind) != self.layout:
+            raise ValueError("this history needs a figure of another layout; build a new HistoryPlot")
+        epochs = sorted(history)
+        for line, (_, key) in zip(self._axes.get_lines(), self.layout[2]):
+            line.set_data(epochs, _series(history, epochs, key))
+        self._axes.relim()
+        self._axes.autoscale_view()
+
+
+def _series(history: Mapping[int, Mapping[str, float]], epochs: list[int], key: str) -> list[float]:
+    return [_finite_or_nan(history[epoch].get(key)) for epoch in epochs]
 
 
 def _first_present(history: Mapping[int, Mapping[str, float]], keys: Sequence[str]) -> str | None:
@@ -323,42 +389,72 @@ class SampleCell:
 
 def sample_grid_figure(images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
                        class_names: Sequence[str]) -> Figure:
-    """Thumbnails with true and predicted names, framed green when right and red when wrong.
+    """Thumbnails with true and predicted names, framed green when right and red when wrong."""
+    return SampleGridPlot(images, labels, preds, class_names).figure
+
+
+class SampleGridPlot:
+    """The sample grid: thumbnails with true and predicted names, framed green or red.
 
     The thumbnails and frames are composed into one RGB array, placed pixel for pixel with
     one artist; only the titles are text artists. Sixteen Axes with an image and four spines each
     cost about 100 ms to build and as much again to draw on the 2-vCPU project machine; the
     composed grid takes a few milliseconds, and its pixels are exactly the thumbnails', scaled by
-    nearest neighbour as ``imshow`` did.
+    nearest neighbour as ``imshow`` did. `update` swaps in the next epoch's samples (same count and
+    thumbnail size: the same `layout`), which then draw exactly as a freshly built grid.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be N×H×W×3, got shape {images.shape}")
-    count = images.shape[0]
-    if len(labels) != count or len(preds) != count:
-        raise ValueError(f"expected {count} labels and predictions, "
-                         f"got {len(labels)} and {len(preds)}")
-    if count == 0:
-        fig = Figure(figsize=(6.0, 2.0), layout="constrained")
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        _note(ax, "no samples yet")
-        return fig
-    cells, (width, height) = sample_grid_cells(count, images.shape[1:3])
-    mosaic = np.full((height, width, 4), 255, dtype=np.uint8)
-    fig = Figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
-    for index, cell in enumerate(cells):
-        label, pred = int(labels[index]), int(preds[index])
-        color = CORRECT_COLOR if label == pred else WRONG_COLOR
-        _paste_scaled(mosaic, cell, _as_uint8(images[index]))
-        _paint_frame(mosaic, cell, color)
-        title = _sample_title(_class_name(class_names, label), _class_name(class_names, pred))
-        fig.text((cell.left + cell.width / 2) / width,
-                 1 - (cell.top - _SAMPLE_TITLE_PAD_PX) / height, title, color=color,
-                 fontsize=_SAMPLE_TITLE_POINTS, ha="center", va="bottom", parse_math=False,
-                 gid=f"sample-title-{index}")
-    fig.add_artist(_Pixels(mosaic))
-    return fig
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
+                 class_names: Sequence[str]) -> None:
+        self.layout = self.layout_of(images, labels, preds, class_names)
+        _, count, image_hw = self.layout
+        self._titles: list[Artist] = []
+        if count == 0:
+            self.figure = fig = Figure(figsize=(6.0, 2.0), layout="constrained")
+            ax = fig.add_subplot()
+            ax.set_axis_off()
+            _note(ax, "no samples yet")
+            return
+        self._cells, (width, height) = sample_grid_cells(count, image_hw)
+        self.figure = fig = Figure(figsize=(width / FIGURE_DPI, height / FIGURE_DPI), dpi=FIGURE_DPI)
+        for index, cell in enumerate(self._cells):
+            self._titles.append(fig.text(
+                (cell.left + cell.width / 2) / width, 1 - (cell.top - _SAMPLE_TITLE_PAD_PX) / height, "",
+                fontsize=_SAMPLE_TITLE_POINTS, ha="center", va="bottom", parse_math=False,
+                gid=f"sample-title-{index}"))
+        self._pixels = fig.add_artist(_Pixels(np.zeros((height, width, 4), dtype=np.uint8)))
+        self.update(images, labels, preds, class_names)
+
+    @staticmethod
+    def layout_of(images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
+                  class_names: Sequence[str]) -> tuple:
+        """The thumbnail count and size. Raises ValueError for inputs that do not match."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be N×H×W×3, got shape {images.shape}")
+        count = images.shape[0]
+        if len(labels) != count or len(preds) != count:
+            raise ValueError(f"expected {count} labels and predictions, "
+                             f"got {len(labels)} and {len(preds)}")
+        return "samples", count, tuple(images.shape[1:3])
+
+    def update(self, images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
+               class_names: Sequence[str]) -> None:
+        """Draw these samples instead, for a grid of this plot's layout."""
+        if self.layout_of(images, labels, preds, class_names) != self.layout:
+            raise ValueError("these samples need a grid of another layout; build a new SampleGridPlot")
+        if not self._titles:
+            return
+        images = np.asarray(images)
+        mosaic = np.full((*self._pixels.shape, 4), 255, dtype=np.uint8)
+        for index, (cell, title) in enumerate(zip(self._cells, self._titles)):
+            label, pred = int(labels[index]), int(preds[index])
+            color = CORRECT_COLOR if label == pred else WRONG_COLOR
+            _paste_scaled(mosaic, cell, _as_uint8(images[index]))
+            _paint_frame(mosaic, cell, color)
+            title.set_text(_sample_title(_class_name(class_names, label), _class_name(class_names, pred)))
+            title.set_color(color)
+        self._pixels.set_rgba(mosaic)
 
 
 def sample_grid_cells(count: int, image_hw: tuple[int, int]) -> tuple[list[SampleCell], tuple[int, int]]:
@@ -394,8 +490,17 @@ class _Pixels(Artist):
 
     def __init__(self, rgba: np.ndarray) -> None:
         super().__init__()
+        self.set_rgba(rgba)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Height and width in pixels."""
+        return self._rgba.shape[:2]
+
+    def set_rgba(self, rgba: np.ndarray) -> None:
         # Agg puts the array's first row at the bottom of the canvas.
         self._rgba = np.ascontiguousarray(rgba[::-1])
+        self.stale = True
 
     def draw(self, renderer) -> None:  # type: ignore[no-untyped-def]
         if not self.get_visible():

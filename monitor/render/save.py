@@ -7,20 +7,24 @@ import io
 import json
 import os
 import pathlib
+import struct
 import threading
+import zlib
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
 from monitor.render.figures import FIGURE_DPI
 
 PNG_DPI = FIGURE_DPI
 # zlib level for the PNGs. Figures are mostly flat colour, so level 1 packs them well: on the
-# project machine it encoded the demo's sample grid in 30 ms against 50 ms at level 6, for a file
-# 1.7 times larger (47 against 28 kB).
+# project machine Pillow encoded the demo's sample grid in 30 ms against 50 ms at level 6, for a
+# file 1.7 times larger (47 against 28 kB).
 PNG_COMPRESS_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_FILTER_UP = 2
 # Lone surrogates in untrusted class names must not crash a writer; they become visible escapes.
 _TEXT_ERRORS = "backslashreplace"
 
@@ -29,22 +33,49 @@ def save_figure(fig: Figure, path: pathlib.Path) -> None:
     """Render ``fig`` with Agg once and write it to ``path`` as an RGB PNG, atomically.
 
     ``print_figure`` would draw a figure with a layout engine twice (once to lay it out, once to
-    save); one ``draw`` lays out and renders in the same pass. The PNG is written by Pillow
-    without text chunks, so its bytes depend only on the pixels: saves by two installations, or a
+    save); one ``draw`` lays out and renders in the same pass. The PNG has no text chunks
+    (`encode_png`), so its bytes depend only on the pixels: saves by two installations, or a
     replay after an upgrade, match byte for byte. The figure background is opaque, so the alpha
     channel is dropped.
     """
     fig.set_dpi(PNG_DPI)
-    # Attaching our own canvas keeps this independent of whatever backend pyplot might select.
-    canvas = FigureCanvasAgg(fig)
+    # Attaching our own canvas keeps this independent of whatever backend pyplot might select. A
+    # figure saved again (monitor.render.reuse) keeps its canvas, and the canvas its pixel buffer.
+    canvas = fig.canvas if type(fig.canvas) is FigureCanvasAgg else FigureCanvasAgg(fig)
     # No bbox_inches="tight": the builders lay figures out with a fixed size, so every save of
     # the same content has the same pixel size.
     canvas.draw()
-    width, height = canvas.get_width_height(physical=True)
-    rgb = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL, dpi=(PNG_DPI, PNG_DPI))
-    _write_bytes_atomic(pathlib.Path(path), buffer.getvalue())
+    _write_bytes_atomic(pathlib.Path(path), encode_png(np.asarray(canvas.buffer_rgba()), PNG_DPI))
+
+
+def encode_png(rgba: np.ndarray, dpi: int) -> bytes:
+    """An 8-bit RGB PNG of an H×W×4 array (alpha dropped), every row with the "Up" filter.
+
+    Pillow's encoder picks a filter for each row by trying them all, which cost as much as the
+    compression itself: 30 ms for the 10-class confusion matrix on the project machine. Figures
+    are mostly flat colour, which the Up filter (each byte minus the byte above it) turns into
+    runs of zeros: the same files within a few per cent, at a third of the time for that figure
+    and half for the curves (bench/render_costs.py). The chunks are IHDR, pHYs (the resolution),
+    IDAT and IEND only: no text chunk, so the bytes depend only on the pixels.
+    """
+    height, width = rgba.shape[:2]
+    rgb = rgba[..., :3].reshape(height, width * 3)
+    rows = np.empty((height, 1 + width * 3), dtype=np.uint8)
+    rows[:, 0] = _PNG_FILTER_UP
+    rows[:1, 1:] = rgb[:1]  # the row above the first is zeros
+    np.subtract(rgb[1:], rgb[:-1], out=rows[1:, 1:])  # modulo 256, as the filter is defined
+    pixels_per_metre = round(dpi / 0.0254)
+    return b"".join((
+        _PNG_SIGNATURE,
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+        _png_chunk(b"pHYs", struct.pack(">IIB", pixels_per_metre, pixels_per_metre, 1)),
+        _png_chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL)),
+        _png_chunk(b"IEND", b""),
+    ))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def write_json(path: pathlib.Path, obj: object) -> None:

@@ -1,0 +1,62 @@
+"""Figures kept between jobs in one render process, so each epoch redraws a figure rather than
+building it again.
+
+A run's figures keep their layout from epoch to epoch (the same classes, series and thumbnail
+size); only their data change. Building a figure (Axes, ticks, colour bar, text artists) cost about
+half of what drawing it did on the 2-vCPU project machine (bench/render_costs.py), and that CPU
+time is taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor and an
+`update(*args)`, and an updated plot draws the same bytes as a new one (tests/test_render.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+# A few runs' worth of figures (each run has up to four layouts); the least recently used go first.
+MAX_KEPT = 8
+
+
+class Plot(Protocol):
+    figure: Any
+
+    @staticmethod
+    def layout_of(*args: Any) -> tuple: ...
+
+    def update(self, *args: Any) -> None: ...
+
+
+P = TypeVar("P", bound=Plot)
+
+_kept: OrderedDict[tuple, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+@contextmanager
+def plot_of(kind: type[P], *args: Any) -> Iterator[P]:
+    """A `kind` plot of `args`: the one kept for their layout, updated, or a new one.
+
+    The plot is this caller's until the block ends (save it there); it is kept for the next caller
+    only if the block ends without an exception, so a failed draw never leaves a half-updated
+    figure behind.
+    """
+    key = (kind.__qualname__, kind.layout_of(*args))
+    with _lock:
+        plot = _kept.pop(key, None)
+        if plot is None:
+            plot = kind(*args)
+        else:
+            plot.update(*args)
+        yield plot
+        _kept[key] = plot
+        while len(_kept) > MAX_KEPT:
+            _kept.popitem(last=False)
+
+
+def forget_all() -> None:
+    """Drop every kept figure (tests)."""
+    with _lock:
+        _kept.clear()

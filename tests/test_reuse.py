@@ -1,0 +1,129 @@
+"""A render worker keeps its figures between epochs and redraws them: the files must come out exactly
+as freshly built figures make them, and a failed draw must not leave a broken figure behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.render import reuse
+from monitor.render.figures import ConfusionPlot, HistoryPlot, SampleGridPlot
+from monitor.render.save import save_figure
+
+
+@pytest.fixture(autouse=True)
+def nothing_kept():
+    reuse.forget_all()
+    yield
+    reuse.forget_all()
+
+
+def confusion_epochs() -> list[tuple]:
+    rng = np.random.default_rng(3)
+    names = ["cat", "dog", "a much longer class name", "$x$"]
+    epochs = [(rng.integers(0, 4, (4, 4)) + np.diag(rng.integers(20, 90, 4)), names, f"epoch {k}") for k in range(4)]
+    epochs.insert(2, (np.zeros((4, 4), dtype=np.int64), names, "nothing counted"))  # other layout: 1 digit
+    epochs.append((np.eye(4, dtype=np.int64) * 97, names, "only the diagonal"))  # same layout as the first
+    many = [f"class {i}" for i in range(60)]  # above CELL_TEXT_MAX_CLASSES: no names, no counts
+    epochs += [(rng.integers(0, 50, (60, 60)), many, f"big {k}") for k in range(2)]
+    return epochs
+
+
+def history_epochs(kind: str) -> list[tuple]:
+    history: dict[int, dict[str, float]] = {}
+    epochs = []
+    for epoch in range(5):
+        history[epoch] = {"train/loss": 2.0 / (epoch + 1), "val/loss": 1.5 + 0.4 * (epoch == 3),
+                          "val/acc_top1": 0.2 * epoch, "val/acc_top5": float("nan") if epoch == 2 else 0.9}
+        if epoch >= 3:
+            history[epoch]["train/acc_top1"] = 0.5  # a series that appears later: another layout
+        epochs.append(({e: dict(m) for e, m in history.items()}, kind))
+    return epochs
+
+
+def grid_epochs() -> list[tuple]:
+    rng = np.random.default_rng(5)
+    names = [f"digit {i}" for i in range(10)]
+    epochs = []
+    for _ in range(3):
+        labels = [int(x) for x in rng.integers(0, 10, 6)]
+        preds = [label if i % 2 else (label + 3) % 10 for i, label in enumerate(labels)]
+        epochs.append((rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), labels, preds, names))
+    epochs.append((rng.random((6, 12, 10, 3)), [0] * 6, [1] * 6, names))  # another thumbnail size
+    return epochs
+
+
+CASES = {
+    "confusion": (ConfusionPlot, confusion_epochs()),
+    "loss": (HistoryPlot, history_epochs("loss")),
+    "accuracy": (HistoryPlot, history_epochs("accuracy")),
+    "grid": (SampleGridPlot, grid_epochs()),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_redrawn_figures_save_the_bytes_of_new_ones(tmp_path, case):
+    kind, epochs = CASES[case]
+    kept = set()
+    for number, args in enumerate(epochs):
+        with reuse.plot_of(kind, *args) as plot:
+            kept.add(id(plot))
+            save_figure(plot.figure, tmp_path / "redrawn.png")
+        save_figure(kind(*args).figure, tmp_path / "new.png")
+        assert (tmp_path / "redrawn.png").read_bytes() == (tmp_path / "new.png").read_bytes(), f"epoch {number}"
+    # The sequences change layout on purpose; most epochs must still have been redraws.
+    layouts = {kind.layout_of(*args) for args in epochs}
+    assert len(kept) == len(layouts) < len(epochs)
+
+
+def test_a_plot_is_kept_per_layout_and_updated():
+    names = ["a", "b"]
+    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 10, names, "first") as first:
+        pass
+    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 20, names, "second") as second:
+        assert second is first
+        assert second.figure.axes[0].get_title() == "second"
+        assert second.figure.axes[0].images[0].get_array().max() == 20
+    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 20, ["a", "c"], "renamed") as renamed:
+        assert renamed is not first
+
+
+def test_a_plot_whose_draw_failed_is_not_kept():
+    names = ["a", "b"]
+    with pytest.raises(RuntimeError):
+        with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64), names, "t") as failed:
+            raise RuntimeError("disk full")
+    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64), names, "t") as plot:
+        assert plot is not failed
+
+
+def test_only_the_most_recently_used_plots_are_kept():
+    def plot_for(n: int):
+        with reuse.plot_of(ConfusionPlot, np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t") as plot:
+            return plot
+
+    first = plot_for(1)
+    plots = [plot_for(n) for n in range(2, reuse.MAX_KEPT + 2)]  # MAX_KEPT more layouts
+    assert plot_for(reuse.MAX_KEPT + 1) is plots[-1]
+    assert plot_for(1) is not first  # the oldest was let go
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    (ConfusionPlot, (np.eye(3, dtype=np.int64), ["a", "b", "c"], "t"), (np.eye(4, dtype=np.int64), list("abcd"), "t")),
+    (HistoryPlot, ({0: {"val/loss": 1.0}}, "loss"), ({0: {"val/loss": 1.0, "train/loss": 2.0}}, "loss")),
+    (SampleGridPlot, (np.zeros((2, 4, 4, 3)), [0, 1], [0, 1], ["a", "b"]),
+     (np.zeros((3, 4, 4, 3)), [0, 1, 1], [0, 1, 1], ["a", "b"])),
+])
+def test_update_refuses_data_of_another_layout(kind, good, bad):
+    plot = kind(*good)
+    with pytest.raises(ValueError, match="another layout"):
+        plot.update(*bad)
+
+
+def test_bad_input_is_refused_before_anything_is_kept():
+    with pytest.raises(ValueError, match="C×C"):
+        with reuse.plot_of(ConfusionPlot, np.ones((2, 3)), ["a", "b"], "t"):
+            pass
+    with pytest.raises(ValueError, match="N×H×W×3"):
+        with reuse.plot_of(SampleGridPlot, np.zeros((2, 4, 4)), [0, 1], [0, 1], ["a", "b"]):
+            pass
