@@ -1,56 +1,84 @@
-"""The live view of `monitor serve`: one row per run. Pure builder plus a thin Live/plain-line presenter."""
+"""The live view of `monitor serve`: one row per run. Pure builders plus a thin Live presenter that redraws
+only what changed, at most once a second."""
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+import time
+from typing import Callable, Iterable, Mapping
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from monitor.render.tables import display_name
 from monitor.runstate import RunState
 
 _SHOWN_METRICS = ("train/loss", "val/loss", "val/acc_top1")
+COLUMNS = ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1", "Msgs", "MB", "Dropped",
+           "Gaps", "Last artifact")
+# The terminal is redrawn at most this often: a redraw of the table cost about 8 ms of CPU on the project
+# machine, in the monitor's own process, which is not at idle priority (bench/monitor_cpu.py).
+MIN_REDRAW_S = 1.0
 
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
-def dashboard_table(runs: Iterable[RunState], *, endpoint: str, frames: int, rejected: Mapping[str, int],
-                    render_queue: int) -> Table:
-    table = Table(title=f"monitor serve — {endpoint}", title_justify="left", expand=False)
-    for column in ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1",
-                   "Msgs", "MB", "Dropped", "Gaps", "Last artifact"):
-        table.add_column(column, overflow="fold" if column in ("Run", "Last artifact") else "ellipsis")
+def dashboard_rows(runs: Iterable[RunState]) -> list[tuple[str, ...]]:
+    """One row of text per run, in COLUMNS order."""
+    rows = []
     for run in runs:
         metrics = run.history.get(run.latest_epoch, {}) if run.latest_epoch is not None else {}
         ranks = run.ranks.values()
-        table.add_row(
+        rows.append((
             display_name(run.run), f"{len(run.ranks)}/{run.world}", "—" if run.latest_epoch is None else str(run.latest_epoch),
             run.status, *(_fmt(metrics.get(name)) for name in _SHOWN_METRICS),
             str(sum(c.messages for c in ranks)), f"{sum(c.bytes for c in ranks) / 1e6:.2f}",
             str(sum(c.dropped for c in ranks)), str(sum(c.gaps for c in ranks)),
             display_name(run.artifacts[-1] if run.artifacts else "—", 60),
-        )
+        ))
+    return rows
+
+
+def dashboard_caption(*, frames: int, rejected: Mapping[str, int], render_queue: int) -> str:
     rejected_total = sum(rejected.values())
     detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(rejected.items()))
-    table.caption = (f"{frames} frames received; rejected {rejected_total}" + (f" ({detail})" if detail else "")
-                     + f"; renders queued: {render_queue}")
+    return (f"{frames} frames received; rejected {rejected_total}" + (f" ({detail})" if detail else "")
+            + f"; renders queued: {render_queue}")
+
+
+def dashboard_table(rows: Iterable[tuple[str, ...]], caption: str, *, endpoint: str) -> Table:
+    table = Table(title=f"monitor serve — {endpoint}", title_justify="left", expand=False, caption=caption)
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold" if column in ("Run", "Last artifact") else "ellipsis")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
 class Dashboard:
-    """A rich Live table on a terminal; on anything else (honcho, CI, a pipe) plain lines, no cursor codes."""
+    """A rich Live table on a terminal; on anything else (honcho, CI, a pipe) nothing but the printed lines.
 
-    def __init__(self, console: Console) -> None:
+    The table is redrawn when what it shows changed, at most once every MIN_REDRAW_S (rich's own
+    refresh thread would redraw it 4 times a second even when idle), and whenever a printed table or
+    line scrolls it up.
+    """
+
+    def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
+        self.clock = clock
         self.live: Live | None = None
         if console.is_terminal:
-            self.live = Live(console=console, refresh_per_second=4, transient=False)
+            self.live = Live(console=console, auto_refresh=False, transient=False)
+        self._shown: tuple | None = None
+        self._shown_at = -math.inf
+
+    @property
+    def active(self) -> bool:
+        """Whether there is a terminal to show the table on (callers skip building it otherwise)."""
+        return self.live is not None
 
     def __enter__(self) -> "Dashboard":
         if self.live is not None:
@@ -65,6 +93,15 @@ class Dashboard:
         # Live prints above the table; plain mode just prints.
         self.console.print(renderable)
 
-    def update(self, table: Table) -> None:
-        if self.live is not None:
-            self.live.update(Group(table))
+    def show(self, rows: list[tuple[str, ...]], caption: str, *, endpoint: str, now: bool = False) -> bool:
+        """Redraws the table if its content changed and the last redraw is old enough (`now`: however
+        recent); returns whether it redrew."""
+        if self.live is None:
+            return False
+        content = (tuple(rows), caption, endpoint)
+        at = self.clock()
+        if content == self._shown or (not now and at - self._shown_at < MIN_REDRAW_S):
+            return False
+        self.live.update(Group(dashboard_table(rows, caption, endpoint=endpoint)), refresh=True)
+        self._shown, self._shown_at = content, at
+        return True

@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from monitor.console import MonitorConsole
-from monitor.dashboard import Dashboard, dashboard_table
+from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
 from monitor.renderer import ProcessRenderer
@@ -54,11 +54,12 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
 
-    def refresh() -> None:
-        dashboard.update(dashboard_table(pipeline.runs.values(), endpoint=receiver.endpoint,
-                                         frames=receiver.intake.frames,
-                                         rejected=receiver.intake.rejected + pipeline.rejected,
-                                         render_queue=renderer.pending))
+    def refresh(now: bool = False) -> None:
+        if not dashboard.active:
+            return
+        caption = dashboard_caption(frames=receiver.intake.frames, rejected=receiver.intake.rejected + pipeline.rejected,
+                                    render_queue=renderer.pending)
+        dashboard.show(dashboard_rows(pipeline.runs.values()), caption, endpoint=receiver.endpoint, now=now)
 
     with dashboard:
         while not stop.is_set():
@@ -72,7 +73,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         receiver.join()
         pipeline.finish()
         renderer.close()
-        refresh()
+        refresh(now=True)
     rejected = receiver.intake.rejected + pipeline.rejected
     write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
                 pipeline=pipeline)
