@@ -131,7 +131,9 @@ class ConfusionPlot:
         self._image = ax.imshow(counts, cmap=CONFUSION_CMAP, norm=norm, aspect="equal",
                                 interpolation="nearest" if with_cells else "antialiased")
         fig.colorbar(self._image, cax=colorbar_axes, label="Count")
-        ax.set_title(display_label(title, 120), parse_math=False)
+        # y=1.0, where matplotlib would put it anyway: without it, every draw measures all the tick
+        # labels to check whether any sit above the Axes (about 4 ms of a 60 ms draw here).
+        ax.set_title(display_label(title, 120), parse_math=False, y=1.0)
         self._cell = cell if with_cells else None
         self._counts: list[PathPatch] = []
         if with_cells:
@@ -163,7 +165,7 @@ class ConfusionPlot:
         counts = np.asarray(counts)
         self._image.set_data(counts)
         self._image.set_norm(_confusion_norm(counts))  # the colour bar follows its mappable
-        self._axes.set_title(display_label(title, 120), parse_math=False)
+        self._axes.set_title(display_label(title, 120), parse_math=False, y=1.0)
         for patch in self._counts:
             patch.remove()
         if self._cell is not None:
@@ -313,7 +315,7 @@ class HistoryPlot:
         self.figure = fig = Figure(figsize=_HISTORY_INCHES)
         self._axes = ax = fig.add_axes((left / width, bottom / height, 1 - (left + right) / width,
                                         1 - (bottom + top) / height))
-        ax.set_title(title)
+        ax.set_title(title, y=1.0)  # a fixed place, as in ConfusionPlot
         ax.set_xlabel("Epoch")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
