@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
+import pty
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -145,7 +150,10 @@ class Monitor:
     """A `monitor serve` process on a free loopback port, in its own session (as a second terminal
     would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
 
-    def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None, cwd: Path = ROOT) -> None:
+    def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None, cwd: Path = ROOT,
+                 terminal: bool = False) -> None:
+        """`terminal`: its output goes to a pseudo-terminal (120×40), as in a real second terminal, so it
+        shows its live dashboard; what it writes there is copied to monitor.log."""
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         ready = out / "ready.txt"
@@ -153,9 +161,17 @@ class Monitor:
         self.log_path = out / "monitor.log"
         self._log = open(self.log_path, "ab")
         argv = list(command or [PYTHON, "-m", "monitor", "serve"])
+        output, env, self._pty = self._log, None, None
+        if terminal:
+            self._pty, output = pty.openpty()
+            fcntl.ioctl(output, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            env = {**os.environ, "TERM": "xterm-256color"}
+            threading.Thread(target=self._copy_terminal, daemon=True).start()
         self.proc = subprocess.Popen([*argv, "--bind", "tcp://127.0.0.1:0", "--out", str(out),
-                                      "--ready-file", str(ready), *extra],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+                                      "--ready-file", str(ready), *extra], env=env,
+                                     stdout=output, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        if terminal:
+            os.close(output)  # the monitor holds the terminal's other end now
         self.stopped = False
         deadline = time.monotonic() + 120
         while not ready.exists() or not ready.read_text().strip():
@@ -164,6 +180,20 @@ class Monitor:
                 raise RuntimeError(f"monitor did not start:\n{self.log_path.read_text(errors='replace')}")
             time.sleep(0.05)
         self.endpoint = ready.read_text().strip()
+
+    def _copy_terminal(self) -> None:
+        """Drains the pseudo-terminal (a full one would block the monitor) into monitor.log."""
+        while True:
+            try:
+                data = os.read(self._pty, 65536)
+            except OSError:  # the monitor exited and the terminal closed
+                return
+            if not data:
+                return
+            try:
+                self._log.write(data)
+            except ValueError:  # closed by close()
+                return
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.proc.pid)
@@ -215,6 +245,9 @@ class Monitor:
                     self.proc.wait(10)
             return self.proc.returncode
         finally:
+            if self._pty is not None:
+                os.close(self._pty)
+                self._pty = None
             self._log.close()
 
     def __enter__(self) -> "Monitor":

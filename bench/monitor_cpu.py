@@ -5,8 +5,13 @@ The monitor's own process runs at normal priority, so its CPU is what competes w
 an equal; the workers run at idle priority. With `--compare DIR` (another checkout of the project,
 e.g. `git worktree add /tmp/old <commit>`), the monitor of DIR and this checkout's serve the same
 demo fits in turn, so the two are compared in one run. The trainer is always this checkout's demo.
+Before the fits, each monitor's own CPU is also counted while it sits idle (`--idle-s`).
 
-    python -m bench.monitor_cpu [--quick] [--fits N] [--compare DIR] [--json FILE]
+By default the monitors write to a file, as under honcho or in CI, and draw no dashboard. With
+`--terminal` each runs on a pseudo-terminal, as `monitor serve` in a second terminal does, and draws
+its live dashboard there.
+
+    python -m bench.monitor_cpu [--quick] [--fits N] [--compare DIR] [--terminal] [--idle-s S] [--json FILE]
 """
 
 from __future__ import annotations
@@ -32,10 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--fits", type=int, default=None, help="demo fits per monitor (default 4; --quick 1)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per demo fit (default 3)")
+    parser.add_argument("--terminal", action="store_true",
+                        help="run each monitor on a pseudo-terminal, as in a second terminal, so its live dashboard "
+                             "is drawn (default: output to a file, as under honcho or CI)")
+    parser.add_argument("--idle-s", type=float, default=None,
+                        help="first measure each monitor's own CPU while idle for this long (default 10; --quick 2)")
     parser.add_argument("--compare", type=Path, default=None,
                         help="another checkout whose monitor serves the same fits, alternately with this one's")
     args = parser.parse_args(argv)
     fits = args.fits or (1 if args.quick else 4)
+    idle_s = args.idle_s if args.idle_s is not None else (2.0 if args.quick else 10.0)
     trees = {"this checkout": ROOT}
     if args.compare is not None:
         if not (args.compare / "monitor" / "__main__.py").is_file():
@@ -43,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         trees[str(args.compare)] = args.compare.resolve()
     results: dict[str, list[dict]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="bench-monitor-cpu-") as tmp:
-        monitors = {name: Monitor(Path(tmp) / f"m{i}", cwd=tree) for i, (name, tree) in enumerate(trees.items())}
+        monitors = {name: Monitor(Path(tmp) / f"m{i}", cwd=tree, terminal=args.terminal)
+                    for i, (name, tree) in enumerate(trees.items())}
         try:
             for monitor in monitors.values():
                 monitor.wait_idle()
+            idle_start = {name: monitor.own_cpu_seconds() for name, monitor in monitors.items()}
+            time.sleep(idle_s)
+            idle = {name: monitor.own_cpu_seconds() - idle_start[name] for name, monitor in monitors.items()}
             for fit in range(fits):
                 for name, monitor in monitors.items():
                     own, total = monitor.own_cpu_seconds(), monitor.cpu_seconds()
@@ -60,15 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             codes = {name: monitor.close() for name, monitor in monitors.items()}
     print_table(f"Monitor CPU per {args.epochs}-epoch demo fit, median of {fits} (clock ticks of 10 ms; "
-                "own = `monitor serve` itself, at normal priority)",
-                ["monitor", "own CPU s", "render workers CPU s", "own per epoch ms", "fit s"],
+                "own = `monitor serve` itself, at normal priority; output to "
+                + ("a pseudo-terminal, dashboard drawn)" if args.terminal else "a file, no dashboard)"),
+                ["monitor", "own CPU s", "render workers CPU s", "own per epoch ms", "fit s",
+                 f"own CPU s while idle {idle_s:g} s"],
                 [[name, median([r["own_cpu_s"] for r in runs]),
                   median([r["total_cpu_s"] - r["own_cpu_s"] for r in runs]),
-                  1e3 * median([r["own_cpu_s"] for r in runs]) / args.epochs, median([r["fit_s"] for r in runs])]
+                  1e3 * median([r["own_cpu_s"] for r in runs]) / args.epochs, median([r["fit_s"] for r in runs]),
+                  idle[name]]
                  for name, runs in results.items()])
     print(f"monitor exit codes: {codes}")
     write_json(args.json, {"args": vars(args) | {"json": str(args.json), "compare": str(args.compare)},
-                           "results": results, "monitor_exit_codes": codes})
+                           "results": results, "idle_own_cpu_s": idle, "monitor_exit_codes": codes})
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
