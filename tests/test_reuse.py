@@ -127,3 +127,27 @@ def test_bad_input_is_refused_before_anything_is_kept():
     with pytest.raises(ValueError, match="N×H×W×3"):
         with reuse.plot_of(SampleGridPlot, np.zeros((2, 4, 4)), [0, 1], [0, 1], ["a", "b"]):
             pass
+
+
+def test_plots_beyond_the_memory_budget_are_let_go(monkeypatch):
+    def plot_for(n: int):
+        with reuse.plot_of(ConfusionPlot, np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t") as plot:
+            return plot
+
+    small, large = plot_for(2), plot_for(60)
+    assert plot_for(2) is small and plot_for(60) is large
+    # Room for the large plot and one small one (a 3-class plot holds a few bytes more than a 2-class one).
+    monkeypatch.setattr(reuse, "MAX_KEPT_BYTES", large.nbytes + small.nbytes + 1000)
+    newest = plot_for(3)  # over the budget with both others: the least recently used goes
+    assert plot_for(60) is large and plot_for(3) is newest
+    assert plot_for(2) is not small
+    monkeypatch.setattr(reuse, "MAX_KEPT_BYTES", large.nbytes - 1)
+    assert plot_for(60) is not plot_for(60)  # a plot larger than the whole budget is never kept...
+    assert plot_for(3) is newest  # ...and does not push out the ones that fit
+
+
+def test_a_plot_says_what_it_holds():
+    n = 60
+    plot = ConfusionPlot(np.zeros((n, n), dtype=np.int64), [str(i) for i in range(n)], "t")
+    width, height = plot.figure.get_size_inches() * 100
+    assert plot.nbytes >= n * n * 8 + 4 * int(width) * int(height)

@@ -158,6 +158,11 @@ class ConfusionPlot:
         names = tuple(class_names) if n_classes <= CELL_TEXT_MAX_CLASSES else None
         return "confusion", n_classes, names, len(str(int(_confusion_norm(counts).vmax)))
 
+    @property
+    def nbytes(self) -> int:
+        """About what the plot holds in memory: its counts and its pixels."""
+        return np.asarray(self._image.get_array()).nbytes + _pixel_bytes(self.figure)
+
     def update(self, counts: np.ndarray, class_names: Sequence[str], title: str) -> None:
         """New counts and title, for a matrix of this plot's layout."""
         if self.layout_of(counts, class_names, title) != self.layout:
@@ -170,6 +175,12 @@ class ConfusionPlot:
             patch.remove()
         if self._cell is not None:
             self._counts = _draw_cell_labels(self._axes, cell_labels(counts), self._cell)
+
+
+def _pixel_bytes(fig: Figure) -> int:
+    """The RGBA canvas a figure of this size draws into, at FIGURE_DPI."""
+    width, height = fig.get_size_inches() * FIGURE_DPI
+    return 4 * round(width) * round(height)
 
 
 def _cell_inches(n_classes: int) -> float:
@@ -337,6 +348,11 @@ class HistoryPlot:
         plotted = ((label, _first_present(history, keys)) for label, keys in series)
         return "history", kind, tuple((label, key) for label, key in plotted if key is not None)
 
+    @property
+    def nbytes(self) -> int:
+        """About what the plot holds in memory: its pixels (the curves are a few numbers per epoch)."""
+        return _pixel_bytes(self.figure)
+
     def update(self, history: Mapping[int, Mapping[str, float]], kind: str) -> None:
         """The curves of a new history that has this plot's series."""
         if self.layout_of(history, kind) != self.layout:
@@ -440,6 +456,11 @@ class SampleGridPlot:
                              f"got {len(labels)} and {len(preds)}")
         return "samples", count, tuple(images.shape[1:3])
 
+    @property
+    def nbytes(self) -> int:
+        """About what the plot holds in memory: the composed grid and the canvas's pixels."""
+        return (self._pixels.nbytes if self._titles else 0) + _pixel_bytes(self.figure)
+
     def update(self, images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
                class_names: Sequence[str]) -> None:
         """Draw these samples instead, for a grid of this plot's layout."""
@@ -498,6 +519,10 @@ class _Pixels(Artist):
     def shape(self) -> tuple[int, int]:
         """Height and width in pixels."""
         return self._rgba.shape[:2]
+
+    @property
+    def nbytes(self) -> int:
+        return self._rgba.nbytes
 
     def set_rgba(self, rgba: np.ndarray) -> None:
         # Agg puts the array's first row at the bottom of the canvas.

@@ -4,8 +4,9 @@ building it again.
 A run's figures keep their layout from epoch to epoch (the same classes, series and thumbnail
 size); only their data change. Building a figure (Axes, ticks, colour bar, text artists) cost about
 half of what drawing it did on the 2-vCPU project machine (bench/render_costs.py), and that CPU
-time is taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor and an
-`update(*args)`, and an updated plot draws the same bytes as a new one (tests/test_render.py).
+time is taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor, an
+`update(*args)` and an `nbytes` (what it holds in memory), and an updated plot draws the same
+bytes as a new one (tests/test_reuse.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-# A few runs' worth of figures (each run has up to four layouts); the least recently used go first.
+# A few runs' worth of figures (each run has up to four layouts), and at most this much memory in
+# them (a 4,096-class matrix holds 134 MB of counts); the least recently used go first.
 MAX_KEPT = 8
+MAX_KEPT_BYTES = 256 * 2**20
 
 
 class Plot(Protocol):
@@ -27,6 +30,9 @@ class Plot(Protocol):
     def layout_of(*args: Any) -> tuple: ...
 
     def update(self, *args: Any) -> None: ...
+
+    @property
+    def nbytes(self) -> int: ...
 
 
 P = TypeVar("P", bound=Plot)
@@ -51,8 +57,9 @@ def plot_of(kind: type[P], *args: Any) -> Iterator[P]:
         else:
             plot.update(*args)
         yield plot
-        _kept[key] = plot
-        while len(_kept) > MAX_KEPT:
+        if plot.nbytes <= MAX_KEPT_BYTES:
+            _kept[key] = plot
+        while len(_kept) > MAX_KEPT or sum(kept.nbytes for kept in _kept.values()) > MAX_KEPT_BYTES:
             _kept.popitem(last=False)
 
 
