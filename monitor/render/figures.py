@@ -98,7 +98,7 @@ class ConfusionPlot:
     Building the figure (two Axes, their ticks, the colour bar) is about half of what it costs to
     draw, and it comes out the same every epoch of a run. `update` puts new counts and a new title
     into a figure built for the same `layout`, which then draws exactly as a freshly built one
-    (tests/test_render.py compares the bytes), so a render worker redraws rather than rebuilds.
+    (tests/test_reuse.py compares the bytes), so a render worker redraws rather than rebuilds.
     """
 
     def __init__(self, counts: np.ndarray, class_names: Sequence[str], title: str) -> None:

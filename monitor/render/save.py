@@ -52,11 +52,11 @@ def encode_png(rgba: np.ndarray, dpi: int) -> bytes:
     """An 8-bit RGB PNG of an H×W×4 array (alpha dropped), every row with the "Up" filter.
 
     Pillow's encoder picks a filter for each row by trying them all, which cost as much as the
-    compression itself: 30 ms for the 10-class confusion matrix on the project machine. Figures
-    are mostly flat colour, which the Up filter (each byte minus the byte above it) turns into
-    runs of zeros: the same files within a few per cent, at a third of the time for that figure
-    and half for the curves (bench/render_costs.py). The chunks are IHDR, pHYs (the resolution),
-    IDAT and IEND only: no text chunk, so the bytes depend only on the pixels.
+    compression itself: 20 to 40 ms for the 10-class confusion matrix on the project machine.
+    Figures are mostly flat colour, which the Up filter (each byte minus the byte above it) turns
+    into runs of zeros: 0.5 to 0.7 of Pillow's time for every figure, and files from 13 % smaller
+    to 26 % larger (bench/render_costs.py). The chunks are IHDR, pHYs (the resolution), IDAT and
+    IEND only: no text chunk, so the bytes depend only on the pixels.
     """
     height, width = rgba.shape[:2]
     rgb = rgba[..., :3].reshape(height, width * 3)
