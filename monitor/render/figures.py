@@ -300,8 +300,9 @@ def _digit_outlines() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float, 
 # ---------------------------------------------------------------------------- history curves
 
 
-HISTORY_KINDS = ("loss", "accuracy")
+# Each history figure: its series, title and y label; the kind names its file (<kind>_history.png).
 _HISTORY = {"loss": (_LOSS_SERIES, "Loss", "Loss"), "accuracy": (_ACCURACY_SERIES, "Accuracy", "Accuracy")}
+HISTORY_KINDS = tuple(_HISTORY)
 
 
 def history_figures(history: Mapping[int, Mapping[str, float]]) -> tuple[Figure, Figure]:
