@@ -35,7 +35,7 @@ class ConfusionJob:
         rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, self.counts))
         write_csv(self.csv, header, rows)
         with plot_of(ConfusionPlot, self.counts, self.class_names, self.title) as plot:
-            save_figure(plot.figure, self.png)
+            save_figure(plot.figure, self.png, plot.draw)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class HistoryJob:
 
         for kind in HISTORY_KINDS:
             with plot_of(HistoryPlot, self.history, kind) as plot:
-                save_figure(plot.figure, self.folder / f"{kind}_history.png")
+                save_figure(plot.figure, self.folder / f"{kind}_history.png", plot.draw)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class SampleGridJob:
 
         with plot_of(SampleGridPlot, np.asarray(self.images), [int(x) for x in self.labels],
                      [int(x) for x in self.preds], self.class_names) as plot:
-            save_figure(plot.figure, self.png)
+            save_figure(plot.figure, self.png, plot.draw)
 
 
 @dataclass(frozen=True)

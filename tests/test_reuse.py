@@ -50,6 +50,21 @@ def grid_epochs() -> list[tuple]:
         preds = [label if i % 2 else (label + 3) % 10 for i, label in enumerate(labels)]
         epochs.append((rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), labels, preds, names))
     epochs.append((rng.random((6, 12, 10, 3)), [0] * 6, [1] * 6, names))  # another thumbnail size
+    # A run's usual grid: the same samples every epoch, a few predictions changing; long names that
+    # wrap the titles onto two lines; then one thumbnail changed alone, and a name alone.
+    long_names = [f"a long class name {i}" for i in range(10)]
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = [int(x) for x in rng.integers(0, 10, 16)]
+    for epoch in range(3):
+        preds = [label if (i + epoch) % 4 else (label + epoch + 1) % 10 for i, label in enumerate(labels)]
+        epochs.append((images, labels, preds, long_names if epoch < 2 else names))
+    changed = images.copy()
+    changed[5] = 255 - changed[5]
+    epochs.append((changed, labels, preds, names))
+    epochs.append((changed, labels, preds, [*names[:-1], "the last name, longer now"]))
+    flipped = list(preds)
+    flipped[5] = (labels[5] + 1) % 10 if preds[5] == labels[5] else labels[5]  # one frame turns colour
+    epochs.append((changed, labels, flipped, names))
     return epochs
 
 
@@ -68,8 +83,8 @@ def test_redrawn_figures_save_the_bytes_of_new_ones(tmp_path, case):
     for number, args in enumerate(epochs):
         with reuse.plot_of(kind, *args) as plot:
             kept.add(id(plot))
-            save_figure(plot.figure, tmp_path / "redrawn.png")
-        save_figure(kind(*args).figure, tmp_path / "new.png")
+            save_figure(plot.figure, tmp_path / "redrawn.png", plot.draw)
+        save_figure(kind(*args).figure, tmp_path / "new.png")  # built new, drawn whole
         assert (tmp_path / "redrawn.png").read_bytes() == (tmp_path / "new.png").read_bytes(), f"epoch {number}"
     # The sequences change layout on purpose; most epochs must still have been redraws.
     layouts = {kind.layout_of(*args) for args in epochs}
@@ -151,3 +166,17 @@ def test_a_plot_says_what_it_holds():
     plot = ConfusionPlot(np.zeros((n, n), dtype=np.int64), [str(i) for i in range(n)], "t")
     width, height = plot.figure.get_size_inches() * 100
     assert plot.nbytes >= n * n * 8 + 4 * int(width) * int(height)
+
+
+def test_a_grid_title_too_big_for_its_cell_makes_the_grid_draw_whole(tmp_path):
+    images, labels, preds, names = grid_epochs()[0]
+    plot = SampleGridPlot(images, labels, preds, names)
+    save_figure(plot.figure, tmp_path / "first.png", plot.draw)
+    preds = [(pred + 1) % 10 for pred in preds]
+    plot.update(images, labels, preds, names)
+    fresh = SampleGridPlot(images, labels, preds, names)
+    for grid in (plot, fresh):  # a title that reaches over its neighbours' cells
+        grid.figure.texts[1].set_fontsize(40)
+    save_figure(plot.figure, tmp_path / "redrawn.png", plot.draw)
+    save_figure(fresh.figure, tmp_path / "new.png")
+    assert (tmp_path / "redrawn.png").read_bytes() == (tmp_path / "new.png").read_bytes()

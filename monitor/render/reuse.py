@@ -5,8 +5,9 @@ A run's figures keep their layout from epoch to epoch (the same classes, series 
 size); only their data change. Building a figure (Axes, ticks, colour bar, text artists) cost about
 half of what drawing it did on the 2-vCPU project machine (bench/render_costs.py), and that CPU
 time is taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor, an
-`update(*args)` and an `nbytes` (what it holds in memory), and an updated plot draws the same
-bytes as a new one (tests/test_reuse.py).
+`update(*args)`, a `draw(canvas)` (which may keep pixels that do not change from draw to draw) and
+an `nbytes` (what it holds in memory), and an updated plot draws the same bytes as a new one
+(tests/test_reuse.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Plot(Protocol):
     def layout_of(*args: Any) -> tuple: ...
 
     def update(self, *args: Any) -> None: ...
+
+    def draw(self, canvas: Any) -> None: ...
 
     @property
     def nbytes(self) -> int: ...

@@ -10,7 +10,7 @@ import pathlib
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,8 +31,12 @@ _RGB_OF_RGBA = np.dtype({"names": ["rgb"], "formats": ["V3"], "offsets": [0], "i
 _TEXT_ERRORS = "backslashreplace"
 
 
-def save_figure(fig: Figure, path: pathlib.Path) -> None:
+def save_figure(fig: Figure, path: pathlib.Path,
+                draw: Callable[[FigureCanvasAgg], None] = FigureCanvasAgg.draw) -> None:
     """Render ``fig`` with Agg once and write it to ``path`` as an RGB PNG, atomically.
+
+    ``draw`` renders the figure on its canvas: a whole draw unless a plot knows a cheaper way to
+    the same pixels (`ConfusionPlot.draw`).
 
     ``print_figure`` would draw a figure with a layout engine twice (once to lay it out, once to
     save); one ``draw`` lays out and renders in the same pass. The PNG has no text chunks
@@ -46,7 +50,7 @@ def save_figure(fig: Figure, path: pathlib.Path) -> None:
     canvas = fig.canvas if type(fig.canvas) is FigureCanvasAgg else FigureCanvasAgg(fig)
     # No bbox_inches="tight": the builders lay figures out with a fixed size, so every save of
     # the same content has the same pixel size.
-    canvas.draw()
+    draw(canvas)
     _write_bytes_atomic(pathlib.Path(path), encode_png(np.asarray(canvas.buffer_rgba()), PNG_DPI))
 
 
