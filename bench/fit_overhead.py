@@ -40,10 +40,15 @@ CONFIGS = {
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
+    "y": "(b), monitor process at idle priority too",
     "z": "A/A control: (a) again",
 }
-# The trainer side of each configuration (n differs from b only in the monitor's --render-priority).
-WORKER_CONFIG = {"n": "b", "z": "a"}
+# The trainer side of each configuration (n and y differ from b only in how the monitor runs).
+WORKER_CONFIG = {"n": "b", "y": "b", "z": "a"}
+# (y): the monitor's own process, not only its workers, at the lowest share there is: its session at
+# autogroup nice 19, the process under SCHED_IDLE (an experiment; `monitor serve` does not do this).
+YIELDING_MONITOR = ["sh", "-c", 'echo 19 > /proc/self/autogroup && exec chrt --idle 0 "$@"', "sh",
+                    PYTHON, "-m", "monitor", "serve"]
 
 
 class Worker:
@@ -97,6 +102,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             monitors["d"] = Monitor(work / "monitor_stopped")
         if "n" in configs:
             monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
+        if "y" in configs:
+            monitors["y"] = Monitor(work / "monitor_yielding", command=YIELDING_MONITOR)
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
         if args.separate_processes:
             workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
@@ -114,7 +121,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                            "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
-                if config in "bdn":
+                if config in "bdny":
                     request["endpoint"] = monitors[config].endpoint
                 elif config == "c":
                     request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    for config in ("b", "n"):
+    for config in ("b", "n", "y"):
         if config in summary:
             s = summary[config]
             print(f"\n({config}) live monitor CPU per fit (render workers included), median: "
