@@ -30,10 +30,11 @@ def _positive_float(text: str) -> float:
 
 def _add_render_priority(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-priority", choices=("idle", "normal"), default="idle",
-                        help="CPU priority of the workers that draw figures and tables (receiving and aggregating "
-                             "always run at normal priority). idle (default): they use only CPU time nothing else "
-                             "wants, so a CPU-bound trainer on this machine comes first (its figures and tables wait "
-                             "for a quiet moment); normal: draw each epoch's figures and tables as soon as it ends")
+                        help="CPU priority of the workers that draw figures and tables. idle (default): they use "
+                             "only CPU time nothing else wants, so a CPU-bound trainer on this machine comes first "
+                             "(its figures and tables wait for a quiet moment); a monitor that leads its own session "
+                             "(under honcho, systemd or setsid) yields its own receiving and aggregating too. normal: "
+                             "everything at normal priority, each epoch's figures and tables drawn as soon as it ends")
 
 
 def build_parser() -> argparse.ArgumentParser:

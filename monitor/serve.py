@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
+from monitor.confusion import confusion_counts
 from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
-from monitor.renderer import ProcessRenderer
+from monitor.renderer import ProcessRenderer, yield_cpu
 from monitor.signals import stop_on_signals
 
 TICK_S = 0.25
@@ -27,6 +30,14 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
           stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
+    if render_priority == "idle" and os.getsid(0) == os.getpid():
+        # Leading a session of its own (under honcho, systemd or setsid), the monitor can yield the
+        # CPU as its workers do without touching anyone else's share: at normal priority its own
+        # ~25 ms of work per epoch end, competing with the trainer as an equal, added about 18 ms to
+        # the trainer's epoch boundary (bench/fit_overhead.py, BENCHMARKS.md §1). Threads started
+        # from here on (ZeroMQ's, the receiver's, the executors') inherit the policy. In a terminal
+        # the session is the shell's, whose share must not change, so the process stays as it is.
+        yield_cpu()
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
     dashboard = Dashboard(console)
@@ -40,6 +51,10 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     records = MonitorConsole(console, fresh=False, offload=renderer.table)
     records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
+    torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
+    # The first confusion count in a process costs 6.5 ms, the next 0.75 ms (43 classes, measured
+    # apart): torch and torchmetrics set up on first use. Done now, it stays out of the first epoch.
+    confusion_counts(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 1)
     receiver.start()
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
     # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
@@ -48,7 +63,6 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
-    torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     if ready_file is not None:

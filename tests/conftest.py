@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 class MonitorProcess:
-    def __init__(self, out: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = False) -> None:
         self.out = out
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -47,7 +47,8 @@ class MonitorProcess:
         self.log = open(out.parent / f"monitor-{self.port}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", self.endpoint, "--out",
                                       str(out), "--ready-file", str(ready), *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=own_session)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -77,8 +78,9 @@ class MonitorProcess:
 def start_monitor(tmp_path):
     started: list[MonitorProcess] = []
 
-    def start(out: Path | None = None, *extra: str, port: int | None = None) -> MonitorProcess:
-        monitor = MonitorProcess(out or tmp_path / "outputs", *extra, port=port)
+    def start(out: Path | None = None, *extra: str, port: int | None = None,
+              own_session: bool = False) -> MonitorProcess:
+        monitor = MonitorProcess(out or tmp_path / "outputs", *extra, port=port, own_session=own_session)
         started.append(monitor)
         return monitor
 

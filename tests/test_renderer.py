@@ -96,6 +96,30 @@ def test_idle_workers_lead_their_own_session_at_the_lowest_autogroup_share(tmp_p
         assert worker["autogroup"].strip().endswith("nice 19"), worker["autogroup"]
 
 
+def _scheduling(pid: int) -> tuple[int, str]:
+    return os.sched_getscheduler(pid), Path(f"/proc/{pid}/autogroup").read_text().strip()
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists() or not hasattr(os, "SCHED_IDLE"),
+                    reason="kernel without autogroup, or no SCHED_IDLE")
+def test_serve_yields_the_cpu_itself_only_when_it_leads_its_own_session(start_monitor, tmp_path):
+    ours = _scheduling(os.getpid())
+    # As honcho and systemd start it: its session is its own, so it yields as its workers do.
+    leader = start_monitor(tmp_path / "leader", own_session=True)
+    policy, autogroup = _scheduling(leader.proc.pid)
+    assert policy == os.SCHED_IDLE and autogroup.endswith("nice 19"), (policy, autogroup)
+    # As in a terminal (here: the test's session): that session's share is not the monitor's to lower.
+    member = start_monitor(tmp_path / "member")
+    assert _scheduling(member.proc.pid) == ours
+    assert _scheduling(os.getpid()) == ours
+    for monitor in (leader, member):
+        assert monitor.stop() == 0
+    # --render-priority normal keeps the whole monitor at normal priority, session or not.
+    normal = start_monitor(tmp_path / "normal", "--render-priority", "normal", own_session=True)
+    assert _scheduling(normal.proc.pid)[0] == ours[0]
+    assert normal.stop() == 0
+
+
 def test_normal_priority_leaves_the_workers_alone(tmp_path):
     confusion, figure, table = _probe_every_lane(tmp_path, "normal")
     assert confusion["policy"] == figure["policy"] == table["policy"] == os.sched_getscheduler(0)
