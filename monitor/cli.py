@@ -33,7 +33,7 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                         help="CPU priority of the workers that draw figures and tables. idle (default): they use "
                              "only CPU time nothing else wants, so a CPU-bound trainer on this machine comes first "
                              "(its figures and tables wait for a quiet moment); a monitor that leads its own session "
-                             "(under honcho, systemd or setsid) yields its own receiving and aggregating too. normal: "
+                             "(under honcho, systemd or setsid) also gives that session the lowest CPU share. normal: "
                              "everything at normal priority, each epoch's figures and tables drawn as soon as it ends")
 
 

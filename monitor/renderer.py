@@ -205,12 +205,19 @@ def yield_cpu() -> None:
         os.setsid()  # a process-group leader cannot; a spawned worker never is one
     except (AttributeError, OSError):
         pass
+    lower_session_share()
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19 - os.nice(0))
+
+
+def lower_session_share() -> None:
+    """Set the calling process's session to autogroup nice 19, the lowest share of the CPU that a
+    session can have against the others. Best effort: without autogroup there is nothing to lower.
+    Only for a process that leads its session, or whose session holds nothing but its own."""
     try:
         with open("/proc/self/autogroup", "w") as autogroup:
             autogroup.write("19")
     except OSError:
         pass
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19 - os.nice(0))
