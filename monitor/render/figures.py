@@ -566,22 +566,18 @@ class SampleGridPlot:
 
 
 def _cell_regions(cells: Sequence[SampleCell], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """Each cell's rectangle of the canvas, as (top, bottom, left, right) pixels: the canvas cut
-    half-way through the gaps between columns, and between one row's frames and the next row's
-    titles. The rectangles hold their frame and title, and do not overlap."""
+    """Each cell's rectangle of the canvas, as (top, bottom, left, right) pixels, derived from the
+    cells that `sample_grid_cells` placed: the canvas cut half-way between neighbouring columns'
+    centres, and just below each row's frames (above the next row's titles). The rectangles hold
+    their frame and title (`SampleGridPlot.draw` checks each title), and do not overlap."""
     width, height = size
     columns = min(SAMPLE_COLUMNS, len(cells))
-    rows = math.ceil(len(cells) / SAMPLE_COLUMNS)
-    pitch_x, pitch_y = _SAMPLE_SLOT_PX + _SAMPLE_GAP_PX, _SAMPLE_SLOT_PX + _SAMPLE_TITLE_ROOM_PX
-    # Row r's slot ends at (r + 1) * pitch_y, its frames _BORDER_PX // 2 below that.
-    row_cuts = [0, *((row + 1) * pitch_y + _BORDER_PX for row in range(rows - 1)), height]
-    column_cuts = [0, *(_SAMPLE_MARGIN_PX + (column + 1) * pitch_x - _SAMPLE_GAP_PX // 2
-                       for column in range(columns - 1)), width]
-    regions = []
-    for index in range(len(cells)):
-        row, column = divmod(index, columns)
-        regions.append((row_cuts[row], row_cuts[row + 1], column_cuts[column], column_cuts[column + 1]))
-    return regions
+    rows = [cells[start:start + columns] for start in range(0, len(cells), columns)]
+    centres = [cell.left + cell.width // 2 for cell in rows[0]]
+    column_cuts = [0, *((left + right) // 2 for left, right in zip(centres, centres[1:])), width]
+    row_cuts = [0, *(max(cell.top + cell.height for cell in row) + _BORDER_PX for row in rows[:-1]), height]
+    return [(row_cuts[index // columns], row_cuts[index // columns + 1],
+             column_cuts[index % columns], column_cuts[index % columns + 1]) for index in range(len(cells))]
 
 
 def sample_grid_cells(count: int, image_hw: tuple[int, int]) -> tuple[list[SampleCell], tuple[int, int]]:
