@@ -221,3 +221,17 @@ def lower_session_share() -> None:
             autogroup.write("19")
     except OSError:
         pass
+
+
+def lower_monitor_share(priority: str) -> None:
+    """Where the monitor (serve or watch) leads a session of its own (under honcho, systemd or
+    setsid) and renders at idle priority, give that session the lowest share of the CPU.
+
+    At an equal share, serve's own ~25 ms of work per epoch end added about 18 ms to the trainer's
+    epoch boundary (bench/fit_overhead.py, BENCHMARKS.md §1). The policy stays SCHED_OTHER, so the
+    monitor's threads still preempt its own SCHED_IDLE workers at once (under SCHED_IDLE the
+    receive loop waited for them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). In a
+    terminal the session is the shell's, whose share must not change, so nothing is done there.
+    """
+    if priority == "idle" and os.getsid(0) == os.getpid():
+        lower_session_share()

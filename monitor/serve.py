@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import queue
 import sys
 import threading
@@ -19,7 +18,7 @@ from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import CurveServerKeys, Receiver, check_bind
-from monitor.renderer import ProcessRenderer, lower_session_share
+from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
 
 TICK_S = 0.25
@@ -30,15 +29,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
           stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
-    if render_priority == "idle" and os.getsid(0) == os.getpid():
-        # Leading a session of its own (under honcho, systemd or setsid), the monitor can give the
-        # trainer the CPU first without touching anyone else's share: with its session at an equal
-        # share, its own ~25 ms of work per epoch end added about 18 ms to the trainer's epoch
-        # boundary (bench/fit_overhead.py, BENCHMARKS.md §1). Its policy stays SCHED_OTHER, so its
-        # receive loop still preempts its own idle workers at once (under SCHED_IDLE it waited for
-        # them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). In a terminal the session
-        # is the shell's, whose share must not change, so the process stays as it is.
-        lower_session_share()
+    lower_monitor_share(render_priority)
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
     dashboard = Dashboard(console)

@@ -21,7 +21,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
-from monitor.renderer import ProcessRenderer
+from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
@@ -99,6 +99,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
+    lower_monitor_share(render_priority)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout)
