@@ -151,9 +151,11 @@ class Monitor:
     would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
 
     def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None, cwd: Path = ROOT,
-                 terminal: bool = False) -> None:
+                 terminal: bool = False, own_session: bool = True) -> None:
         """`terminal`: its output goes to a pseudo-terminal (120×40), as in a real second terminal, so it
-        shows its live dashboard; what it writes there is copied to monitor.log."""
+        shows its live dashboard; what it writes there is copied to monitor.log. `own_session=False`:
+        started in the bench's session, as from a shell, where serve moves its work to a child in a new
+        session (monitor/session.py); signals and CPU counts then cover the child too."""
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         ready = out / "ready.txt"
@@ -169,7 +171,7 @@ class Monitor:
             threading.Thread(target=self._copy_terminal, daemon=True).start()
         self.proc = subprocess.Popen([*argv, "--bind", "tcp://127.0.0.1:0", "--out", str(out),
                                       "--ready-file", str(ready), *extra], env=env,
-                                     stdout=output, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+                                     stdout=output, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=own_session)
         if terminal:
             os.close(output)  # the monitor holds the terminal's other end now
         self.stopped = False

@@ -4,6 +4,9 @@
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
     (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
+    (y) optional: (b) with the monitor's own process under SCHED_IDLE too (an experiment)
+    (t) optional: (b) with the monitor started in the bench's session, as from a terminal: serve
+        moves its work to a child in a session of its own (monitor/session.py)
     (z) A/A control: (a) again. What it measures is the noise floor of this method on this
         machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
@@ -41,10 +44,11 @@ CONFIGS = {
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
     "y": "(b), monitor process at idle priority too",
+    "t": "(b), monitor started in the bench's session",
     "z": "A/A control: (a) again",
 }
 # The trainer side of each configuration (n and y differ from b only in how the monitor runs).
-WORKER_CONFIG = {"n": "b", "y": "b", "z": "a"}
+WORKER_CONFIG = {"n": "b", "y": "b", "t": "b", "z": "a"}
 # (y): the monitor's own process, not only its workers, at the lowest share there is: its session at
 # autogroup nice 19, the process under SCHED_IDLE (an experiment; `monitor serve` does not do this).
 YIELDING_MONITOR = ["sh", "-c", 'echo 19 > /proc/self/autogroup && exec chrt --idle 0 "$@"', "sh",
@@ -104,6 +108,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
         if "y" in configs:
             monitors["y"] = Monitor(work / "monitor_yielding", command=YIELDING_MONITOR)
+        if "t" in configs:  # as from a terminal: serve moves its work to a child in a session of its own
+            monitors["t"] = Monitor(work / "monitor_terminal", own_session=False)
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
         if args.separate_processes:
             workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
@@ -121,7 +127,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                            "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
-                if config in "bdny":
+                if config in "bdnyt":
                     request["endpoint"] = monitors[config].endpoint
                 elif config == "c":
                     request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    for config in ("b", "n", "y"):
+    for config in ("b", "n", "y", "t"):
         if config in summary:
             s = summary[config]
             print(f"\n({config}) live monitor CPU per fit (render workers included), median: "

@@ -32,8 +32,9 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-priority", choices=("idle", "normal"), default="idle",
                         help="CPU priority of the workers that draw figures and tables. idle (default): they use "
                              "only CPU time nothing else wants, so a CPU-bound trainer on this machine comes first "
-                             "(its figures and tables wait for a quiet moment); a monitor that leads its own session "
-                             "(under honcho, systemd or setsid) also gives that session the lowest CPU share. normal: "
+                             "(its figures and tables wait for a quiet moment); the monitor's own process also runs in a "
+                             "session of its own at the lowest CPU share (started in a terminal, it runs its work in a "
+                             "child in a new session and stays as a thin parent that passes signals on). normal: "
                              "everything at normal priority, each epoch's figures and tables drawn as soon as it ends")
 
 
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "watch"):
+        from monitor.session import run_in_own_session, should_move
+
+        if should_move(args.render_priority):  # in a terminal: the work moves to a session of its own
+            return run_in_own_session(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
     # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck monitor is doing.
     try:
@@ -130,7 +136,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.command in ("serve", "watch"):
         from monitor.signals import stop_on_signals
 
+        from monitor.session import follow_parent
+
         stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
+        follow_parent()  # where a parent in a terminal moved us to our own session: stop when it does
     if args.command == "serve":
         from monitor.serve import serve
 

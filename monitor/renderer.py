@@ -230,8 +230,9 @@ def lower_monitor_share(priority: str) -> None:
     At an equal share, serve's own ~25 ms of work per epoch end added about 18 ms to the trainer's
     epoch boundary (bench/fit_overhead.py, BENCHMARKS.md §1). The policy stays SCHED_OTHER, so the
     monitor's threads still preempt its own SCHED_IDLE workers at once (under SCHED_IDLE the
-    receive loop waited for them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). In a
-    terminal the session is the shell's, whose share must not change, so nothing is done there.
+    receive loop waited for them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). A
+    terminal's session is the shell's, whose share must not change: started there, the command has
+    already moved its work to a new session (monitor/session.py), so this runs in that child.
     """
     if priority == "idle" and os.getsid(0) == os.getpid():
         lower_session_share()

@@ -38,7 +38,10 @@ def free_port() -> int:
 
 
 class MonitorProcess:
-    def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = False) -> None:
+    """`monitor serve` in a session of its own, as honcho and systemd start it (`own_session=False`: as
+    from a terminal, where serve moves its work to a child; `proc` is then that thin parent)."""
+
+    def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = True) -> None:
         self.out = out
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -79,7 +82,7 @@ def start_monitor(tmp_path):
     started: list[MonitorProcess] = []
 
     def start(out: Path | None = None, *extra: str, port: int | None = None,
-              own_session: bool = False) -> MonitorProcess:
+              own_session: bool = True) -> MonitorProcess:
         monitor = MonitorProcess(out or tmp_path / "outputs", *extra, port=port, own_session=own_session)
         started.append(monitor)
         return monitor
@@ -89,6 +92,18 @@ def start_monitor(tmp_path):
         if monitor.proc.poll() is None:
             os.kill(monitor.proc.pid, signal.SIGCONT)
             monitor.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (exited, not yet reaped by its new parent) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def run_tiny(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, MonitorProcess, free_port, run_tiny, tree_bytes, wait_for
+from conftest import ROOT, TINY, MonitorProcess, alive, children_of, free_port, run_tiny, tree_bytes, wait_for
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import Emitter
 from trainer_side.msglog import LogFollower, TruncatedLogWarning, iter_frames
@@ -99,18 +99,6 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
     assert received >= {0, 1, 4, 5}  # everything before the kill and after the restart
     # A SIGKILLed monitor cannot stop its render workers; they notice and leave instead of lingering.
     wait_for(lambda: not any(map(alive, workers)), what="orphaned workers exiting")
-
-
-def children_of(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def alive(pid: int) -> bool:
-    """Running or sleeping; a zombie (exited, not yet reaped by its new parent) counts as gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_frozen_monitor_never_blocks_the_sender_and_every_drop_is_counted(tmp_path):

@@ -101,21 +101,18 @@ def _scheduling(pid: int) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
-def test_serve_lowers_its_share_only_when_it_leads_its_own_session(start_monitor, tmp_path):
+def test_serve_that_leads_its_session_takes_the_lowest_share(start_monitor, tmp_path):
     ours = _scheduling(os.getpid())
     # As honcho and systemd start it: its session is its own, so it takes the lowest share there is,
     # but keeps its policy, so that its receive loop still preempts its SCHED_IDLE workers.
-    leader = start_monitor(tmp_path / "leader", own_session=True)
+    leader = start_monitor(tmp_path / "leader")
     policy, autogroup = _scheduling(leader.proc.pid)
     assert policy == ours[0] and autogroup.endswith("nice 19"), (policy, autogroup)
-    # As in a terminal (here: the test's session): that session's share is not the monitor's to lower.
-    member = start_monitor(tmp_path / "member")
-    assert _scheduling(member.proc.pid) == ours
     assert _scheduling(os.getpid()) == ours
-    for monitor in (leader, member):
-        assert monitor.stop() == 0
-    # --render-priority normal keeps the whole monitor at normal priority, session or not.
-    normal = start_monitor(tmp_path / "normal", "--render-priority", "normal", own_session=True)
+    assert leader.stop() == 0
+    # --render-priority normal keeps the whole monitor at normal priority, session or not
+    # (tests/test_session.py: started in a terminal's session, it does not move either).
+    normal = start_monitor(tmp_path / "normal", "--render-priority", "normal")
     assert _scheduling(normal.proc.pid)[1].endswith("nice 0")
     assert normal.stop() == 0
 
