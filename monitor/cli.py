@@ -109,11 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("serve", "watch"):
-        from monitor.session import run_in_own_session, should_move
-
-        if should_move(args.render_priority):  # in a terminal: the work moves to a session of its own
-            return run_in_own_session(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
     # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck monitor is doing.
     try:
@@ -124,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # is rich markup: a Z85 key holding "[g3i!]" must print as it is, not lose it as a style tag.
     console = Console(markup=False, emoji=False)
     try:
-        return _run(args, console)
+        return _run(args, console, sys.argv[1:] if argv is None else list(argv))
     except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
         print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -132,11 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
+def _run(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
     if args.command in ("serve", "watch"):
-        from monitor.signals import stop_on_signals
+        from monitor.session import follow_parent, run_in_own_session, should_move
 
-        from monitor.session import follow_parent
+        # Bad arguments are reported at once, from this process, before anything heavy is imported.
+        curve = _check_serve_args(args) if args.command == "serve" else _check_watch_args(args)
+        if should_move(args.render_priority):  # in a terminal: the work moves to a session of its own
+            return run_in_own_session(argv)
+        from monitor.signals import stop_on_signals
 
         stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
         follow_parent()  # where a parent in a terminal moved us to our own session: stop when it does
@@ -145,7 +144,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
         return serve(args.bind, args.out, allow_remote=args.allow_remote,
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
-                     curve=_curve_keys(args), ready_file=args.ready_file, console=console, stop=stop,
+                     curve=curve, ready_file=args.ready_file, console=console, stop=stop,
                      render_priority=args.render_priority)
     if args.command == "replay":
         from monitor.replay import replay
@@ -171,6 +170,19 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     raise UsageError(f"unknown command {args.command}")
 
 
+def _check_serve_args(args: argparse.Namespace):
+    """The bind address and the CURVE key files; returns the keys (None without --curve-secret)."""
+    from monitor.endpoint import check_bind
+
+    check_bind(args.bind, args.allow_remote)
+    return _curve_keys(args)
+
+
+def _check_watch_args(args: argparse.Namespace) -> None:
+    if not args.folder.is_dir():
+        raise FileNotFoundError(f"no such folder to watch: {args.folder}")
+
+
 def _curve_keys(args: argparse.Namespace):
     if args.curve_secret is None:
         if args.curve_clients is not None:
@@ -178,7 +190,7 @@ def _curve_keys(args: argparse.Namespace):
         return None
     import zmq.auth
 
-    from monitor.receiver import CurveServerKeys
+    from monitor.endpoint import CurveServerKeys
 
     if not args.curve_secret.is_file():
         raise UsageError(f"--curve-secret: no such file {args.curve_secret} (create one with `monitor keygen DIR`)")

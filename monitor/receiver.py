@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import zmq
 
+from monitor.endpoint import BindError, CurveServerKeys
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from trainer_side import protocol
@@ -23,42 +21,6 @@ DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been qu
 # A batch of frames is received before any of it is decoded, logged and queued (see `_take`).
 BATCH_FRAMES = 256
 BATCH_BYTES = 1 << 20
-
-
-class BindError(ValueError):
-    """The bind address is unusable or not allowed."""
-
-
-def check_bind(endpoint: str, allow_remote: bool) -> str:
-    """Refuses non-loopback TCP addresses unless remote access was asked for explicitly."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return endpoint
-    if not endpoint.startswith("tcp://"):
-        raise BindError(f"--bind must start with tcp://, ipc:// or inproc://, got {endpoint!r}")
-    host = urlsplit(endpoint).hostname or ""
-    port = endpoint.rsplit(":", 1)[-1]
-    if not (port.isdigit() or port == "*"):
-        raise BindError(f"--bind needs a port (tcp://127.0.0.1:5555, or :0 for any free port), got {endpoint!r}")
-    if not allow_remote and not _is_loopback(host):
-        raise BindError(f"--bind {endpoint} is not a loopback address; pass --allow-remote to accept other "
-                        "machines (and consider --curve-secret so that only your trainers may send)")
-    return endpoint[:-2] + ":*" if endpoint.endswith(":0") else endpoint
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class CurveServerKeys:
-    public: bytes
-    secret: bytes
-    allowed_clients: Path | None  # a folder of client public-key certificates; None allows any CURVE client
 
 
 class Receiver(threading.Thread):

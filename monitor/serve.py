@@ -16,8 +16,9 @@ from rich.console import Console
 from monitor.confusion import confusion_counts
 from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
+from monitor.endpoint import CurveServerKeys, check_bind
 from monitor.pipeline import Pipeline, write_stats
-from monitor.receiver import CurveServerKeys, Receiver, check_bind
+from monitor.receiver import Receiver
 from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
 
@@ -29,7 +30,6 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
           stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
-    lower_monitor_share(render_priority)
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
     dashboard = Dashboard(console)
@@ -55,6 +55,9 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
+    # Only now: at the lowest share, start-up beside a trainer that keeps both cores busy took 24.4 s
+    # instead of 7.0 s (a 2-process CPU spinner in another session, one run each).
+    lower_monitor_share(render_priority)
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     if ready_file is not None:

@@ -99,7 +99,6 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
-    lower_monitor_share(render_priority)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout)
@@ -108,6 +107,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)
     observer.start()
+    lower_monitor_share(render_priority)  # after start-up, as in serve
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     try:

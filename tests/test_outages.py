@@ -46,12 +46,16 @@ def start_tiny(*args: str) -> subprocess.Popen:
 def test_monitor_started_after_the_trainer_gets_what_was_queued(tmp_path):
     port = free_port()
     spool = tmp_path / "spool"
+    # The last epoch waits until the monitor listens (a run that ended first would drop what it held).
+    monitor_up = tmp_path / "monitor-up"
     trainer = start_tiny("--endpoint", f"tcp://127.0.0.1:{port}", "--run", "late", "--epochs", "3", "--spool",
-                         str(spool), "--record", str(tmp_path / "rec.npz"), "--epoch-sleep", "4")
+                         str(spool), "--record", str(tmp_path / "rec.npz"), "--epoch-sleep", "1",
+                         "--hold", str(monitor_up), "--hold-at", "2")
     # The monitor starts only once the trainer has finished its first epoch.
     wait_for(lambda: epoch_ends_in(spool / "late" / "rank0.mlog") >= 1, what="the trainer's first epoch")
     monitor = MonitorProcess(tmp_path / "out", port=port)
-    assert trainer.poll() is None, "the trainer ended before the monitor started; the test needs a slower trainer"
+    assert trainer.poll() is None, "the trainer ended before the monitor started"
+    monitor_up.touch()
     out, err = trainer.communicate(timeout=240)
     assert trainer.returncode == 0, err
     assert monitor.stop() == 0, monitor.output()
@@ -64,8 +68,12 @@ def test_monitor_started_after_the_trainer_gets_what_was_queued(tmp_path):
 def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_path):
     out = tmp_path / "out"
     first = MonitorProcess(out)
+    # Epoch 4 waits until the second monitor listens: a trainer that ended the run first would close
+    # with no monitor connected and drop what it still held (trainer_side/sinks.py, by design).
+    second_up = tmp_path / "second-monitor-up"
     trainer = start_tiny("--endpoint", first.endpoint, "--run", "phoenix", "--epochs", "6", "--record",
-                         str(tmp_path / "rec.npz"), "--linger-ms", "60000", "--epoch-sleep", "1.5")
+                         str(tmp_path / "rec.npz"), "--linger-ms", "60000", "--epoch-sleep", "1.5",
+                         "--hold", str(second_up), "--hold-at", "4")
     log = out / "phoenix" / "messages.mlog"
     wait_for(lambda: epoch_ends_in(log) >= 2, what="two epochs in the first monitor")
     # Both render lanes past epoch 0: the confusion matrix and the sample grid of epoch 1 exist.
@@ -77,6 +85,7 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
     first.kill()  # SIGKILL, mid-run
     assert trainer.poll() is None, "the run ended before the kill; the test needs a slower trainer"
     second = MonitorProcess(out, port=first.port)
+    second_up.touch()
     _, err = trainer.communicate(timeout=240)
     assert trainer.returncode == 0, err
     assert second.stop() == 0, second.output()

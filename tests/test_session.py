@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import monitor.session
 from conftest import ROOT, alive, children_of, run_tiny, wait_for
+from monitor.cli import main
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/sys/kernel/sched_autogroup_enabled").exists()
@@ -76,12 +79,28 @@ def test_the_moved_monitor_stops_gracefully_when_its_parent_is_killed(start_moni
     assert json.loads((tmp_path / "out" / ".monitor" / "stats.json").read_text())["frames"] == 0
 
 
-def test_the_child_exit_status_and_error_come_back_once(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "monitor", "serve", "--bind", "tcp://127.0.0.1:0", "--out",
-                             str(tmp_path / "out"), "--curve-secret", str(tmp_path / "missing.key_secret")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.count("--curve-secret: no such file") == 1, result.stderr
+def test_the_child_exit_status_and_its_error_come_back_once(tmp_path):
+    # The port is taken, which only binding finds out: in the child, after the move.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run([sys.executable, "-m", "monitor", "serve", "--bind", endpoint, "--out",
+                                 str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count(f"cannot bind {endpoint}") == 1, result.stderr
+
+
+def test_bad_arguments_are_refused_before_anything_moves(monkeypatch, capfd, tmp_path):
+    def moved(argv):
+        raise AssertionError(f"moved before checking its arguments: {argv}")
+
+    monkeypatch.setattr(monitor.session, "run_in_own_session", moved)
+    for argv in (["serve", "--bind", "tcp://0.0.0.0:5555"], ["serve", "--curve-secret", str(tmp_path / "none")],
+                 ["watch", str(tmp_path / "no-such-spool")]):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capfd.readouterr().err
+        assert err.startswith(f"monitor {argv[0]}: error: ") and err.count("\n") == 1, err
 
 
 def test_watch_moves_too_and_normal_priority_does_not(start_monitor, tmp_path):

@@ -105,10 +105,17 @@ class TinyNet(L.LightningModule):
 
 
 class Pacer(L.Callback):
-    """Makes each epoch last at least `seconds` longer, so tests can act in the middle of a run."""
+    """Makes each epoch last at least `seconds` longer, so tests can act in the middle of a run; with
+    `hold`, the epoch numbered `hold_at` starts only once that file exists (at most 240 s)."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float, hold: Path | None = None, hold_at: int = 0) -> None:
+        self.seconds, self.hold, self.hold_at = seconds, hold, hold_at
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.hold is not None and trainer.current_epoch == self.hold_at:
+            deadline = time.monotonic() + 240
+            while not self.hold.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def on_train_epoch_end(self, trainer, pl_module):
         time.sleep(self.seconds)
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=1000)
     parser.add_argument("--linger-ms", type=int, default=2000)
     parser.add_argument("--epoch-sleep", type=float, default=0.0, help="extra seconds per epoch")
+    parser.add_argument("--hold", type=Path, default=None, help="start epoch --hold-at only once this file exists")
+    parser.add_argument("--hold-at", type=int, default=0)
     parser.add_argument("--checkpoint-dir", default=None, help="save last.ckpt here after every epoch")
     parser.add_argument("--resume", default=None, help="checkpoint to resume the fit from")
     args = parser.parse_args(argv)
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     recorder = PredictionRecorder()
     emitter = EmitterCallback(args.endpoint, run=args.run, spool=args.spool, num_thumbnails=args.thumbnails,
                               queue_size=args.queue_size, linger_ms=args.linger_ms)
-    callbacks = [emitter, recorder, Pacer(args.epoch_sleep)]
+    callbacks = [emitter, recorder, Pacer(args.epoch_sleep, args.hold, args.hold_at)]
     if args.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True,
                                                              save_top_k=0))
