@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import struct
@@ -130,6 +131,17 @@ def test_write_json_is_sorted_indented_with_newline(tmp_path):
     assert path.read_text(encoding="utf-8") == (
         '{\n  "a": {\n    "c": "\\u00e9",\n    "d": [\n      1,\n      2\n    ]\n  },\n'
         '  "b": 1\n}\n')
+
+
+def test_write_json_writes_non_finite_floats_as_history_csv_does(tmp_path):
+    path = tmp_path / "model_info.json"
+    write_json(path, {"hparams": {"lr": math.nan, "clip": math.inf}, "bounds": (-math.inf, 0.5)})
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"{token} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "bounds": ["-inf", 0.5], "hparams": {"clip": "inf", "lr": "nan"}}
 
 
 def test_write_csv_uses_lf_and_quotes(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import pathlib
 import struct
@@ -88,9 +89,24 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def write_json(path: pathlib.Path, obj: object) -> None:
-    """Write ``obj`` as JSON (sorted keys, indent 2, trailing newline), atomically."""
-    text = json.dumps(obj, sort_keys=True, indent=2) + "\n"
+    """Write ``obj`` as strict JSON (sorted keys, indent 2, trailing newline), atomically.
+
+    NaN and infinities are not JSON (jq and JavaScript refuse a file that holds them), so a
+    non-finite float, a hyperparameter say, is written as the string "nan", "inf" or "-inf", as
+    history.csv writes it.
+    """
+    text = json.dumps(_finite_json(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
     write_text(path, text)
+
+
+def _finite_json(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(item) for item in value]
+    return value
 
 
 def write_text(path: pathlib.Path, text: str) -> None:
