@@ -55,8 +55,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
-    # Only now: at the lowest share, start-up beside a trainer that keeps both cores busy took 24.4 s
-    # instead of 7.0 s (a 2-process CPU spinner in another session, one run each).
+    # Only now: lowered before start-up, serve took 41.9 to 81.0 s to listen beside a trainer that keeps
+    # both cores busy, against 10.3 to 11.4 s lowered here (bench/monitor_startup.py, BENCHMARKS §3).
     lower_monitor_share(render_priority)
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
