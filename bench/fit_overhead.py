@@ -127,7 +127,7 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                            "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
-                if config in "bdnyt":
+                if config in monitors:  # live or, for (d), stopped below
                     request["endpoint"] = monitors[config].endpoint
                 elif config == "c":
                     request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
