@@ -6,7 +6,7 @@ serve's files byte for byte.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -26,6 +26,14 @@ class ConfusionJob:
     class_names: Sequence[str]
     title: str
 
+    def __reduce__(self):
+        # Pickled for the render worker with the GIL held the whole time: a 1,000-class matrix as int64
+        # is 8 MB and held it for 6 to 13 ms, one of the receive loop's longest pauses
+        # (bench/gil_pauses.py). Packed, the same matrix is ~100 kB.
+        state = {field.name: getattr(self, field.name) for field in fields(self)}
+        state["counts"] = pack_counts(self.counts)
+        return _unpacked_confusion_job, (type(self), state)
+
     def run(self) -> None:
         from monitor.render.figures import ConfusionPlot
         from monitor.render.reuse import plot_of
@@ -36,6 +44,35 @@ class ConfusionJob:
         write_csv(self.csv, header, rows)
         with plot_of(ConfusionPlot, self.counts, self.class_names, self.title) as plot:
             save_figure(plot.figure, self.png, plot.draw)
+
+
+def pack_counts(counts: np.ndarray) -> tuple:
+    """A matrix of non-negative counts in few bytes: its nonzero cells (flat index, count) where
+    they are fewer bytes than the whole matrix (a many-class confusion matrix is mostly zeros), else
+    the whole matrix; either in the smallest unsigned integer types that hold them.
+    `unpack_counts` gives back the same int64 matrix."""
+    counts = np.asarray(counts)
+    if counts.size == 0 or counts.dtype.kind not in "iu" or counts.min() < 0:
+        return ("dense", counts)
+    value_type = np.min_scalar_type(int(counts.max()))
+    index_type = np.min_scalar_type(counts.size - 1)
+    flat = np.flatnonzero(counts)
+    if flat.size * (index_type.itemsize + value_type.itemsize) < counts.size * value_type.itemsize:
+        return ("sparse", counts.shape, flat.astype(index_type), counts.reshape(-1)[flat].astype(value_type))
+    return ("dense", counts.astype(value_type))
+
+
+def unpack_counts(packed: tuple) -> np.ndarray:
+    if packed[0] == "sparse":
+        _, shape, flat, values = packed
+        counts = np.zeros(int(np.prod(shape)), dtype=np.int64)
+        counts[flat] = values
+        return counts.reshape(shape)
+    return packed[1].astype(np.int64)
+
+
+def _unpacked_confusion_job(cls: type, state: dict) -> ConfusionJob:
+    return cls(**{**state, "counts": unpack_counts(state["counts"])})
 
 
 @dataclass(frozen=True)
