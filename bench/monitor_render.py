@@ -81,7 +81,9 @@ def watch_mtimes(paths: list[Path], until: subprocess.Popen) -> dict[str, list[f
         time.sleep(0.01)
 
 
-def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bool = False) -> dict:
+def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bool = False,
+            tree: Path = ROOT) -> dict:
+    """One run of `classes` classes served by the monitor of the checkout at `tree`."""
     run = f"render-{classes}"
     schedule = epoch_schedule(run, classes, epochs, spacing)
     plan = work / f"{run}.pickle"
@@ -92,7 +94,7 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bo
     paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in EPOCH_FILES]
     paths += [folder / name for name in RUN_FILES]
     with Monitor(out, command=[PYTHON, "-m", "bench.probe_serve", str(record),
-                                           *(["--gc-freeze"] if gc_freeze else []), "serve"]) as monitor:
+                                           *(["--gc-freeze"] if gc_freeze else []), "serve"], cwd=tree) as monitor:
         monitor.wait_idle()
         sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
                                    "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
@@ -135,27 +137,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="*", default=[43, 1000], help="class counts (default 43 1000)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="experiment: gc.freeze() in the monitor after its imports (a proposed fix)")
+    parser.add_argument("--rounds", type=int, default=1, help="serve every class count this many times (default 1)")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="another checkout whose monitor serves the same runs, alternately with this one's")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    trees = {"this checkout": ROOT}
+    if args.compare is not None:
+        if not (args.compare / "bench" / "probe_serve.py").is_file():
+            parser.error(f"--compare {args.compare}: no bench/probe_serve.py there (expected a checkout of this project)")
+        trees[str(args.compare)] = args.compare.resolve()
     epochs = 2 if args.quick else 3
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
-        for classes in args.classes:
-            spacing = 4.0 if classes <= 100 else 8.0
-            print(f"  {classes} classes: {epochs} epochs, {spacing:.0f} s apart, probe every {PROBE_MS:g} ms"
-                  + (", monitor with gc.freeze()" if args.gc_freeze else ""), flush=True)
-            results.append(measure(classes, epochs, spacing, Path(tmp), args.gc_freeze))
+        for round_ in range(args.rounds):
+            for classes in args.classes:
+                spacing = 4.0 if classes <= 100 else 8.0
+                for name, tree in trees.items():
+                    print(f"  round {round_ + 1}/{args.rounds}, {classes} classes, monitor of {name}: {epochs} epochs, "
+                          f"{spacing:.0f} s apart, probe every {PROBE_MS:g} ms"
+                          + (", monitor with gc.freeze()" if args.gc_freeze else ""), flush=True)
+                    work = Path(tmp) / f"{len(results)}"
+                    work.mkdir()
+                    result = measure(classes, epochs, spacing, work, args.gc_freeze, tree)
+                    results.append({**result, "monitor": name, "round": round_ + 1})
+    label = (lambda r: [r["monitor"], r["round"]]) if len(trees) > 1 or args.rounds > 1 else (lambda r: [])
+    first = ["monitor", "round"] if len(trees) > 1 or args.rounds > 1 else []
     print_table(f"Receive loop while epochs render (probe every {PROBE_MS:g} ms; window: epoch's first message -> "
                 "its last artifact)",
-                ["classes", "epoch", "probe latency median ms", "p99 ms", "max ms (longest pause)",
+                [*first, "classes", "epoch", "probe latency median ms", "p99 ms", "max ms (longest pause)",
                  "max gap between probes ms", "quiet max ms"],
-                [[r["classes"], e["epoch"], e["probe_latency_ms"]["median"], e["probe_latency_ms"]["p99"],
+                [[*label(r), r["classes"], e["epoch"], e["probe_latency_ms"]["median"], e["probe_latency_ms"]["p99"],
                   e["probe_latency_ms"]["max"], e["max_gap_ms"], r["quiet_latency_ms"]["max"]]
                  for r in results for e in r["epochs"]])
     print_table("Epoch's last message (epoch_end sent) -> all its artifacts on disk",
-                ["classes", "epoch", "ready s", "artifacts", "slowest file", "target s"],
-                [[r["classes"], e["epoch"], e["artifacts_ready_s"], e["artifacts_found"],
+                [*first, "classes", "epoch", "ready s", "artifacts", "slowest file", "target s"],
+                [[*label(r), r["classes"], e["epoch"], e["artifacts_ready_s"], e["artifacts_found"],
                   max(e["ready_by_file_s"], key=e["ready_by_file_s"].get) if e["ready_by_file_s"] else "-",
                   1.5 if r["classes"] <= 100 else 5.0] for r in results for e in r["epochs"]])
+    if first:
+        print_table("Longest pause of each run (its worst epoch), ms, by monitor and class count (target: 20 ms)",
+                    ["monitor", "classes", "each round", "median", "worst"],
+                    [[name, classes, ", ".join(f"{w:.1f}" for w in worst), median(worst), max(worst)]
+                     for name in trees for classes in args.classes
+                     for worst in [[max(e["probe_latency_ms"]["max"] for e in r["epochs"]) for r in results
+                                    if r["monitor"] == name and r["classes"] == classes]]])
     print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
           f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}")
     write_json(args.json, {"render": results})
