@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 # A C×C int64 matrix costs 8·C² bytes; past this many classes the monitor keeps no matrix (a warning says so).
 MAX_CONFUSION_CLASSES = 4096
 
 
-_kept = threading.local()
-
-
 def confusion_counts(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """C×C counts, rows = true class, columns = predicted class."""
-    metric = _metric(num_classes)
-    metric.update(torch.from_numpy(preds.astype(np.int64)), torch.from_numpy(labels.astype(np.int64)))
-    return metric.compute().numpy().astype(np.int64)
+    """C×C counts, rows = true class, columns = predicted class.
 
-
-def _metric(num_classes: int) -> MulticlassConfusionMatrix:
-    """This thread's metric for this class count, reset: building a new one allocates its C×C state
-    with the GIL held (about 5 ms at 1,000 classes, a pause for the receive thread); a reset does
-    not hold it (bench/gil_pauses.py). One metric per thread, for the last class count asked for."""
-    metric = getattr(_kept, "metric", None)
-    if metric is None or metric.num_classes != num_classes:
-        metric = _kept.metric = MulticlassConfusionMatrix(num_classes=num_classes, validate_args=False)
-    else:
-        metric.reset()
-    return metric
+    The functional form, not the `MulticlassConfusionMatrix` class: building the class allocates and
+    copies its C×C state with the GIL held (about 5 ms at 1,000 classes, 40 ms at 4,096), which the
+    receive thread waits out; the function holds the GIL for none of its work and takes a third of
+    the time (bench/gil_pauses.py, BENCHMARKS.md §6 item 4).
+    """
+    counts = multiclass_confusion_matrix(torch.from_numpy(preds.astype(np.int64)),
+                                         torch.from_numpy(labels.astype(np.int64)), num_classes,
+                                         validate_args=False)
+    return counts.numpy().astype(np.int64)
 
 
 def accuracy(counts: np.ndarray) -> float | None:

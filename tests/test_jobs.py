@@ -1,5 +1,5 @@
-"""What the monitor's own process does for each epoch's confusion matrix, kept short: counted with a
-kept metric, and handed to the render worker packed."""
+"""What the monitor's own process does for each epoch's confusion matrix, kept short: counted by
+torchmetrics' functional form, and handed to the render worker packed."""
 
 from __future__ import annotations
 
@@ -26,8 +26,7 @@ def _mostly_right(classes: int, samples: int, seed: int = 0) -> tuple[np.ndarray
     return preds, labels
 
 
-def test_each_count_starts_from_zero_whatever_was_counted_before():
-    # The metric is kept between calls: a missing reset would add each epoch to the last.
+def test_counts_equal_an_independent_count_call_after_call_whatever_the_class_count():
     for classes, seed in ((10, 1), (10, 2), (1000, 3), (1000, 4), (10, 5)):
         preds, labels = _mostly_right(classes, 5000, seed)
         first = confusion_counts(preds, labels, classes)
