@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.common import PYTHON, ROOT, machine_info
 
 PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "cpu_interference", "monitor_ingest", "monitor_render",
-            "monitor_cpu", "monitor_startup",
+            "confusion_handoff", "monitor_cpu", "monitor_startup",
             "fit_overhead", "gpu_check")
 
 

@@ -28,8 +28,8 @@ class ConfusionJob:
 
     def __reduce__(self):
         # Pickled for the render worker with the GIL held the whole time: a 1,000-class matrix as int64
-        # is 8 MB and held it for 6 to 13 ms, one of the receive loop's longest pauses
-        # (bench/gil_pauses.py). Packed, the same matrix is ~100 kB.
+        # is 8 MB and held it up to 10 ms, one of the receive loop's longest pauses (118 ms at 4,096
+        # classes; bench/confusion_handoff.py). Packed, the same matrix is 117 kB.
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         state["counts"] = pack_counts(self.counts)
         return _unpacked_confusion_job, (type(self), state)
