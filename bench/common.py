@@ -146,6 +146,28 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(table[pid][1] for pid in process_tree(root, table)) / CLK_TCK
 
 
+class Ticker(threading.Thread):
+    """Sleeps `period_s` at a time and keeps the longest gap between two wake-ups since `reset`: a
+    thread that needs the GIL or a core waits about `longest - period_s` when another holds it."""
+
+    def __init__(self, period_s: float) -> None:
+        super().__init__(daemon=True)
+        self.period_s = period_s
+        self.longest = 0.0
+        self.stopped = False
+
+    def reset(self) -> None:
+        self.longest = 0.0
+
+    def run(self) -> None:
+        last = time.perf_counter()
+        while not self.stopped:
+            time.sleep(self.period_s)
+            now = time.perf_counter()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+
 class Monitor:
     """A `monitor serve` process on a free loopback port, in its own session (as a second terminal
     would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -31,29 +30,11 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from bench.common import add_common_args, median, print_table, write_json
+from bench.common import Ticker, add_common_args, median, print_table, write_json
 from monitor.confusion import confusion_counts
 from monitor.jobs import ConfusionJob
 
 WAKE_S = 0.0005
-
-
-class LateWakes(threading.Thread):
-    """Sleeps WAKE_S at a time and keeps the latest wake-up since `reset`."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.latest = 0.0
-        self.stopped = False
-
-    def reset(self) -> None:
-        self.latest = 0.0
-
-    def run(self) -> None:
-        while not self.stopped:
-            begun = time.perf_counter()
-            time.sleep(WAKE_S)
-            self.latest = max(self.latest, time.perf_counter() - begun - WAKE_S)
 
 
 def metric_object_counts(preds: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
@@ -62,7 +43,7 @@ def metric_object_counts(preds: np.ndarray, labels: np.ndarray, classes: int) ->
     return metric.compute().numpy().astype(np.int64)
 
 
-def measure(classes: int, repeat: int, wakes: LateWakes) -> list[dict[str, Any]]:
+def measure(classes: int, repeat: int, wakes: Ticker) -> list[dict[str, Any]]:
     rng = np.random.default_rng(classes)
     samples = 50 * classes
     label_type = np.uint16 if classes <= 65536 else np.uint32
@@ -88,7 +69,7 @@ def measure(classes: int, repeat: int, wakes: LateWakes) -> list[dict[str, Any]]
             result = step()
             took.append(time.perf_counter() - begun)
             time.sleep(0.002)  # the sleeper's last wake-up of the step
-            waited.append(wakes.latest)
+            waited.append(wakes.longest - WAKE_S)
             if name.startswith("pickle"):
                 size = len(result)
         rows.append({"classes": classes, "step": name, "ms": [1e3 * t for t in took],
@@ -107,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeat must be at least 1, got {repeat}")
     torch.set_num_threads(1)  # as monitor serve does
     sys.setswitchinterval(0.001)  # as monitor serve does
-    wakes = LateWakes()
+    wakes = Ticker(WAKE_S)
     wakes.start()
     rows = []
     try:

@@ -17,13 +17,12 @@ import io
 import pickle
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import add_common_args, print_table, write_json
+from bench.common import Ticker, add_common_args, print_table, write_json
 from bench.monitor_render import epoch_schedule
 from monitor.console import MonitorConsole
 from monitor.pipeline import Pipeline
@@ -33,21 +32,6 @@ from trainer_side import protocol
 class _PickleRenderer:
     def submit(self, job: object) -> None:
         pickle.dumps(job)
-
-
-class Ticker(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.longest = 0.0
-        self.stopped = False
-
-    def run(self) -> None:
-        last = time.perf_counter()
-        while not self.stopped:
-            time.sleep(0.001)
-            now = time.perf_counter()
-            self.longest = max(self.longest, now - last)
-            last = now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         console = MonitorConsole(terminal, fresh=False)
         console.printer = terminal.print  # what serve's dashboard does in plain mode
         pipeline = Pipeline(Path(tmp), _PickleRenderer(), console)
-        ticker = Ticker()
+        ticker = Ticker(0.001)
         ticker.start()
         for message in messages:
             time.sleep(0.02)
-            ticker.longest, collections[:] = 0.0, []
+            ticker.reset()
+            collections[:] = []
             begun = time.perf_counter()
             pipeline.handle(message, 0)
             took = time.perf_counter() - begun
