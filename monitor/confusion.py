@@ -14,9 +14,9 @@ def confusion_counts(preds: np.ndarray, labels: np.ndarray, num_classes: int) ->
     """C×C counts, rows = true class, columns = predicted class.
 
     The functional form, not the `MulticlassConfusionMatrix` class: building the class allocates and
-    copies its C×C state with the GIL held (about 5 ms at 1,000 classes, 40 ms at 4,096), which the
-    receive thread waits out; the function holds the GIL for none of its work and takes a third of
-    the time (bench/gil_pauses.py, BENCHMARKS.md §6 item 4).
+    copies its C×C state with the GIL held (about 5 ms at 1,000 classes, 73 ms at 4,096), which the
+    receive thread waits out; the function holds the GIL for none of its work and takes a fifth of
+    the time (bench/confusion_handoff.py, BENCHMARKS.md §6 item 4).
     """
     counts = multiclass_confusion_matrix(torch.from_numpy(preds.astype(np.int64)),
                                          torch.from_numpy(labels.astype(np.int64)), num_classes,

@@ -49,11 +49,12 @@ class ConfusionJob:
 def pack_counts(counts: np.ndarray) -> tuple:
     """A matrix of non-negative counts in few bytes: its nonzero cells (flat index, count) where
     they are fewer bytes than the whole matrix (a many-class confusion matrix is mostly zeros), else
-    the whole matrix; either in the smallest unsigned integer types that hold them.
-    `unpack_counts` gives back the same int64 matrix."""
+    the whole matrix; either in the smallest unsigned integer types that hold them, and
+    `unpack_counts` gives back the same matrix as int64. Anything else (floats, negative values, no
+    cells) travels as it is."""
     counts = np.asarray(counts)
     if counts.size == 0 or counts.dtype.kind not in "iu" or counts.min() < 0:
-        return ("dense", counts)
+        return ("as is", counts)
     value_type = np.min_scalar_type(int(counts.max()))
     index_type = np.min_scalar_type(counts.size - 1)
     flat = np.flatnonzero(counts)
@@ -63,6 +64,8 @@ def pack_counts(counts: np.ndarray) -> tuple:
 
 
 def unpack_counts(packed: tuple) -> np.ndarray:
+    if packed[0] == "as is":
+        return packed[1]
     if packed[0] == "sparse":
         _, shape, flat, values = packed
         counts = np.zeros(int(np.prod(shape)), dtype=np.int64)

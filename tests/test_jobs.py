@@ -58,6 +58,12 @@ def test_dense_matrices_and_large_counts_come_back_exactly():
     assert pack_counts(np.eye(50, dtype=np.int64))[0] == "sparse"
 
 
+def test_what_is_not_a_matrix_of_counts_travels_as_it_is():
+    for odd in (np.array([[0.5, 1.25], [0.0, 2.0]]), np.array([[-1, 2], [3, 0]], dtype=np.int32)):
+        back = unpack_counts(pack_counts(odd))
+        assert np.array_equal(back, odd) and back.dtype == odd.dtype
+
+
 @dataclass(frozen=True)
 class _NamedConfusionJob(ConfusionJob):
     pass
