@@ -53,7 +53,9 @@ run(steps)
 print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu0}), flush=True)
 """
 
-_SPINNER = """
+# python -c SPINNER DUTY MODE: busy for DUTY of each 100 ms; MODE may name session, autogroup, idle.
+# It exits when the program that started it does, even from a session of its own.
+SPINNER = """
 import os, sys, time
 duty, mode = float(sys.argv[1]), sys.argv[2]
 if "session" in mode:
@@ -77,7 +79,7 @@ while os.getppid() == parent:  # a spinner in its own session must not outlive a
 def one_run(threads: int, steps: int, spinner: tuple[float, str] | None) -> dict[str, float]:
     spin = None
     if spinner is not None:
-        spin = subprocess.Popen([PYTHON, "-c", _SPINNER, str(spinner[0]), spinner[1]],
+        spin = subprocess.Popen([PYTHON, "-c", SPINNER, str(spinner[0]), spinner[1]],
                                 stdout=subprocess.PIPE, text=True)
         assert spin.stdout is not None and spin.stdout.readline().strip() == "READY"
     trainer = subprocess.Popen([PYTHON, "-c", _TRAINER, str(threads), str(steps)],

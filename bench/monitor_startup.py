@@ -21,17 +21,13 @@ import time
 from pathlib import Path
 
 from bench.common import PYTHON, ROOT, Monitor, add_common_args, median, print_table, write_json
-
-
-def _spin() -> None:
-    while True:
-        pass
+from bench.cpu_interference import SPINNER
 
 
 def _start_spinners() -> list[subprocess.Popen]:
-    """One spinning process per core, in a session of their own (as a trainer in another terminal)."""
-    code = "from bench.monitor_startup import _spin; _spin()"
-    return [subprocess.Popen([PYTHON, "-c", code], cwd=ROOT, start_new_session=True)
+    """One process per core spinning all the time, in a session of its own (as a trainer in another
+    terminal); each exits when this program does, even when it is interrupted."""
+    return [subprocess.Popen([PYTHON, "-c", SPINNER, "1.0", "normal session"], cwd=ROOT, stdout=subprocess.DEVNULL)
             for _ in range(os.cpu_count() or 1)]
 
 
