@@ -162,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                     work.mkdir()
                     result = measure(classes, epochs, spacing, work, args.gc_freeze, tree)
                     results.append({**result, "monitor": name, "round": round_ + 1})
-    label = (lambda r: [r["monitor"], r["round"]]) if len(trees) > 1 or args.rounds > 1 else (lambda r: [])
-    first = ["monitor", "round"] if len(trees) > 1 or args.rounds > 1 else []
+    grouped = len(trees) > 1 or args.rounds > 1  # then each row says which monitor and round it is of
+    first = ["monitor", "round"] if grouped else []
+
+    def label(result: dict) -> list:
+        return [result["monitor"], result["round"]] if grouped else []
+
     print_table(f"Receive loop while epochs render (probe every {PROBE_MS:g} ms; window: epoch's first message -> "
                 "its last artifact)",
                 [*first, "classes", "epoch", "probe latency median ms", "p99 ms", "max ms (longest pause)",
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 [[*label(r), r["classes"], e["epoch"], e["artifacts_ready_s"], e["artifacts_found"],
                   max(e["ready_by_file_s"], key=e["ready_by_file_s"].get) if e["ready_by_file_s"] else "-",
                   1.5 if r["classes"] <= 100 else 5.0] for r in results for e in r["epochs"]])
-    if first:
+    if grouped:
         print_table("Longest pause of each run (its worst epoch), ms, by monitor and class count (target: 20 ms)",
                     ["monitor", "classes", "each round", "median", "worst"],
                     [[name, classes, ", ".join(f"{w:.1f}" for w in worst), median(worst), max(worst)]
