@@ -46,9 +46,10 @@ CONFIGS = {
     "y": "(b), monitor process at idle priority too",
     "t": "(b), monitor started in the bench's session",
     "z": "A/A control: (a) again",
+    "p": "(b), the monitor of --compare DIR",
 }
 # The trainer side of each configuration (n and y differ from b only in how the monitor runs).
-WORKER_CONFIG = {"n": "b", "y": "b", "t": "b", "z": "a"}
+WORKER_CONFIG = {"n": "b", "y": "b", "t": "b", "z": "a", "p": "b"}
 # (y): the monitor's own process, not only its workers, at the lowest share there is: its session at
 # autogroup nice 19, the process under SCHED_IDLE (an experiment; `monitor serve` does not do this).
 YIELDING_MONITOR = ["sh", "-c", 'echo 19 > /proc/self/autogroup && exec chrt --idle 0 "$@"', "sh",
@@ -108,6 +109,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
         if "y" in configs:
             monitors["y"] = Monitor(work / "monitor_yielding", command=YIELDING_MONITOR)
+        if "p" in configs:
+            monitors["p"] = Monitor(work / "monitor_compare", cwd=args.compare)
         if "t" in configs:  # as from a terminal: serve moves its work to a child in a session of its own
             monitors["t"] = Monitor(work / "monitor_terminal", own_session=False)
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
@@ -215,6 +218,10 @@ def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> 
             "loadavg_range": (min(min(r["loadavg_1min"]) for r in runs), max(max(r["loadavg_1min"]) for r in runs)),
             "stall_ms_median": 1e3 * median(stalls), "stall_ms_max": 1e3 * max(stalls) if stalls else float("nan"),
             "added_stall_ms_median": 1e3 * (median(stalls) - base_stall),
+            # Older result files have no run-queue wait: NaN there.
+            "runqueue_wait_ms_median": 1e3 * median([r.get("runqueue_wait_s", float("nan")) for r in runs]),
+            "runqueue_wait_ms_range": (1e3 * min(r.get("runqueue_wait_s", float("nan")) for r in runs),
+                                       1e3 * max(r.get("runqueue_wait_s", float("nan")) for r in runs)),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "rss_mb_first_last": (runs[0]["rss_mb"], runs[-1]["rss_mb"]),
             "dropped": [r["dropped"] for r in runs], "sent": [r["sent"] for r in runs],
@@ -249,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="azbcden",
                         help="configurations to run, (a) first (default azbcden; z = the A/A control, n = (b) "
                              "with the monitor's --render-priority normal, for comparison)")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="a checkout of this project whose monitor config (p) runs, beside this checkout's in (b): "
+                             "before and after a change in one run")
     args = parser.parse_args(argv)
+    if ("p" in args.configs) != (args.compare is not None):
+        parser.error("config p and --compare DIR go together")
+    if args.compare is not None and not (args.compare / "monitor" / "serve.py").is_file():
+        parser.error(f"--compare {args.compare}: no monitor/serve.py there (expected a checkout of this project)")
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.rounds = args.rounds or (2 if args.quick else 7)
     args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
@@ -284,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                 ["config", "median ms", "max ms", "added vs (a), ms", "callback hooks ms (median)", "hooks max ms"],
                 [[f"({c}) {CONFIGS[c]}", s["stall_ms_median"], s["stall_ms_max"], s["added_stall_ms_median"],
                   s["boundary_hooks_ms_median"], s["boundary_hooks_ms_max"]] for c, s in summary.items()])
+    base_wait = summary["a"]["runqueue_wait_ms_median"]
+    print_table("Trainer's threads waiting for a CPU during each fit (run-queue wait from /proc schedstat): the CPU "
+                "time other work on this machine kept from the trainer",
+                ["config", "median ms per fit", "min..max ms", "added vs (a), ms", "per epoch, ms"],
+                [[f"({c}) {CONFIGS[c]}", s["runqueue_wait_ms_median"], "{:.0f}..{:.0f}".format(*s["runqueue_wait_ms_range"]),
+                  s["runqueue_wait_ms_median"] - base_wait, (s["runqueue_wait_ms_median"] - base_wait) / args.epochs]
+                 for c, s in summary.items()])
     print_table("Trainer process memory (RSS during and after each configuration's fits)",
                 ["config", "peak MB (any fit)", "after 1st fit MB", "after last fit MB", "messages sent", "dropped"],
                 [[f"({c}) {CONFIGS[c]}", s["peak_rss_mb"], *s["rss_mb_first_last"],

@@ -88,6 +88,23 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 1e6
 
 
+def runqueue_wait_s() -> float:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (the second field of
+    each thread's /proc schedstat): the time other work on the machine took from the trainer. Far less
+    noisy than wall time, which the host's own neighbours also move. NaN where the kernel keeps no
+    schedstat."""
+    total = 0
+    try:
+        for stat in Path("/proc/self/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that ended meanwhile
+    except OSError:
+        return float("nan")
+    return total / 1e9
+
+
 def reset_peak_rss() -> bool:
     """Resets the kernel's peak-RSS mark to the current RSS (Linux 4.0+); False where it cannot."""
     try:
@@ -148,14 +165,17 @@ def fit_once(config: str, request: dict) -> dict:
     load = os.getloadavg()[0]
     peak_is_this_fit = reset_peak_rss()
     cpu = resource.getrusage(resource.RUSAGE_SELF)
+    waited = runqueue_wait_s()
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     ended = time.perf_counter()
+    waited = runqueue_wait_s() - waited
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     emitter = getattr(callbacks[0], "emitter", None)
     return {
         "fit_s": ended - started,
         "teardown_s": ended - timer.train_end if timer.train_end else None,
+        "runqueue_wait_s": waited,
         "cpu_s": cpu_after.ru_utime + cpu_after.ru_stime - cpu.ru_utime - cpu.ru_stime,
         "stalls_s": timer.stalls,
         "boundary_hooks_s": timer.in_hooks,

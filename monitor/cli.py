@@ -12,6 +12,7 @@ from typing import Sequence
 
 from rich.console import Console
 
+from monitor.idlecgroup import IDLE_GROUP
 from trainer_side.msglog import CorruptLogError, LogFormatError
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -34,7 +35,10 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "only CPU time nothing else wants, so a CPU-bound trainer on this machine comes first "
                              "(its figures and tables wait for a quiet moment); the monitor's own process also runs in a "
                              "session of its own at the lowest CPU share (started in a terminal, it runs its work in a "
-                             "child in a new session and stays as a thin parent that passes signals on). normal: "
+                             "child in a new session and stays as a thin parent that passes signals on). Where it may "
+                             "write to the cpu cgroup (root, or a delegated group), the monitor and its workers also "
+                             f"join an idle cgroup, {IDLE_GROUP}, that any other work preempts at once; elsewhere, "
+                             "`systemd-run --user --scope -p CPUWeight=idle monitor serve` does the same. normal: "
                              "everything at normal priority, each epoch's figures and tables drawn as soon as it ends")
 
 

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from typing import Callable
 
+from monitor.idlecgroup import join_idle_group
 from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
@@ -62,8 +63,8 @@ class ProcessRenderer:
     """Worker processes (two figure lanes and one for tables, one worker each) that run jobs in
     submission order per file.
 
-    `priority="idle"` (the default) runs each worker in a session of its own at autogroup nice 19
-    and under SCHED_IDLE (`yield_cpu`): they get only CPU time that nothing else wants, so a
+    `priority="idle"` (the default) runs each worker in a session of its own at autogroup nice 19,
+    under SCHED_IDLE and, where it may, in an idle CPU cgroup (`yield_cpu`): they get only CPU time that nothing else wants, so a
     CPU-bound trainer on the same machine gets the cores first (its figures wait until the CPU has
     time; bench/fit_overhead.py measures what contention remains).
     `priority="normal"` renders as soon as a job arrives.
@@ -198,14 +199,18 @@ def yield_cpu() -> None:
     full session's share from the trainer. `bench/cpu_interference.py` measures it:
     an idle spinner in another session slowed a 2-thread trainer about 4.5 times on the project
     machine. So the worker also starts a session of its own and sets that session's autogroup to
-    nice 19, the lowest share there is. Both steps are best effort: without autogroup there is
-    nothing to lower.
+    nice 19, the lowest share there is. Even so, a trainer thread that wakes while such a session
+    runs waits for the running task's slice: the worker then also joins an idle CPU cgroup where it
+    can (`monitor.idlecgroup`), which every other group preempts at once. All three steps are best
+    effort: without autogroup there is nothing to lower, without write access to a cgroup nothing
+    to join.
     """
     try:
         os.setsid()  # a process-group leader cannot; a spawned worker never is one
     except (AttributeError, OSError):
         pass
     lower_session_share()
+    join_idle_group()
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -233,6 +238,16 @@ def lower_monitor_share(priority: str) -> None:
     receive loop waited for them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). A
     terminal's session is the shell's, whose share must not change: started there, the command has
     already moved its work to a new session (monitor/session.py), so this runs in that child.
+
+    Where it can, the monitor also moves into the idle CPU cgroup its workers join
+    (`monitor.idlecgroup`): a lowered session is still a group that a waking trainer thread waits
+    behind, an idle cgroup is not (BENCHMARKS.md: with the workers alone in it, the trainer's
+    threads waited 71 ms more per demo fit than with no monitor; with the monitor too, 43 ms;
+    before, 286 ms). Its threads keep SCHED_OTHER, so inside the group they still come before its
+    SCHED_IDLE workers.
     """
-    if priority == "idle" and os.getsid(0) == os.getpid():
+    if priority != "idle":
+        return
+    join_idle_group()
+    if os.getsid(0) == os.getpid():
         lower_session_share()

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from monitor.jobs import ConfusionJob, HistoryJob, TableJob
 from monitor.renderer import InlineRenderer, ProcessRenderer
+from test_idlecgroup import REAL_GROUP, in_idle_group, needs_cgroup
 
 # The jobs below run in spawned workers, which import this module by name to unpickle them.
 
@@ -31,7 +32,8 @@ class Probe:
         autogroup = Path("/proc/self/autogroup")
         self.png.write_text(json.dumps({"pid": os.getpid(), "policy": os.sched_getscheduler(0),
                                         "nice": os.nice(0), "sid": os.getsid(0),
-                                        "autogroup": autogroup.read_text() if autogroup.exists() else None}))
+                                        "autogroup": autogroup.read_text() if autogroup.exists() else None,
+                                        "in_idle_group": in_idle_group(os.getpid())}))
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,17 @@ def test_idle_workers_lead_their_own_session_at_the_lowest_autogroup_share(tmp_p
         assert worker["autogroup"].strip().endswith("nice 19"), worker["autogroup"]
 
 
+@needs_cgroup
+def test_idle_workers_join_the_idle_cpu_cgroup_and_normal_ones_do_not(tmp_path):
+    # A session at autogroup nice 19 is still a group that a waking trainer thread waits behind; an
+    # idle cgroup is preempted at once (BENCHMARKS.md: the trainer's run-queue wait).
+    for priority in ("idle", "normal"):
+        (tmp_path / priority).mkdir()
+    assert all(worker["in_idle_group"] for worker in _probe_every_lane(tmp_path / "idle", "idle"))
+    assert not in_idle_group(os.getpid())  # the process that made the renderer stays where it was
+    assert not any(worker["in_idle_group"] for worker in _probe_every_lane(tmp_path / "normal", "normal"))
+
+
 def _scheduling(pid: int) -> tuple[int, str]:
     return os.sched_getscheduler(pid), Path(f"/proc/{pid}/autogroup").read_text().strip()
 
@@ -109,6 +122,8 @@ def test_serve_that_leads_its_session_takes_the_lowest_share(start_monitor, tmp_
     policy, autogroup = _scheduling(leader.proc.pid)
     assert policy == ours[0] and autogroup.endswith("nice 19"), (policy, autogroup)
     assert _scheduling(os.getpid()) == ours
+    if REAL_GROUP is not None:  # the idle cgroup too, where this machine lets a process join it
+        assert in_idle_group(leader.proc.pid)
     assert leader.stop() == 0
     # --render-priority normal keeps the whole monitor at normal priority, session or not
     # (tests/test_session.py: started in a terminal's session, it does not move either).
