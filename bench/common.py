@@ -93,16 +93,38 @@ def machine_info() -> dict[str, Any]:
             "loadavg_at_start": os.getloadavg(), "versions": versions, "argv": sys.argv}
 
 
+def runqueue_wait_s() -> float:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (the second field of
+    each thread's /proc schedstat): the time other work on the machine took from the trainer. Far less
+    noisy than wall time, which the host's own neighbours also move. NaN where the kernel keeps no
+    schedstat."""
+    total = 0
+    try:
+        for stat in Path("/proc/self/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that ended meanwhile
+    except OSError:
+        return float("nan")
+    return total / 1e9
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (fewer repetitions)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers to FILE")
+
+
+def _json_value(value: Any) -> Any:
+    """Paths (a --compare DIR among the arguments) as text; numpy and torch scalars as floats."""
+    return str(value) if isinstance(value, Path) else float(value)
 
 
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=1, default=float) + "\n")
+    path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=1, default=_json_value) + "\n")
     print(f"\nraw numbers written to {path}")
 
 

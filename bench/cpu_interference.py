@@ -9,9 +9,14 @@ a small CNN (the demo's shapes: batches of 64 32×32 images) runs a fixed number
 - beside the same spinner under SCHED_IDLE, started in the trainer's session;
 - beside it under SCHED_IDLE in a session of its own, as a monitor in a second terminal is. Where the
   kernel groups processes by session (autogroup), SCHED_IDLE then ranks it only within its own group;
-- the same, with its session's autogroup at nice 19 (what `monitor serve` does for its render workers);
+- the same, with its session's autogroup at nice 19;
+- the same, also in the idle CPU cgroup (`monitor.idlecgroup`; what `monitor serve` does for its render
+  workers where it may write to the cpu cgroup; the row is left out where it may not);
 - beside a spinner that works for ``--duty`` of each 100 ms (normal priority), about what a
   monitor rendering every epoch of a short fit uses.
+
+Besides wall time, the trainer reports its threads' run-queue wait (/proc schedstat): the time they
+were ready to run but kept off the CPU, a figure the host's own noise hardly moves.
 
 Each is measured with the trainer on 1 torch thread (one vCPU left free, as a GPU trainer leaves
 its spare cores) and on all vCPUs. Runs are interleaved, and each slowdown is the median of the
@@ -28,8 +33,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.common import PYTHON, add_common_args, median, print_table, write_json
+from bench.common import PYTHON, ROOT, add_common_args, median, print_table, write_json
 
 _TRAINER = """
 import json, sys, time, torch
@@ -48,12 +54,15 @@ def run(n):
 run(10)
 print("READY", flush=True)
 sys.stdin.readline()
+from bench.common import runqueue_wait_s  # a light module: no Lightning in this trainer
+waited = runqueue_wait_s()
 start = time.perf_counter(); cpu0 = time.process_time()
 run(steps)
-print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu0}), flush=True)
+print(json.dumps({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu0,
+                  "runqueue_wait_s": runqueue_wait_s() - waited}), flush=True)
 """
 
-# python -c SPINNER DUTY MODE: busy for DUTY of each 100 ms; MODE may name session, autogroup, idle.
+# python -c SPINNER DUTY MODE: busy for DUTY of each 100 ms; MODE may name session, autogroup, idle, cgroup.
 # It exits when the program that started it does, even from a session of its own.
 SPINNER = """
 import os, sys, time
@@ -65,6 +74,10 @@ if "autogroup" in mode:
         autogroup.write("19")
 if "idle" in mode:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+if "cgroup" in mode:
+    from monitor.idlecgroup import join_idle_group
+    if join_idle_group() is None:
+        sys.exit("no idle cgroup here")
 parent = os.getppid()
 print("READY", flush=True)
 while os.getppid() == parent:  # a spinner in its own session must not outlive an interrupted bench
@@ -76,14 +89,25 @@ while os.getppid() == parent:  # a spinner in its own session must not outlive a
 """
 
 
+def may_join_idle_group() -> bool:
+    from monitor.idlecgroup import cpu_mounts, idle_group_dir, own_groups
+
+    try:
+        target = idle_group_dir(cpu_mounts(Path("/proc/self/mountinfo").read_text()),
+                                own_groups(Path("/proc/self/cgroup").read_text()))
+    except OSError:
+        return False
+    return target is not None and os.access(target if target.exists() else target.parent, os.W_OK)
+
+
 def one_run(threads: int, steps: int, spinner: tuple[float, str] | None) -> dict[str, float]:
     spin = None
     if spinner is not None:
         spin = subprocess.Popen([PYTHON, "-c", SPINNER, str(spinner[0]), spinner[1]],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert spin.stdout is not None and spin.stdout.readline().strip() == "READY"
     trainer = subprocess.Popen([PYTHON, "-c", _TRAINER, str(threads), str(steps)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert trainer.stdout is not None and trainer.stdin is not None
         assert trainer.stdout.readline().strip() == "READY"
@@ -115,8 +139,12 @@ def main() -> None:
         "spinner, SCHED_IDLE": (1.0, "idle"),
         "spinner, SCHED_IDLE, own session": (1.0, "idle session"),
         "same, autogroup nice 19": (1.0, "idle session autogroup"),
+        "same, in an idle cgroup": (1.0, "idle session autogroup cgroup"),
         f"spinner {args.duty:.0%} of the time": (args.duty, "normal"),
     }
+    if not may_join_idle_group():
+        del setups["same, in an idle cgroup"]
+        print("no cpu cgroup this process may write to: the idle-cgroup row is left out")
     thread_counts = sorted({1, cpus})
     runs: dict[str, list[dict[str, float]]] = {}
     for round_index in range(rounds):
@@ -135,10 +163,11 @@ def main() -> None:
             ratios = [m["wall_s"] / a["wall_s"] for m, a in zip(mine, alone)]
             rows.append([f"{threads}", name, median([m["wall_s"] for m in mine]), median(ratios),
                          f"{min(ratios):.3f}..{max(ratios):.3f}",
-                         median([m["cpu_s"] for m in mine]) / median([a["cpu_s"] for a in alone])])
+                         median([m["cpu_s"] for m in mine]) / median([a["cpu_s"] for a in alone]),
+                         1e3 * median([m["runqueue_wait_s"] for m in mine])])
     print_table(f"{steps} training steps of a small CNN on {cpus} vCPU(s), median of {rounds} interleaved rounds",
                 ["torch threads", "beside the trainer", "wall s", "wall ratio to alone", "min..max",
-                 "trainer CPU-time ratio"], rows)
+                 "trainer CPU-time ratio", "trainer run-queue wait ms"], rows)
     write_json(args.json, {"rounds": rounds, "steps": steps, "duty": args.duty, "runs": runs})
 
 

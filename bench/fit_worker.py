@@ -31,6 +31,7 @@ from lightning.pytorch import Callback
 
 from torch.utils.data import DataLoader
 
+from bench.common import runqueue_wait_s
 from trainer_side.demo import DemoClassifier, DigitsDataModule
 from trainer_side.sampler import TrackingWeightedRandomSampler
 
@@ -86,23 +87,6 @@ class StallTimer(Callback):
 
 def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE / 1e6
-
-
-def runqueue_wait_s() -> float:
-    """Seconds this process's threads have spent runnable but waiting for a CPU (the second field of
-    each thread's /proc schedstat): the time other work on the machine took from the trainer. Far less
-    noisy than wall time, which the host's own neighbours also move. NaN where the kernel keeps no
-    schedstat."""
-    total = 0
-    try:
-        for stat in Path("/proc/self/task").glob("*/schedstat"):
-            try:
-                total += int(stat.read_text().split()[1])
-            except (OSError, IndexError, ValueError):
-                pass  # a thread that ended meanwhile
-    except OSError:
-        return float("nan")
-    return total / 1e9
 
 
 def reset_peak_rss() -> bool:

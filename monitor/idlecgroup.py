@@ -6,9 +6,10 @@ SCHED_IDLE task as idle only against the tasks of its own group. Between groups 
 autogroup against another's) a group at nice 19 is a low-weight group, not an idle one, and a trainer
 thread that wakes while such a group runs waits for the running task's protected slice. Measured on
 the project machine (`python -m bench.fit_overhead`, the trainer's run-queue wait from /proc
-schedstat, BENCHMARKS.md): a live monitor kept the demo trainer's threads waiting 285 ms more per
-3-epoch fit than no monitor, about 5 % of the fit. A group marked `cpu.idle` is idle at every level,
-so a waking trainer thread preempts it at once.
+schedstat, BENCHMARKS.md §1): a live monitor kept the demo trainer's threads waiting 310 to 348 ms
+more per 3-epoch fit than no monitor, about 5 % of the fit. A group marked `cpu.idle` is idle at
+every level, so a waking trainer thread preempts it at once: with the monitor and its workers in one,
+36 to 42 ms.
 
 Where: a child named `IDLE_GROUP` of the calling process's own cgroup in the `cpu` hierarchy (cgroup
 v1), or of the root in cgroup v2 (any other v2 group that holds processes cannot have children with

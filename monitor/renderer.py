@@ -241,10 +241,10 @@ def lower_monitor_share(priority: str) -> None:
 
     Where it can, the monitor also moves into the idle CPU cgroup its workers join
     (`monitor.idlecgroup`): a lowered session is still a group that a waking trainer thread waits
-    behind, an idle cgroup is not (BENCHMARKS.md: with the workers alone in it, the trainer's
-    threads waited 71 ms more per demo fit than with no monitor; with the monitor too, 43 ms;
-    before, 286 ms). Its threads keep SCHED_OTHER, so inside the group they still come before its
-    SCHED_IDLE workers.
+    behind, an idle cgroup is not (BENCHMARKS.md §1: the trainer's threads waited 36 to 42 ms more
+    per demo fit than with no monitor, 310 to 348 ms before; with only the workers in the group,
+    71 ms). Its threads keep SCHED_OTHER, so inside the group they still come before its SCHED_IDLE
+    workers.
     """
     if priority != "idle":
         return

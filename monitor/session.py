@@ -3,7 +3,8 @@
 Under Linux's autogroup scheduler each session shares the CPU as one unit, so a monitor's share can
 only be lowered by lowering its session's (BENCHMARKS.md §1: at an equal share, the monitor's own work
 at each epoch end added 17 to 21 ms to the trainer's epoch boundary; at the lowest share, a median
-of 4.2 ms over ten runs, from -3.6 to +19.3).
+of 4.2 ms over ten runs, from -3.6 to +19.3; where it may also join an idle cgroup,
+monitor/idlecgroup.py, +2.5 to +4.1 ms in three).
 A terminal's session is the shell's, which is not the monitor's to lower. So `monitor serve` and
 `monitor watch`, started there, run their work in a child that leads a new session
 (renderer.lower_monitor_share then lowers it) and stay in the terminal as a thin parent that:
