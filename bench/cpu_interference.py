@@ -33,9 +33,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.common import PYTHON, ROOT, add_common_args, median, print_table, write_json
+from monitor.idlecgroup import may_join_idle_group
 
 _TRAINER = """
 import json, sys, time, torch
@@ -89,17 +89,6 @@ while os.getppid() == parent:  # a spinner in its own session must not outlive a
 """
 
 
-def may_join_idle_group() -> bool:
-    from monitor.idlecgroup import cpu_mounts, idle_group_dir, own_groups
-
-    try:
-        target = idle_group_dir(cpu_mounts(Path("/proc/self/mountinfo").read_text()),
-                                own_groups(Path("/proc/self/cgroup").read_text()))
-    except OSError:
-        return False
-    return target is not None and os.access(target if target.exists() else target.parent, os.W_OK)
-
-
 def one_run(threads: int, steps: int, spinner: tuple[float, str] | None) -> dict[str, float]:
     spin = None
     if spinner is not None:
@@ -142,7 +131,7 @@ def main() -> None:
         "same, in an idle cgroup": (1.0, "idle session autogroup cgroup"),
         f"spinner {args.duty:.0%} of the time": (args.duty, "normal"),
     }
-    if not may_join_idle_group():
+    if may_join_idle_group() is None:
         del setups["same, in an idle cgroup"]
         print("no cpu cgroup this process may write to: the idle-cgroup row is left out")
     thread_counts = sorted({1, cpus})

@@ -100,14 +100,31 @@ def _below(path: str, root: str) -> str:
     return path.lstrip("/")
 
 
+def idle_group_of(proc: Path = Path("/proc/self")) -> Path | None:
+    """The idle group's folder for the process whose /proc folder is `proc`, or None where no
+    hierarchy can hold one (or /proc cannot be read). Makes nothing."""
+    try:
+        return idle_group_dir(cpu_mounts((proc / "mountinfo").read_text()), own_groups((proc / "cgroup").read_text()))
+    except OSError:
+        return None
+
+
+def may_join_idle_group(proc: Path = Path("/proc/self")) -> Path | None:
+    """The idle group's folder where this process may make or join it (write access), else None."""
+    target = idle_group_of(proc)
+    if target is None or not os.access(target if target.exists() else target.parent, os.W_OK):
+        return None
+    return target
+
+
 def join_idle_group(pid: int = 0, proc: Path = Path("/proc/self")) -> Path | None:
     """Move process `pid` (0: the caller) into the idle group. Returns the group's folder, or None
     where it could not (no cgroup with a CPU controller, no write access, a kernel without
     `cpu.idle`); nothing is changed then, beyond an empty folder the kernel may have let us make."""
+    target = idle_group_of(proc)
+    if target is None:
+        return None
     try:
-        target = idle_group_dir(cpu_mounts((proc / "mountinfo").read_text()), own_groups((proc / "cgroup").read_text()))
-        if target is None:
-            return None
         target.mkdir(exist_ok=True)
         idle = target / "cpu.idle"
         if idle.read_text().strip() != "1":

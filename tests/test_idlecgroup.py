@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.idlecgroup import IDLE_GROUP, Mount, cpu_mounts, idle_group_dir, join_idle_group, own_groups
+from monitor.idlecgroup import (IDLE_GROUP, Mount, cpu_mounts, idle_group_dir, join_idle_group, may_join_idle_group,
+                                own_groups)
 
 # /proc/self/mountinfo of a hybrid machine (v1 controllers, v2 mounted beside them), shortened.
 HYBRID = """\
@@ -92,6 +93,19 @@ def test_join_marks_the_group_idle_and_moves_the_process(tmp_path):
     assert (group / "cgroup.procs").read_text() == "4242"
 
 
+def test_may_join_names_the_group_only_where_its_folder_can_be_written(tmp_path):
+    proc, hierarchy = _fake_proc(tmp_path)
+    assert may_join_idle_group(proc) == hierarchy / IDLE_GROUP
+    assert not (hierarchy / IDLE_GROUP).exists()  # asking makes nothing
+    hierarchy.chmod(0o500)
+    try:
+        if not os.access(hierarchy, os.W_OK):  # root may write anywhere: nothing to check then
+            assert may_join_idle_group(proc) is None
+    finally:
+        hierarchy.chmod(0o700)
+    assert may_join_idle_group(tmp_path / "nowhere") is None
+
+
 def test_join_changes_nothing_where_the_kernel_has_no_cpu_idle(tmp_path):
     proc, hierarchy = _fake_proc(tmp_path)
     assert join_idle_group(4242, proc=proc) is None  # mkdir made a plain folder: no cpu.idle in it
@@ -105,17 +119,7 @@ def test_join_gives_up_quietly_without_cgroup_files(tmp_path):
     assert join_idle_group(proc=tmp_path) is None  # no cgroup hierarchy mounted
 
 
-def _writable_cpu_cgroup() -> Path | None:
-    """The real idle group's folder where this process may create it, else None."""
-    try:
-        target = idle_group_dir(cpu_mounts(Path("/proc/self/mountinfo").read_text()),
-                                own_groups(Path("/proc/self/cgroup").read_text()))
-    except OSError:
-        return None
-    return target if target is not None and os.access(target.parent, os.W_OK) else None
-
-
-REAL_GROUP = _writable_cpu_cgroup()
+REAL_GROUP = may_join_idle_group()  # the real idle group, where this process may make or join it
 needs_cgroup = pytest.mark.skipif(REAL_GROUP is None or not sys.platform.startswith("linux"),
                                   reason="no cpu cgroup this process may write to")
 
