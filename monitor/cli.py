@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow binding a non-loopback address (other machines can then send)")
     serve.add_argument("--max-message-mb", type=_positive_float, default=256.0,
                        help="largest accepted frame in MiB; a larger frame drops its sender's connection (default 256)")
+    serve.add_argument("--stale-after", type=_positive_float, default=3600.0, metavar="SECONDS",
+                       help="mark a run 'stale' in its summary.json when none of its ranks has sent anything for "
+                            "this long and not every rank sent run_end (its trainer has probably died); a new "
+                            "message marks it running again (default 3600; raise it for longer epochs)")
     serve.add_argument("--epoch-timeout", type=_positive_float, default=120.0,
                        help="seconds to wait for every rank's epoch end before rendering without the missing "
                             "ranks, with a warning naming them (default 120)")
@@ -90,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "filesystem but not a network port. Stops cleanly on Ctrl-C or SIGTERM.")
     watch.add_argument("folder", type=Path, metavar="DIR", help="the spool folder (searched recursively for *.mlog)")
     watch.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
+    watch.add_argument("--stale-after", type=_positive_float, default=3600.0, metavar="SECONDS",
+                       help="mark a run 'stale' in its summary.json when none of its ranks has sent anything for "
+                            "this long and not every rank sent run_end (its trainer has probably died); a new "
+                            "message marks it running again (default 3600; raise it for longer epochs)")
     watch.add_argument("--epoch-timeout", type=_positive_float, default=120.0,
                        help="seconds to wait for every rank's epoch end before rendering without the missing ranks")
     watch.add_argument("--skip-corrupt", action="store_true", help="read past damaged records")
@@ -148,6 +156,7 @@ def _run(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
 
         return serve(args.bind, args.out, allow_remote=args.allow_remote,
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
+                     stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
                      render_priority=args.render_priority)
     if args.command == "replay":
@@ -162,7 +171,8 @@ def _run(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
     if args.command == "watch":
         from monitor.watch import watch
 
-        return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, skip_corrupt=args.skip_corrupt,
+        return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, stale_after=args.stale_after,
+                     skip_corrupt=args.skip_corrupt,
                      polling=args.polling, console=console, stop=stop,
                      render_priority=args.render_priority)
     if args.command == "inspect":

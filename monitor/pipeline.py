@@ -17,7 +17,7 @@ from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import run_dir
 from monitor.render import tables
 from monitor.render.save import write_csv, write_json
-from monitor.runstate import RejectedMessage, RunState
+from monitor.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
 
 log = logging.getLogger("monitor")
@@ -25,11 +25,12 @@ log = logging.getLogger("monitor")
 
 class Pipeline:
     def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stale_after: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.renderer = renderer
         self.console = console
         self.epoch_timeout = epoch_timeout
+        self.stale_after = stale_after  # seconds without a message before an unfinished run is called stale
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
@@ -49,12 +50,20 @@ class Pipeline:
         run = self.runs.get(message.run)
         if run is None:
             run = self.runs[message.run] = RunState(message.run, message.world)
-        skipped = run.account(message, size)
-        if skipped:
-            self.console.note(f"run {message.run}: rank {message.rank} skipped {skipped} message(s) "
-                              f"before seq {message.seq} (dropped by the emitter or lost)")
+        run.last_message_at = self.clock()
+        if run.stale:
+            run.stale = False
+            self.console.note(f"run {run.run}: messages again after it was marked stale; running")
         try:
+            skipped = run.account(message, size)
+            if skipped:
+                self.console.note(f"run {message.run}: rank {message.rank} skipped {skipped} message(s) "
+                                  f"before seq {message.seq} (dropped by the emitter or lost)")
             self._dispatch(run, message)
+        except RefusedSender as exc:
+            self.rejected[exc.reason] += 1
+            if exc.first:
+                self.console.note(str(exc))
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
             self.console.note(f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
@@ -75,9 +84,19 @@ class Pipeline:
                 del run.artifacts[:-5]
 
     def tick(self) -> None:
-        """Renders epochs whose missing ranks timed out; call it periodically while serving."""
+        """Renders epochs whose missing ranks timed out and marks silent runs stale; call it
+        periodically while serving."""
+        now = self.clock()
         for run in list(self.runs.values()):
             self._render_ready(run)
+            if (self.stale_after is not None and not run.stale and not run.finished
+                    and run.last_message_at is not None and now - run.last_message_at >= self.stale_after):
+                run.stale = True
+                self.console.note(f"run {run.run}: no message for {self.stale_after:g} s and no run_end from every "
+                                  "rank: marked stale in summary.json (its trainer has probably died; a new message "
+                                  "marks it running again)")
+                self._render_ready(run, flush=True)
+                write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
         self.console.flush()
 
     def finish(self) -> None:

@@ -22,10 +22,22 @@ class RejectedMessage(ValueError):
     reason = "content"
 
 
+class RefusedSender(RejectedMessage):
+    """A message from an emitter that may not write to this run (see `RunState.account`).
+
+    `first` is True for the message that got the sender refused, False for the ones after it."""
+
+    reason = "sender"
+
+    def __init__(self, text: str, first: bool) -> None:
+        super().__init__(text)
+        self.first = first
+
+
 @dataclass
 class EpochState:
     confusion: dict[int, np.ndarray] = field(default_factory=dict)  # rank -> C×C counts
-    preds_step: dict[int, int] = field(default_factory=dict)  # rank -> global step of that validation pass
+    preds_source: dict[int, tuple[str, int]] = field(default_factory=dict)  # rank -> (sender, step) of its counts
     samples: Message | None = None
     sampled: dict[int, np.ndarray] = field(default_factory=dict)  # rank -> drawn indices
     ended_ranks: set[int] = field(default_factory=set)
@@ -56,6 +68,11 @@ class RunState:
         self.errors: list[str] = []
         self.artifacts: list[str] = []
         self.latest_epoch: int | None = None
+        self.owners: dict[int, str] = {}  # rank -> the sender (emitter instance) that writes it now
+        self.superseded: set[tuple[int, str]] = set()  # (rank, sender) taken over before its run_end
+        self.refused: dict[tuple[int, str], str] = {}  # (rank, sender) -> why its messages are refused
+        self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
+        self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -69,6 +86,8 @@ class RunState:
 
     @property
     def status(self) -> str:
+        if self.stale and not self.finished:
+            return "stale"
         if not self.ended:
             return "running"
         for status in ("failed", "interrupted"):
@@ -83,17 +102,35 @@ class RunState:
     # --- bookkeeping every message goes through -----------------------------------------------
 
     def account(self, message: Message, size: int) -> int:
-        """Counts a message and returns how many sequence numbers were skipped before it."""
-        counters = self.ranks.get(message.rank)  # not setdefault: it would build a RankCounters per message
+        """Counts a message and returns how many sequence numbers were skipped before it.
+
+        Each rank is written by one sender (emitter instance) at a time. A new sender takes the rank
+        over: a resumed training, whose repeated epochs replace the earlier ones. A sender taken over
+        before its run_end that sends again means two trainings share the run id: its messages are
+        refused from then on. So is a sender whose run_start names other classes than the run's.
+
+        Raises:
+            RefusedSender: the message's sender may not write to this run.
+        """
+        rank, sender = message.rank, message.sender
+        why = self.refused.get((rank, sender))
+        if why is not None:
+            raise RefusedSender(why, first=False)
+        owner = self.owners.get(rank)
+        taken_over = owner is not None and owner != sender
+        if taken_over:
+            self._take_over(message, owner)
+        counters = self.ranks.get(rank)  # not setdefault: it would build a RankCounters per message
         if counters is None:
-            counters = self.ranks[message.rank] = RankCounters()
+            counters = self.ranks[rank] = RankCounters()
         counters.messages += 1
         counters.bytes += size
         if message.world > self.world:
             self.world = message.world
         seq = message.seq
-        if seq == 0 and message.kind == "run_start":
-            counters.next_seq = 0  # a new emitter session (a resumed run) numbers from 0 again
+        if owner is None or taken_over or (seq == 0 and message.kind == "run_start"):
+            counters.next_seq = seq  # a new sender (or a 1.0 sender starting again) numbers on from here
+        self.owners[rank] = sender
         expected = counters.next_seq
         if seq < expected:
             return 0  # a repeat, or a late message: next_seq stays
@@ -102,6 +139,24 @@ class RunState:
             return 0
         counters.gaps += seq - expected
         return seq - expected
+
+    def _take_over(self, message: Message, owner: str) -> None:
+        rank, sender = message.rank, message.sender
+        if (rank, sender) in self.superseded:
+            why = (f"run {self.run!r} rank {rank}: two trainings are sending under this run id at once (emitters "
+                   f"{sender} and {owner}); the messages of {sender} are refused from now on. Give each training "
+                   "a run id of its own.")
+            self.refused[(rank, sender)] = why
+            raise RefusedSender(why, first=True)
+        if message.kind == "run_start" and self.start is not None and \
+                list(message["class_names"]) != list(self.start["class_names"]):
+            why = (f"run {self.run!r} already exists with {len(self.start['class_names'])} classes "
+                   f"({self.status}); emitter {sender} starts it with {len(message['class_names'])} other ones, so "
+                   "its messages are refused. Start the new training under a new run id.")
+            self.refused[(rank, sender)] = why
+            raise RefusedSender(why, first=True)
+        if rank not in self.ended:
+            self.superseded.add((rank, owner))
 
     def epoch(self, number: int) -> EpochState:
         state = self.epochs.get(number)
@@ -145,12 +200,14 @@ class RunState:
             raise RejectedMessage(f"{count} classes exceed the {MAX_CONFUSION_CLASSES}-class confusion limit")
         counts = confusion_counts(preds, labels, count)
         rank = message.rank
-        # A later validation pass within the same epoch (val_check_interval < 1) replaces the earlier one.
-        if epoch.preds_step.get(rank) == message["step"] and rank in epoch.confusion:
+        # Chunks of one validation pass add up. Another pass (val_check_interval < 1), or the same epoch
+        # sent again by a resumed training (another sender), replaces the rank's earlier counts.
+        source = (message.sender, message["step"])
+        if epoch.preds_source.get(rank) == source and rank in epoch.confusion:
             epoch.confusion[rank] = epoch.confusion[rank] + counts
         else:
             epoch.confusion[rank] = counts
-            epoch.preds_step[rank] = message["step"]
+            epoch.preds_source[rank] = source
         epoch.dirty = True
         return epoch
 
@@ -270,4 +327,5 @@ class RunState:
             "ranks": {rank: {"messages": c.messages, "bytes": c.bytes, "gaps": c.gaps, "sent": c.sent,
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
+            "refused_senders": sorted(self.refused.values()),
         }

@@ -26,6 +26,7 @@ TICK_S = 0.25
 
 
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
+          stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
           stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     endpoint = check_bind(bind, allow_remote)
@@ -42,7 +43,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     renderer = ProcessRenderer(on_done=artifact_written, priority=render_priority)
     records = MonitorConsole(console, fresh=False, offload=renderer.table)
     records.printer = dashboard.print
-    pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
+    pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     # The first confusion count in a process costs 6.5 ms, the next 0.75 ms (43 classes, measured
     # apart): torch and torchmetrics set up on first use. Done now, it stays out of the first epoch.
@@ -84,6 +85,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         renderer.close()
         refresh(now=True)
     rejected = receiver.intake.rejected + pipeline.rejected
+    if receiver.curve_refusals:
+        rejected["curve_handshake"] += receiver.curve_refusals
     write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
                 pipeline=pipeline)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "

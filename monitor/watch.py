@@ -95,13 +95,15 @@ class SpoolWatcher:
 
 
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
+          stale_after: float | None = None,
           console: Console, stop: threading.Event | None = None, render_priority: str = "idle") -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
-    pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout)
+    pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout,
+                        stale_after=stale_after)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()

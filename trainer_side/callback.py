@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from trainer_side import runinfo
 from trainer_side.collect import ValidationCollector
-from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, check_run_id
+from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, check_run_id, resolve_spool
 from trainer_side.names import new_run_id
 from trainer_side.protocol import smallest_label_dtype
 from trainer_side.sampler import find_tracking_sampler
@@ -33,6 +34,8 @@ def _disables_on_error(helper):
                       type(exc).__name__, exc)
             emitter, self.emitter, self._collector = self.emitter, None, None
             if emitter is not None:
+                # The monitor learns that this run ends here, rather than waiting for it for ever.
+                emitter.run_end("failed", f"monitoring turned off: {type(exc).__name__}: {exc}"[:1000])
                 emitter.close()
 
     return guarded
@@ -56,10 +59,12 @@ class EmitterCallback(Callback):
             `datamodule.normalization`, else ImageNet's.
         num_thumbnails: how many of the first validation samples to show each epoch (0: none).
         thumbnail_size: longest side of a thumbnail in pixels.
-        spool: a folder that also receives every message as a message log (see `monitor watch`).
+        spool: a local copy of every message, as a message log that `monitor replay` and `monitor watch`
+            read (`<spool>/<run>/rank<N>.mlog`). True (default): `<trainer.default_root_dir>/monitor_spool`;
+            False: none.
         queue_size: messages held while the monitor is slow or absent, beyond which they are dropped.
-        linger_ms: how long closing may wait for queued messages to reach a connected monitor (with
-            none connected, closing waits at most 250 ms for one that is connecting).
+        linger_ms: the most that closing at the end of fit waits for the monitor to confirm that every
+            message is in its log; what is not confirmed is counted in a warning that names the spool.
         chunk_size: validation samples gathered on the device before one copy to the host.
         batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
         server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
@@ -67,7 +72,7 @@ class EmitterCallback(Callback):
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
                  class_names: Sequence[str] | None = None, normalization: Mapping[str, Sequence[float]] | None = None,
-                 num_thumbnails: int = 16, thumbnail_size: int = 64, spool: str | os.PathLike | None = None,
+                 num_thumbnails: int = 16, thumbnail_size: int = 64, spool: str | os.PathLike | bool = True,
                  queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
                  batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
@@ -75,7 +80,8 @@ class EmitterCallback(Callback):
         # Build a throwaway emitter now so every argument is checked at construction, not at fit time.
         Emitter(endpoint, run if run is not None else "check", spool=spool, queue_size=queue_size,
                 linger_ms=linger_ms, server_key=server_key, client_keys=client_keys)
-        self._emitter_args = dict(endpoint=endpoint, spool=spool, queue_size=queue_size, linger_ms=linger_ms,
+        self._spool = spool
+        self._emitter_args = dict(endpoint=endpoint, queue_size=queue_size, linger_ms=linger_ms,
                                   server_key=server_key, client_keys=client_keys)
         self.run = None if run is None else check_run_id(run)
         if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
@@ -175,7 +181,9 @@ class EmitterCallback(Callback):
         if trainer.world_size > 1:
             run = trainer.strategy.broadcast(run, src=0)  # every rank must report under one run id
         self.run = run
-        self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size, **self._emitter_args)
+        spool = resolve_spool(self._spool, Path(trainer.default_root_dir))
+        self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size, spool=spool,
+                               **self._emitter_args)
         self._ended = False
 
     @_disables_on_error

@@ -1,7 +1,8 @@
 """The framework-agnostic emitter: builds protocol messages, numbers them, hands frames to its sinks.
 
 It never blocks and never raises into training: a full queue drops (and counts) the message, and any
-unexpected failure is logged once, after which the emitter goes quiet.
+unexpected failure is logged once, after which the emitter goes quiet. At close it waits, at most
+`linger_ms`, for the monitor's receipt that every message is in its log, and says how many are not.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
+import time
 import weakref
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -23,6 +27,8 @@ from trainer_side.sinks import SocketSink, SpoolSink, check_endpoint, spool_path
 log = logging.getLogger("trainer_side")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_SPOOL = "monitor_spool"
+RECEIPT_POLL_MS = 100  # while closing, how often the monitor is asked again
 
 _Method = TypeVar("_Method", bound=Callable[..., bool])
 
@@ -79,14 +85,26 @@ class Emitter:
         emitter.metrics(epoch, "val", {"val/loss": 0.3})
         emitter.epoch_end(epoch)
         emitter.run_end("completed")
-        emitter.close()
+        emitter.close()  # waits at most linger_ms for the monitor's receipt; warns about what is missing
+
+    Args:
+        endpoint: where `monitor serve` listens; its receipts socket is the next port (docs/protocol.md).
+            None to write the spool only.
+        run: the run id; None generates a readable unique one.
+        rank, world_size: this process's place among the run's ranks.
+        spool: a local copy of every message, as a message log at `<spool>/<run>/rank<N>.mlog` that
+            `monitor replay` and `monitor watch` read. True (default): `./monitor_spool`; False: none.
+        queue_size: messages held while the monitor is slow or absent; beyond, they are dropped and counted.
+        linger_ms: the most `close()` waits for the monitor to confirm that every message is in its log.
+        server_key, client_keys: ZeroMQ CURVE keys (`monitor keygen`) when the monitor requires them.
     """
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *, rank: int = 0,
-                 world_size: int = 1, spool: str | os.PathLike | None = None, queue_size: int = 1000,
+                 world_size: int = 1, spool: str | os.PathLike | bool | None = True, queue_size: int = 1000,
                  linger_ms: int = 2000, server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
-        if endpoint is None and spool is None:
+        self.spool = resolve_spool(spool, Path.cwd())
+        if endpoint is None and self.spool is None:
             raise ValueError("give an endpoint, a spool folder, or both: with neither, messages go nowhere")
         self.endpoint = None if endpoint is None else check_endpoint(endpoint)
         self.run = new_run_id() if run is None else check_run_id(run)
@@ -96,7 +114,6 @@ class Emitter:
         if rank >= world_size:
             raise ValueError(f"rank {rank} must be smaller than world_size {world_size}")
         self.rank = rank
-        self.spool = None if spool is None else Path(spool)
         self.queue_size = _check_positive_int(queue_size, "queue_size")
         if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < 0:
             raise ValueError(f"linger_ms must be a non-negative integer (milliseconds), got {linger_ms!r}")
@@ -122,6 +139,10 @@ class Emitter:
         self._spool: SpoolSink | None = None
         self._quiet = False
         self._drop_reported = False
+        self.sender = ""  # this process's identity on the wire, made when its sinks open
+        self._first_seq = 0  # the counters when this sender opened: it reports only its own messages
+        self._first_dropped = 0
+        self.confirmed = 0  # of this sender's messages, how many the monitor says are in its log
 
     # Pickling (ddp_spawn, deepcopy) carries the configuration and counters, never a socket.
     def __getstate__(self) -> dict[str, Any]:
@@ -132,9 +153,11 @@ class Emitter:
 
     def _open(self) -> None:
         self._pid = os.getpid()
+        self.sender = secrets.token_hex(8)
+        self._first_seq, self._first_dropped = self.seq, self.dropped
         if self.endpoint is not None:
-            self._socket = SocketSink(self.endpoint, queue_size=self.queue_size, linger_ms=self.linger_ms,
-                                      server_key=self.server_key, client_keys=self.client_keys)
+            self._socket = SocketSink(self.endpoint, queue_size=self.queue_size, server_key=self.server_key,
+                                      client_keys=self.client_keys)
         if self.spool is not None:
             self._spool = SpoolSink(spool_path(self.spool, safe_component(self.run), self.rank),
                                     queue_size=self.queue_size)
@@ -151,7 +174,8 @@ class Emitter:
             if self._pid is not None:
                 return False  # a forked child (a DataLoader worker): the parent's socket is not ours
             self._open()
-        message = protocol.make_message(kind, self.run, self.rank, self.world_size, self.seq, body)
+        message = protocol.make_message(kind, self.run, self.rank, self.world_size, self.seq, body,
+                                        sender=self.sender)
         frame = protocol.encode(message)
         self.seq += 1  # a dropped message keeps its number, so the monitor sees the gap
         if self._spool is not None and not self._spool.send(frame):
@@ -159,11 +183,35 @@ class Emitter:
         if self._socket is None:
             self.sent += 1
             return True
-        if self._socket.send(frame):
+        sent = self._socket.send(frame)
+        if kind in ("epoch_end", "run_end"):
+            self._check_delivery()
+        if sent:
             self.sent += 1
             return True
         self._count_drop(kind)
         return False
+
+    def _check_delivery(self) -> None:
+        """Once per epoch: reads the receipts that came (no wait) and asks for a new one, so that the
+        last confirmed count survives a monitor that dies later; warns once on a refused handshake."""
+        socket = self._socket
+        refusal = socket.take_refusal()
+        if refusal is not None:
+            log.warning("trainer_side: run %s rank %d: %s at %s, so nothing this trainer sends arrives. Check "
+                        "server_key/client_keys against the monitor's keys (`monitor keygen`, --curve-secret, "
+                        "--curve-clients).", self.run, self.rank, refusal, self.endpoint)
+        self._take_receipts(socket.take_receipts())
+        socket.ask_receipt(protocol.encode_receipt_query(self.run, self.rank, self.sender))
+
+    def _take_receipts(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                receipt = protocol.decode_receipt(frame)
+            except protocol.ProtocolError:
+                continue
+            if receipt.sender == self.sender and receipt.run == self.run and receipt.rank == self.rank:
+                self.confirmed = max(self.confirmed, receipt.logged)
 
     def _count_drop(self, kind: str) -> None:
         self.dropped += 1
@@ -219,27 +267,108 @@ class Emitter:
     def run_end(self, status: str = "completed", error: str | None = None) -> bool:
         return self._send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
 
-    def close(self) -> None:
-        """Closes the sinks of this process, waiting at most `linger_ms` for queued frames."""
+    def close(self) -> DeliveryReport | None:
+        """Closes the sinks of this process and reports what reached the monitor.
+
+        Waits at most `linger_ms` for the monitor's receipt that every message sent is in its log
+        (never while training: only here). Logs a warning with the number of messages that did not
+        get there and how to recover them from the spool.
+
+        Returns:
+            The delivery report, or None when this process has nothing open (already closed, never
+            used, or a forked child).
+        """
         if self._pid != os.getpid():
-            return
+            return None
         socket, spool = self._socket, self._spool
         self._socket = self._spool = None
         self._pid = None
         _open_emitters.discard(self)
         try:
             if socket is not None:
+                self._await_receipts(socket)
                 socket.close()
             if spool is not None:
                 spool.close()
         except Exception as exc:  # noqa: BLE001
             log.warning("trainer_side: error while closing the emitter: %s", exc)
-        if self.dropped and self.rank == 0:
-            log.warning("trainer_side: run %s: %d of %d messages were dropped (monitor absent or too slow)",
-                        self.run, self.dropped, self.sent + self.dropped)
-        if self.spool_dropped:
-            log.warning("trainer_side: run %s rank %d: %d messages were not written to the spool %s (disk too slow)",
-                        self.run, self.rank, self.spool_dropped, self.spool)
+        report = DeliveryReport(
+            messages=self.seq - self._first_seq, dropped=self.dropped - self._first_dropped,
+            confirmed=None if socket is None else self.confirmed,
+            spool=None if self.spool is None else spool_path(self.spool, safe_component(self.run), self.rank),
+            spool_missed=self.spool_dropped)
+        _warn_undelivered(self, report)
+        return report
+
+    def _await_receipts(self, socket: SocketSink) -> None:
+        """Asks the monitor until it confirms every message the socket took, or `linger_ms` passes."""
+        expected = self.seq - self._first_seq - (self.dropped - self._first_dropped)
+        deadline = time.monotonic() + self.linger_ms / 1000
+        query = protocol.encode_receipt_query(self.run, self.rank, self.sender)
+        while self.confirmed < expected:
+            self._take_receipts(socket.take_receipts())
+            remaining = deadline - time.monotonic()
+            if self.confirmed >= expected or remaining <= 0:
+                break
+            socket.ask_receipt(query)
+            self._take_receipts(socket.take_receipts(max(1, int(min(remaining, RECEIPT_POLL_MS / 1000) * 1000))))
+        if socket.take_refusal() is not None:
+            log.warning("trainer_side: run %s rank %d: %s at %s; check server_key/client_keys.", self.run,
+                        self.rank, socket.refusal, self.endpoint)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one emitter process sent, and what of it is known to be in the monitor's log.
+
+    Attributes:
+        messages: messages built and numbered by this process.
+        dropped: of those, refused by the full send queue (never left the process).
+        confirmed: of those, in the monitor's log by its last receipt; None without an endpoint.
+        spool: the spool log holding every message, or None with `spool=False`.
+        spool_missed: messages the spool could not take (disk too slow).
+    """
+
+    messages: int
+    dropped: int
+    confirmed: int | None
+    spool: Path | None
+    spool_missed: int = 0
+
+    @property
+    def undelivered(self) -> int:
+        """Messages not known to be in the monitor's log (0 without an endpoint)."""
+        return 0 if self.confirmed is None else max(0, self.messages - self.confirmed)
+
+
+def _warn_undelivered(emitter: Emitter, report: DeliveryReport) -> None:
+    if report.undelivered:
+        unconfirmed = report.undelivered - report.dropped
+        text = (f"trainer_side: run {emitter.run} rank {emitter.rank}: {report.undelivered} of {report.messages} "
+                f"messages are not confirmed in the log of the monitor at {emitter.endpoint}: {report.dropped} "
+                f"dropped while the send queue was full, {max(0, unconfirmed)} sent but unconfirmed after "
+                f"linger_ms={emitter.linger_ms} (the monitor was not running, frozen or too slow; they arrive "
+                "only if it resumes).")
+        if report.spool is not None and report.spool_missed < report.undelivered:
+            text += (f" The spool {report.spool} holds the run: `monitor replay {report.spool.parent}/rank*.mlog "
+                     "--out outputs` rebuilds it.")
+        else:
+            text += " No spool holds them (spool=False), so they are lost."
+        log.warning(text)
+    if report.spool_missed:
+        log.warning("trainer_side: run %s rank %d: %d messages were not written to the spool %s (disk too slow)",
+                    emitter.run, emitter.rank, report.spool_missed, report.spool)
+
+
+def resolve_spool(spool: str | os.PathLike | bool | None, root: Path) -> Path | None:
+    """The spool folder: `True` is `<root>/monitor_spool`, False or None is no spool, a path is itself."""
+    if spool is None or spool is False:
+        return None
+    if spool is True:
+        return root.absolute() / DEFAULT_SPOOL
+    if isinstance(spool, (str, os.PathLike)) and str(spool):
+        return Path(spool)
+    raise ValueError(f"spool must be True (default folder), False (none) or a folder path, got {spool!r}")
 
 
 _open_emitters: "weakref.WeakSet[Emitter]" = weakref.WeakSet()

@@ -14,13 +14,15 @@ from typing import Any, Callable, Mapping
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)
 
 # Little-endian integer and float types only: no object, string or big-endian dtypes ever decode.
 ARRAY_DTYPES = frozenset({"|u1", "<u2", "<u4", "<u8", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
 MAX_ARRAY_DIMS = 8
-ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time")
+ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time", "sender")
 MAX_RUN_ID_LENGTH = 200
+# The emitter instance's identity (protocol 1.1): optional, so 1.0 senders decode with sender "".
+MAX_SENDER_LENGTH = 64
 # A world this large is garbage, and the monitor keeps per-rank bookkeeping sized by it.
 MAX_WORLD_SIZE = 1 << 20
 
@@ -63,6 +65,7 @@ class Message:
     time: float
     body: Mapping[str, Any] = field(default_factory=dict)
     version: tuple[int, int] = PROTOCOL_VERSION
+    sender: str = ""
 
     def __getitem__(self, key: str) -> Any:
         return self.body[key]
@@ -72,12 +75,13 @@ class Message:
 
 
 def _checked_message(kind: str, run: str, rank: int, world: int, seq: int, time: float, body: dict[str, Any],
-                     version: tuple[int, int]) -> Message:
+                     version: tuple[int, int], sender: str) -> Message:
     """`Message(...)` for values that decode has checked, built without the frozen dataclass's
     `__init__`: its eight `object.__setattr__` calls cost a third of decode's own time."""
     message = object.__new__(Message)
     object.__setattr__(message, "__dict__", {"kind": kind, "run": run, "rank": rank, "world": world, "seq": seq,
-                                             "time": time, "body": body, "version": version})
+                                             "time": time, "body": body, "version": version,
+                                             "sender": sender})
     return message
 
 
@@ -347,6 +351,8 @@ def encode(message: Message) -> bytes:
         "seq": message.seq,
         "time": message.time,
     }
+    if message.sender:
+        frame["sender"] = message.sender
     for key, value in message.body.items():
         if key in frame:
             raise ValueError(f"body field {key!r} collides with an envelope key")
@@ -355,9 +361,9 @@ def encode(message: Message) -> bytes:
 
 
 def make_message(kind: str, run: str, rank: int, world: int, seq: int, body: Mapping[str, Any],
-                 time: float | None = None) -> Message:
+                 time: float | None = None, sender: str = "") -> Message:
     """Builds a message, stamping wall time unless given."""
-    return Message(kind, run, rank, world, seq, _time.time() if time is None else time, dict(body))
+    return Message(kind, run, rank, world, seq, _time.time() if time is None else time, dict(body), sender=sender)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,14 +390,15 @@ def decode(frame: bytes) -> Message:
     if type(obj) is not dict:
         return _decode_slow(obj)
     get = obj.get
-    version, kind, run, rank, world, seq, wall = (get("v"), get("kind"), get("run"), get("rank"), get("world"),
-                                                  get("seq"), get("time"))
+    version, kind, run, rank, world, seq, wall, sender = (get("v"), get("kind"), get("run"), get("rank"),
+                                                          get("world"), get("seq"), get("time"), get("sender", ""))
     # `type(x) is int` excludes bool, the only int subclass msgpack makes.
     if not (type(version) is list and len(version) == 2 and type(version[0]) is int and type(version[1]) is int
             and version[0] == PROTOCOL_VERSION[0]
             and type(kind) is str and type(run) is str and 0 < len(run) <= MAX_RUN_ID_LENGTH
             and type(rank) is int and type(world) is int and 0 <= rank < world <= MAX_WORLD_SIZE
-            and type(seq) is int and seq >= 0 and type(wall) is float):
+            and type(seq) is int and seq >= 0 and type(wall) is float
+            and type(sender) is str and len(sender) <= MAX_SENDER_LENGTH):
         return _decode_slow(obj)
     if kind == "metrics":
         # The small message of every epoch end: its fields checked inline, as `SCHEMA["metrics"]` does.
@@ -410,7 +417,7 @@ def decode(frame: bytes) -> Message:
         if fields is None:
             raise UnknownKindError(f"unknown message kind {kind!r}")
         body = _checked_body(kind, fields, get)
-    return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]))
+    return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]), sender)
 
 
 def _checked_body(kind: str, fields: tuple[tuple[str, str, Callable[[Any, str], Any], bool], ...],
@@ -448,11 +455,15 @@ def _decode_slow(obj: Any) -> Message:
         raise InvalidFieldError(f"rank {rank} is not inside world size {world} (at most {MAX_WORLD_SIZE})")
     seq = _nonneg_int(obj.get("seq"), "seq")
     wall = _float(obj.get("time"), "time")
+    sender = obj.get("sender")
+    sender = "" if sender is None else _str(sender, "sender")
+    if len(sender) > MAX_SENDER_LENGTH:
+        raise InvalidFieldError(f"sender must have at most {MAX_SENDER_LENGTH} characters")
     fields = _FIELDS.get(kind)
     if fields is None:
         raise UnknownKindError(f"unknown message kind {kind!r}")
     body = _checked_body(kind, fields, obj.get)
-    return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]))
+    return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]), sender)
 
 
 def smallest_label_dtype(num_classes: int) -> np.dtype:
@@ -462,3 +473,69 @@ def smallest_label_dtype(num_classes: int) -> np.dtype:
     if num_classes <= 1 << 16:
         return np.dtype(np.uint16)
     return np.dtype(np.uint32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery receipts (protocol 1.1): a sender asks the monitor's receipts socket how many of its
+# frames are in the monitor's log. Receipts travel on their own socket and are never logged.
+
+RECEIPT_QUERY = "receipt_query"
+RECEIPT = "receipt"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """How many frames of one sender (run, rank, sender id) the monitor has written to its log."""
+
+    run: str
+    rank: int
+    sender: str
+    logged: int
+
+
+def encode_receipt_query(run: str, rank: int, sender: str) -> bytes:
+    return msgpack.packb({"v": list(PROTOCOL_VERSION), "kind": RECEIPT_QUERY, "run": run, "rank": rank,
+                          "sender": sender}, use_bin_type=True)
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    return msgpack.packb({"v": list(PROTOCOL_VERSION), "kind": RECEIPT, "run": receipt.run, "rank": receipt.rank,
+                          "sender": receipt.sender, "logged": receipt.logged}, use_bin_type=True)
+
+
+def decode_receipt_query(frame: bytes) -> tuple[str, int, str]:
+    """(run, rank, sender) of a receipt query; raises a ProtocolError subclass."""
+    obj = _receipt_map(frame, RECEIPT_QUERY)
+    return obj["run"], obj["rank"], obj["sender"]
+
+
+def decode_receipt(frame: bytes) -> Receipt:
+    obj = _receipt_map(frame, RECEIPT)
+    return Receipt(obj["run"], obj["rank"], obj["sender"], _nonneg_int(obj.get("logged"), "receipt.logged"))
+
+
+def _receipt_map(frame: bytes, kind: str) -> dict[str, Any]:
+    obj = _unpack(frame)
+    if not isinstance(obj, dict):
+        raise MalformedFrameError(f"a {kind} must be a msgpack map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if not (isinstance(version, list) and len(version) == 2 and version[0] == PROTOCOL_VERSION[0]):
+        raise UnsupportedVersionError(f"{kind}: unsupported protocol version {version!r}")
+    if obj.get("kind") != kind:
+        raise UnknownKindError(f"expected a {kind}, got kind {obj.get('kind')!r}")
+    run, sender = _str(obj.get("run"), f"{kind}.run"), _str(obj.get("sender"), f"{kind}.sender")
+    if not run or len(run) > MAX_RUN_ID_LENGTH or len(sender) > MAX_SENDER_LENGTH:
+        raise InvalidFieldError(f"{kind}: run id or sender id of the wrong length")
+    return {**obj, "run": run, "sender": sender, "rank": _nonneg_int(obj.get("rank"), f"{kind}.rank")}
+
+
+def receipts_endpoint(endpoint: str) -> str | None:
+    """Where the monitor bound at `endpoint` answers receipt queries: the next TCP port, or the same
+    ipc/inproc name with `.receipts` appended. None where there is no next port."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint + ".receipts"
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        if host and port.isdigit() and 0 < int(port) < 65535:
+            return f"tcp://{host}:{int(port) + 1}"
+    return None

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import queue
 import threading
-import time
 from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from trainer_side.msglog import LogWriter
+from trainer_side.protocol import receipts_endpoint
 
 VALID_ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
-CONNECT_GRACE_MS = 250
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -24,83 +25,98 @@ def check_endpoint(endpoint: str) -> str:
 
 
 class SocketSink:
-    """A PUSH socket that never blocks: a full queue (high-water mark) drops the frame.
+    """A PUSH socket that never blocks (a full queue, the high-water mark, drops the frame), and a
+    DEALER socket that asks the monitor's receipts socket how many frames reached its log.
 
-    The socket and its context belong to the process that created them; ZeroMQ sockets must not
+    The sockets and their context belong to the process that created them; ZeroMQ sockets must not
     cross a fork, so the owner checks the pid before every use (see `Emitter`).
     """
 
-    def __init__(self, endpoint: str, *, queue_size: int, linger_ms: int,
-                 server_key: bytes | None = None, client_keys: tuple[bytes, bytes] | None = None) -> None:
+    def __init__(self, endpoint: str, *, queue_size: int, server_key: bytes | None = None,
+                 client_keys: tuple[bytes, bytes] | None = None) -> None:
+        self.endpoint = endpoint
         self._context = zmq.Context()  # our own, so closing it cannot disturb the user's sockets
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, queue_size)
-        self._socket.setsockopt(zmq.LINGER, linger_ms)
+        self._socket.setsockopt(zmq.LINGER, 0)  # close() waits for receipts, not for ZeroMQ's queue
+        self._receipts: zmq.Socket | None = None
+        self._curve = None
         if server_key is not None:
             public, secret = client_keys if client_keys is not None else zmq.curve_keypair()
-            self._socket.curve_serverkey = server_key
-            self._socket.curve_publickey = public
-            self._socket.curve_secretkey = secret
-        # The socket's own connection events tell close() whether lingering can deliver anything.
-        self._events = self._socket.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._peers = 0
-        self._connecting_since: float | None = None  # a TCP connection whose handshake has not completed
+            self._curve = (server_key, public, secret)
+            _set_curve(self._socket, self._curve)
+        # The socket's own events say when the monitor refuses the handshake (wrong CURVE keys).
+        self._events = self._socket.get_monitor_socket(_REFUSAL_EVENTS)
+        self.refusal: str | None = None
         self._socket.connect(endpoint)
-        self._created = time.monotonic()
-        self._linger_ms = linger_ms
+        self._receipts_endpoint = receipts_endpoint(endpoint)
 
     def send(self, frame: bytes) -> bool:
         try:
             # copy=False hands large frames (thumbnails, predictions) to ZeroMQ without a copy.
             self._socket.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
-            sent = True
+            return True
         except zmq.Again:
-            sent = False
-        self._take_events()
-        return sent
+            return False
 
-    def _take_events(self) -> None:
-        """Notes connection events as they come (a flag read, no system call), so close() knows how
-        long a handshake has been pending. The time noted is when a send first sees the event, so at
-        worst one message interval late: that only lengthens the grace."""
+    def take_refusal(self) -> str | None:
+        """The reason the monitor refused this socket's handshake, once, when it has (a flag read
+        unless an event is waiting)."""
         while self._events.get(zmq.EVENTS) & zmq.POLLIN:
-            event = recv_monitor_message(self._events)["event"]
-            if event == zmq.EVENT_CONNECTED:
-                if self._connecting_since is None:
-                    self._connecting_since = time.monotonic()
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._peers += 1
-                self._connecting_since = None
-            elif event == zmq.EVENT_DISCONNECTED:
-                self._peers = max(0, self._peers - 1)
-                self._connecting_since = None
+            event = recv_monitor_message(self._events)
+            if event["event"] in _REFUSALS and self.refusal is None:
+                self.refusal = _REFUSALS[event["event"]]
+                return self.refusal
+        return None
 
-    def _connected(self, grace_ms: int) -> bool:
-        """Whether a monitor is connected. A connection younger than `grace_ms` (a socket created just
-        now, or a monitor that has just accepted) gets until then to complete its handshake. An older
-        one never will (a stopped monitor, or something else on the port), and waiting for it would
-        only delay the end of training (bench/fit_overhead.py, configurations c and d)."""
-        self._take_events()
-        while self._peers == 0:
-            since = self._created if self._connecting_since is None else self._connecting_since
-            remaining = since + grace_ms / 1000 - time.monotonic()
-            if remaining <= 0:
-                break
-            if self._events.poll(max(1, int(remaining * 1000))):
-                self._take_events()
-        return self._peers > 0
+    def ask_receipt(self, query: bytes) -> None:
+        """Sends a receipt query without waiting; the answer is read by `take_receipts`."""
+        if self._receipts_endpoint is None:
+            return
+        if self._receipts is None:
+            self._receipts = self._context.socket(zmq.DEALER)
+            self._receipts.setsockopt(zmq.LINGER, 0)
+            self._receipts.setsockopt(zmq.SNDHWM, 4)
+            self._receipts.setsockopt(zmq.MAXMSGSIZE, 4096)
+            if self._curve is not None:
+                _set_curve(self._receipts, self._curve)
+            self._receipts.connect(self._receipts_endpoint)
+        try:
+            self._receipts.send(query, zmq.DONTWAIT)
+        except zmq.Again:
+            pass  # earlier queries are still waiting for the connection: one of them will do
 
-    def close(self) -> int:
-        """Closes the socket; returns the linger it granted queued frames, in ms (0: they are dropped)."""
-        # With no monitor connected, queued frames cannot leave: lingering would only delay the end
-        # of training (2 s per fit, measured by bench/linger_check.py).
-        linger = self._linger_ms if self._connected(min(self._linger_ms, CONNECT_GRACE_MS)) else 0
+    def take_receipts(self, timeout_ms: int = 0) -> list[bytes]:
+        """The receipt frames that have arrived, waiting at most `timeout_ms` for the first."""
+        if self._receipts is None or not self._receipts.poll(timeout_ms):
+            return []
+        frames = []
+        try:
+            while True:
+                frames.append(self._receipts.recv(zmq.DONTWAIT))
+        except zmq.Again:
+            return frames
+
+    def close(self) -> None:
+        """Closes the sockets at once: whatever ZeroMQ still queues is dropped (the caller counts it)."""
         self._socket.disable_monitor()
         self._events.close(linger=0)
-        self._socket.close(linger=linger)
+        self._socket.close(linger=0)
+        if self._receipts is not None:
+            self._receipts.close(linger=0)
         self._context.term()
-        return linger
+
+
+_REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the monitor refused this trainer's CURVE key",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (a CURVE key mismatch, or not a monitor)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (a CURVE key mismatch, or not a monitor)",
+}
+_REFUSAL_EVENTS = functools.reduce(operator.or_, _REFUSALS)
+
+
+def _set_curve(socket: zmq.Socket, curve: tuple[bytes, bytes, bytes]) -> None:
+    socket.curve_serverkey, socket.curve_publickey, socket.curve_secretkey = curve
 
 
 class SpoolSink:
