@@ -19,7 +19,7 @@ from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.endpoint import CurveServerKeys, check_bind
 from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import Receiver
-from monitor.renderer import ProcessRenderer, lower_monitor_share
+from monitor.renderer import ProcessRenderer
 from monitor.signals import stop_on_signals
 
 TICK_S = 0.25
@@ -55,9 +55,6 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
-    # Only now: lowered before start-up, serve took 41.9 to 81.0 s to listen beside a trainer that keeps
-    # both cores busy, against 10.3 to 11.4 s lowered here (bench/monitor_startup.py, BENCHMARKS §3).
-    lower_monitor_share(render_priority)
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     if ready_file is not None:

@@ -21,7 +21,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
-from monitor.renderer import ProcessRenderer, lower_monitor_share
+from monitor.renderer import ProcessRenderer
 from monitor.signals import stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
@@ -107,7 +107,6 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)
     observer.start()
-    lower_monitor_share(render_priority)  # after start-up, as in serve
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     try:
