@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from trainer_side.protocol import Message
 
 
 POLL_MS = 100
-DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
+DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long,
+DRAIN_MAX_S = 2.0  # but no longer than this: under a flood it never is (frames not taken are not logged)
 # A batch of frames is received before any of it is decoded, logged and queued (see `_take`).
 BATCH_FRAMES = 256
 BATCH_BYTES = 1 << 20
@@ -58,7 +60,8 @@ class Receiver(threading.Thread):
                 if poller.poll(POLL_MS):
                     self._receive_burst()
             # Drain: whatever the trainers already sent is still taken, logged and queued.
-            while poller.poll(DRAIN_QUIET_MS):
+            drain_until = time.monotonic() + DRAIN_MAX_S
+            while time.monotonic() < drain_until and poller.poll(DRAIN_QUIET_MS):
                 self._receive_burst()
         finally:
             self.logbook.close()
@@ -68,12 +71,15 @@ class Receiver(threading.Thread):
             self.context.term()
 
     def _receive_burst(self) -> None:
-        """Takes every frame waiting on the socket, a batch at a time, then flushes the logs once."""
+        """Takes every frame waiting on the socket, a batch at a time, then flushes the logs once.
+        Once a stop is asked, a burst is one batch, so that a flood cannot hold the thread in it."""
         drained = False
         while not drained:
             frames, drained = self._take()
             if frames:
                 self.messages.put_many(self.intake.accept_many(frames))
+            if self._stopping.is_set():
+                break
         self.logbook.flush()
 
     def _take(self) -> tuple[list[bytes], bool]:

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, TimeoutError
 from typing import Callable
 
 from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
@@ -84,6 +84,9 @@ class ProcessRenderer:
         self.on_done = on_done
         self.failures = 0
         self.superseded = 0
+        self.abandoned = 0
+        self._deadline: float | None = None
+        self._abandoning = False  # set by `close` when it kills the workers: their jobs' errors are expected
         for lane in self._lanes:
             lane.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
         # Tables are pure-Python work too (a demo epoch's: ~30 ms of CPU): a third worker draws them at
@@ -125,7 +128,7 @@ class ProcessRenderer:
             for folder, queued in list(self._queued_history.items()):
                 if queued is future:
                     del self._queued_history[folder]
-        if future.cancelled():
+        if future.cancelled() or self._abandoning:
             return
         exc = future.exception()
         if exc is not None:
@@ -139,20 +142,40 @@ class ProcessRenderer:
         with self._lock:
             return len(self._pending)
 
+    def stop_by(self, deadline: float) -> None:
+        """From now on `drain` waits until the monotonic `deadline` at most, and `close` abandons
+        whatever is still pending then (a stop must not wait for renders without bound)."""
+        self._deadline = deadline
+
     def drain(self) -> None:
+        """Waits for every pending job (until the `stop_by` deadline, if one is set)."""
         with self._lock:
             futures = list(self._pending)
         for future in futures:
-            if not future.cancelled():
-                try:
-                    future.exception()  # waits; errors were already logged by _done
-                except CancelledError:
-                    pass
+            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            try:
+                future.exception(timeout)  # waits; errors were already logged by _done
+            except (CancelledError, TimeoutError):
+                pass
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Drains, then abandons what is still pending (after a `stop_by` deadline): the workers are
+        killed, and their jobs end with BrokenProcessPool. Returns the number of jobs abandoned."""
         self.drain()
-        for lane in (*self._lanes, self._tables):
-            lane.shutdown(wait=True)
+        with self._lock:
+            left = [future for future in self._pending if not future.done()]
+        pools = (*self._lanes, self._tables)
+        if left:
+            self._abandoning = True
+            for pool in pools:
+                # The workers ignore SIGTERM (see `_init_worker`), so they are killed. The executor has no
+                # public way to stop a running job before Python 3.14 (`terminate_workers`).
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.abandoned = len(left)
+        return self.abandoned
 
 
 def _warm_up_tables() -> None:
