@@ -70,7 +70,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         receiver.stop()
         while (receiver.is_alive() or not receiver.messages.empty()) and time.monotonic() < stopping + PROCESS_S:
             _process(receiver, pipeline, until=min(time.monotonic() + TICK_S, stopping + PROCESS_S), stop=None)
-        receiver.join(STOP_S)
+        receiver.join(max(0.0, stopping + STOP_S - time.monotonic()))
         unprocessed = _discard(receiver)
         renderer.stop_by(stopping + STOP_S)
         records.stop_by(stopping + STOP_S)
