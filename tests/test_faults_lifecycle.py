@@ -226,8 +226,7 @@ class Flood:
     def start(cls, endpoint: str) -> "Flood":
         code = textwrap.dedent(f"""
             import zmq
-            from test_renderer import Sleep
-from trainer_side import protocol
+            from trainer_side import protocol
             from trainer_side.protocol import make_message
             context = zmq.Context()
             socket = context.socket(zmq.PUSH)
@@ -294,7 +293,8 @@ def test_sigterm_after_messages_claiming_a_huge_world_stops_in_bounded_time(tmp_
     for epoch in range(100):
         frames += one_epoch("wide", epoch, 1 + 3 * epoch, world=world)
     log_path = tmp_path / "out" / "wide" / "messages.mlog"
-    send_then_stop(tmp_path, push, frames, lambda: len(logged(log_path)) == len(frames),
+    started = tmp_path / "out" / "wide" / "labels_mapping.json"  # the pipeline is up and at work on them
+    send_then_stop(tmp_path, push, frames, lambda: started.exists() and len(logged(log_path)) == len(frames),
                    "after 301 messages claiming a world of 2**20")
     assert logged(log_path) == frames
     assert json.loads((tmp_path / "out" / "wide" / "summary.json").read_text())["world"] == world
