@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   set up, then run the Procfile (monitor + demo trainer); ends by itself, artifacts in outputs/
 #   make test   set up, then run the test suite
+# and, while developing:
+#   make check  the fast unit layer: every test but those marked slow (they start monitors or trainers)
 # Both create ./.venv on first use and install the project with everything it needs into it.
 
 PYTHON ?= python3
@@ -8,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test check bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) outputs replay

@@ -147,8 +147,7 @@ def _process_table() -> dict[int, tuple[int, int]]:
 
 
 def process_tree(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
-    """``root`` and all its live descendants. The monitor's idle render workers lead sessions of
-    their own, so its process group no longer holds them all."""
+    """``root`` and all its live descendants (the monitor and its render workers)."""
     table = _process_table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (parent, _) in table.items():
@@ -191,15 +190,14 @@ class Ticker(threading.Thread):
 
 
 class Monitor:
-    """A `monitor serve` process on a free loopback port, in its own session (as a second terminal
-    would be). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
+    """A `monitor serve` process on a free loopback port, in its own session (as honcho or systemd
+    start it). SIGSTOP and SIGCONT go to it and every process under it. Always call `close()` (it continues a stopped group first)."""
 
     def __init__(self, out: Path, *extra: str, command: Sequence[str] | None = None, cwd: Path = ROOT,
                  terminal: bool = False, own_session: bool = True) -> None:
         """`terminal`: its output goes to a pseudo-terminal (120×40), as in a real second terminal, so it
         shows its live dashboard; what it writes there is copied to monitor.log. `own_session=False`:
-        started in the bench's session, as from a shell, where serve moves its work to a child in a new
-        session (monitor/session.py); signals and CPU counts then cover the child too."""
+        started in the bench's session, as from a shell."""
         out.mkdir(parents=True, exist_ok=True)
         self.out = out
         ready = out / "ready.txt"

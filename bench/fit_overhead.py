@@ -5,8 +5,6 @@
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
     (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
     (y) optional: (b) with the monitor's own process under SCHED_IDLE too (an experiment)
-    (t) optional: (b) with the monitor started in the bench's session, as from a terminal: serve
-        moves its work to a child in a session of its own (monitor/session.py)
     (z) A/A control: (a) again. What it measures is the noise floor of this method on this
         machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
@@ -44,12 +42,11 @@ CONFIGS = {
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
     "y": "(b), monitor process at idle priority too",
-    "t": "(b), monitor started in the bench's session",
     "z": "A/A control: (a) again",
     "p": "(b), the monitor of --compare DIR",
 }
 # The trainer side of each configuration (n and y differ from b only in how the monitor runs).
-WORKER_CONFIG = {"n": "b", "y": "b", "t": "b", "z": "a", "p": "b"}
+WORKER_CONFIG = {"n": "b", "y": "b", "z": "a", "p": "b"}
 # (y): the monitor's own process, not only its workers, at the lowest share there is: its session at
 # autogroup nice 19, the process under SCHED_IDLE (an experiment; `monitor serve` does not do this).
 YIELDING_MONITOR = ["sh", "-c", 'echo 19 > /proc/self/autogroup && exec chrt --idle 0 "$@"', "sh",
@@ -111,8 +108,6 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
             monitors["y"] = Monitor(work / "monitor_yielding", command=YIELDING_MONITOR)
         if "p" in configs:
             monitors["p"] = Monitor(work / "monitor_compare", cwd=args.compare)
-        if "t" in configs:  # as from a terminal: serve moves its work to a child in a session of its own
-            monitors["t"] = Monitor(work / "monitor_terminal", own_session=False)
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
         if args.separate_processes:
             workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
@@ -311,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    for config in ("b", "n", "y", "t"):
+    for config in ("b", "n", "y"):
         if config in summary:
             s = summary[config]
             print(f"\n({config}) live monitor CPU per fit (render workers included), median: "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT, machine_info
 
-PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "cpu_interference", "monitor_ingest", "monitor_render",
+PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "monitor_ingest", "monitor_render",
             "confusion_handoff", "monitor_cpu", "monitor_startup",
             "fit_overhead", "gpu_check")
 

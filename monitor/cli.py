@@ -12,7 +12,6 @@ from typing import Sequence
 
 from rich.console import Console
 
-from monitor.idlecgroup import IDLE_GROUP
 from trainer_side.msglog import CorruptLogError, LogFormatError
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -31,15 +30,12 @@ def _positive_float(text: str) -> float:
 
 def _add_render_priority(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-priority", choices=("idle", "normal"), default="idle",
-                        help="CPU priority of the workers that draw figures and tables. idle (default): they use "
-                             "only CPU time nothing else wants, so a CPU-bound trainer on this machine comes first "
-                             "(its figures and tables wait for a quiet moment); the monitor's own process also runs in a "
-                             "session of its own at the lowest CPU share (started in a terminal, it runs its work in a "
-                             "child in a new session and stays as a thin parent that passes signals on). Where it may "
-                             "write to the cpu cgroup (root, or a delegated group), the monitor and its workers also "
-                             f"join an idle cgroup, {IDLE_GROUP}, that any other work preempts at once; elsewhere, "
-                             "`systemd-run --user --scope -p CPUWeight=idle monitor serve` does the same. normal: "
-                             "everything at normal priority, each epoch's figures and tables drawn as soon as it ends")
+                        help="CPU priority of the worker processes that draw figures and tables. idle (default): "
+                             "SCHED_IDLE (nice 19 where the OS has no SCHED_IDLE), so a CPU-bound trainer on this "
+                             "machine comes first and the figures wait for a quiet moment; the monitor's own process "
+                             "stays at normal priority. normal: the workers at normal priority too, each epoch's "
+                             "figures and tables drawn as soon as it ends. For more, start the whole monitor in an "
+                             "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="receive from trainers, record a replayable log, render artifacts live",
                            description="Listen for trainers, record every message to <out>/<run>/messages.mlog and "
-                                       "render each epoch's artifacts. Stops cleanly on Ctrl-C or SIGTERM: "
-                                       "drains the socket, finishes pending renders, closes the logs.")
+                                       "render each epoch's artifacts. Stops on Ctrl-C or SIGTERM within about 10 "
+                                       "seconds: drains the socket (at most 2 s), closes the logs, gives pending "
+                                       "renders what is left of the time and abandons the rest (`monitor replay` "
+                                       "redraws them from the log), writes summary.json.")
     serve.add_argument("--bind", default=DEFAULT_BIND,
                        help=f"ZeroMQ endpoint to listen on (default {DEFAULT_BIND}; port 0 picks a free port)")
     serve.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
@@ -131,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # is rich markup: a Z85 key holding "[g3i!]" must print as it is, not lose it as a style tag.
     console = Console(markup=False, emoji=False)
     try:
-        return _run(args, console, sys.argv[1:] if argv is None else list(argv))
+        return _run(args, console)
     except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
         print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -139,18 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, console: Console, argv: list[str]) -> int:
+def _run(args: argparse.Namespace, console: Console) -> int:
     if args.command in ("serve", "watch"):
-        from monitor.session import follow_parent, run_in_own_session, should_move
-
-        # Bad arguments are reported at once, from this process, before anything heavy is imported.
+        # Bad arguments are reported at once, before anything heavy is imported.
         curve = _check_serve_args(args) if args.command == "serve" else _check_watch_args(args)
-        if should_move(args.render_priority):  # in a terminal: the work moves to a session of its own
-            return run_in_own_session(argv)
         from monitor.signals import stop_on_signals
 
         stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
-        follow_parent()  # where a parent in a terminal moved us to our own session: stop when it does
     if args.command == "serve":
         from monitor.serve import serve
 

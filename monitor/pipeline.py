@@ -9,8 +9,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from rich.table import Table
-
 from monitor.confusion import accuracy
 from monitor.console import MonitorConsole
 from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
@@ -155,8 +153,8 @@ class Pipeline:
                 "classes": [{"name": r.name, "index": r.index, "count": r.count,
                              "percentage": round(r.percentage, 4)} for r in rows],
             })
-            record = partial(tables.class_distribution_table, rows)
-            self.console.table(folder, record, _shortened(record, rows, tables.smallest_and_largest))
+            self.console.table(folder, *_shortened(partial(tables.class_distribution_table, rows), rows,
+                                                   tables.smallest_and_largest))
         else:
             self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
                                       "no dataset class distribution")
@@ -170,8 +168,9 @@ class Pipeline:
     def _render_ready(self, run: RunState, flush: bool = False) -> None:
         for number, missing in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
             if missing and not run.finished:
-                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
-                                  f"{', '.join(map(str, missing))} (no epoch_end from them)")
+                listed = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10:,} more" if len(missing) > 10 else "")
+                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) {listed} "
+                                  "(no epoch_end from them)")
             self._render_epoch(run, number)
             if not missing:
                 run.release(number)
@@ -203,8 +202,8 @@ class Pipeline:
                              "expected": round(r.expected, 6),
                              "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
             })
-            record = partial(tables.sampler_table, rows, number)
-            self.console.table(folder, record, _shortened(record, rows, tables.furthest_from_expected))
+            self.console.table(folder, *_shortened(partial(tables.sampler_table, rows, number), rows,
+                                                   tables.furthest_from_expected))
         if run.history:
             self.renderer.submit(HistoryJob(folder / "training_history",
                                             {e: dict(v) for e, v in sorted(run.history.items())}))
@@ -241,10 +240,12 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
     })
 
 
-def _shortened(record: partial, rows: list, pick: Callable[[list], list]) -> Callable[[], Table] | None:
-    """The terminal's shorter version of a per-class table (`record` drawing only the rows `pick`
-    chooses), for runs with many classes; None, and nothing picked, for the others."""
-    return partial(record, shown=pick(rows)) if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
+def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:
+    """A per-class table for console.txt and the terminal's shorter version (None: the same), each
+    drawing only the rows `pick` chooses where the run has more classes than they show."""
+    record = table if len(rows) <= tables.RECORD_MAX_CLASS_ROWS else partial(
+        table, shown=pick(rows, tables.RECORD_MAX_CLASS_ROWS))
+    return record, partial(table, shown=pick(rows)) if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _csv_value(value: float | None) -> str:

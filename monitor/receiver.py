@@ -7,6 +7,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import warnings
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -25,7 +26,8 @@ log = logging.getLogger("monitor")
 
 
 POLL_MS = 100
-DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long
+DRAIN_QUIET_MS = 300  # on shutdown, keep receiving until the socket has been quiet this long,
+DRAIN_MAX_S = 2.0  # but no longer than this: under a flood it never is (frames not taken are not logged)
 # A batch of frames is received before any of it is decoded, logged and queued (see `_take`).
 BATCH_FRAMES = 256
 BATCH_BYTES = 1 << 20
@@ -74,7 +76,8 @@ class Receiver(threading.Thread):
             while not self._stopping.is_set():
                 self._serve(dict(poller.poll(POLL_MS)))
             # Drain: whatever the trainers already sent is still taken, logged and queued.
-            while True:
+            drain_until = time.monotonic() + DRAIN_MAX_S
+            while time.monotonic() < drain_until:
                 ready = dict(poller.poll(DRAIN_QUIET_MS))
                 if not ready:
                     break
@@ -108,7 +111,8 @@ class Receiver(threading.Thread):
             self._answer_receipts()
 
     def _receive_burst(self) -> None:
-        """Takes every frame waiting on the socket, a batch at a time, then flushes the logs once."""
+        """Takes every frame waiting on the socket, a batch at a time, then flushes the logs once.
+        Once a stop is asked, a burst is one batch, so that a flood cannot hold the thread in it."""
         drained = False
         while not drained:
             frames, drained = self._take()
@@ -116,6 +120,8 @@ class Receiver(threading.Thread):
                 accepted = self.intake.accept_many(frames)
                 self._count_logged(accepted)
                 self.messages.put_many(accepted)
+            if self._stopping.is_set():
+                break
         self.logbook.flush()
 
     def _count_logged(self, accepted: list[tuple[Message, int]]) -> None:

@@ -8,10 +8,9 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, TimeoutError
 from typing import Callable
 
-from monitor.idlecgroup import join_idle_group
 from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
@@ -63,10 +62,10 @@ class ProcessRenderer:
     """Worker processes (two figure lanes and one for tables, one worker each) that run jobs in
     submission order per file.
 
-    `priority="idle"` (the default) runs each worker in a session of its own at autogroup nice 19,
-    under SCHED_IDLE and, where it may, in an idle CPU cgroup (`yield_cpu`): they get only CPU time that nothing else wants, so a
-    CPU-bound trainer on the same machine gets the cores first (its figures wait until the CPU has
-    time; bench/fit_overhead.py measures what contention remains).
+    `priority="idle"` (the default) runs each worker under SCHED_IDLE, or nice 19 where the OS has
+    no SCHED_IDLE (`yield_cpu`, set by each worker on itself): they get only CPU time that nothing
+    else wants, so a CPU-bound trainer on the same machine gets the cores first (its figures wait
+    until the CPU has time).
     `priority="normal"` renders as soon as a job arrives.
     """
 
@@ -85,6 +84,9 @@ class ProcessRenderer:
         self.on_done = on_done
         self.failures = 0
         self.superseded = 0
+        self.abandoned = 0
+        self._deadline: float | None = None
+        self._abandoning = False  # set by `close` when it kills the workers: their jobs' errors are expected
         for lane in self._lanes:
             lane.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
         # Tables are pure-Python work too (a demo epoch's: ~30 ms of CPU): a third worker draws them at
@@ -126,7 +128,7 @@ class ProcessRenderer:
             for folder, queued in list(self._queued_history.items()):
                 if queued is future:
                     del self._queued_history[folder]
-        if future.cancelled():
+        if future.cancelled() or self._abandoning:
             return
         exc = future.exception()
         if exc is not None:
@@ -140,20 +142,40 @@ class ProcessRenderer:
         with self._lock:
             return len(self._pending)
 
+    def stop_by(self, deadline: float) -> None:
+        """From now on `drain` waits until the monotonic `deadline` at most, and `close` abandons
+        whatever is still pending then (a stop must not wait for renders without bound)."""
+        self._deadline = deadline
+
     def drain(self) -> None:
+        """Waits for every pending job (until the `stop_by` deadline, if one is set)."""
         with self._lock:
             futures = list(self._pending)
         for future in futures:
-            if not future.cancelled():
-                try:
-                    future.exception()  # waits; errors were already logged by _done
-                except CancelledError:
-                    pass
+            timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+            try:
+                future.exception(timeout)  # waits; errors were already logged by _done
+            except (CancelledError, TimeoutError):
+                pass
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Drains, then abandons what is still pending (after a `stop_by` deadline): the workers are
+        killed, and their jobs end with BrokenProcessPool. Returns the number of jobs abandoned."""
         self.drain()
-        for lane in (*self._lanes, self._tables):
-            lane.shutdown(wait=True)
+        with self._lock:
+            left = [future for future in self._pending if not future.done()]
+        pools = (*self._lanes, self._tables)
+        if left:
+            self._abandoning = True
+            for pool in pools:
+                # The workers ignore SIGTERM (see `_init_worker`), so they are killed. The executor has no
+                # public way to stop a running job before Python 3.14 (`terminate_workers`).
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.abandoned = len(left)
+        return self.abandoned
 
 
 def _warm_up_tables() -> None:
@@ -168,9 +190,8 @@ def _warm_up() -> None:
 def _init_worker(priority: str = "idle") -> None:
     """Render-worker start-up: stop signals are the parent's business, and the worker yields the CPU.
 
-    Ctrl-C and a process manager's SIGTERM reach the whole process group (an idle worker leaves it
-    for a session of its own, see `yield_cpu`, but a normal-priority one stays); the parent decides
-    when the worker stops (after the pending renders), so the worker must not die first.
+    Ctrl-C and a process manager's SIGTERM reach the whole process group; the parent decides when
+    the worker stops, so the worker must not die first.
     """
     import signal
 
@@ -190,64 +211,9 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
 
 
 def yield_cpu() -> None:
-    """Give the calling process only CPU time that nothing else wants.
-
-    SCHED_IDLE (else nice 19) alone is not enough where the kernel groups processes by session
-    ("autogroup", on by default in most desktop and many server kernels): the scheduler first
-    shares the CPU fairly between sessions, and only then between the processes inside each. A
-    monitor started in a second terminal is its own session, so its idle workers still took a
-    full session's share from the trainer. `bench/cpu_interference.py` measures it:
-    an idle spinner in another session slowed a 2-thread trainer about 4.5 times on the project
-    machine. So the worker also starts a session of its own and sets that session's autogroup to
-    nice 19, the lowest share there is. Even so, a trainer thread that wakes while such a session
-    runs waits for the running task's slice: the worker then also joins an idle CPU cgroup where it
-    can (`monitor.idlecgroup`), which every other group preempts at once. All three steps are best
-    effort: without autogroup there is nothing to lower, without write access to a cgroup nothing
-    to join.
-    """
-    try:
-        os.setsid()  # a process-group leader cannot; a spawned worker never is one
-    except (AttributeError, OSError):
-        pass
-    lower_session_share()
-    join_idle_group()
+    """Give the calling process only CPU time that nothing else wants: SCHED_IDLE where the OS has
+    it, else nice 19. Changes this process alone (no session, no cgroup); needs no privilege."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         os.nice(19 - os.nice(0))
-
-
-def lower_session_share() -> None:
-    """Set the calling process's session to autogroup nice 19, the lowest share of the CPU that a
-    session can have against the others. Best effort: without autogroup there is nothing to lower.
-    Only for a process that leads its session, or whose session holds nothing but its own."""
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write("19")
-    except OSError:
-        pass
-
-
-def lower_monitor_share(priority: str) -> None:
-    """Where the monitor (serve or watch) leads a session of its own (under honcho, systemd or
-    setsid) and renders at idle priority, give that session the lowest share of the CPU.
-
-    At an equal share, serve's own ~25 ms of work per epoch end added about 18 ms to the trainer's
-    epoch boundary (bench/fit_overhead.py, BENCHMARKS.md §1). The policy stays SCHED_OTHER, so the
-    monitor's threads still preempt its own SCHED_IDLE workers at once (under SCHED_IDLE the
-    receive loop waited for them: 36 ms pauses at 1,000 classes, bench/monitor_render.py). A
-    terminal's session is the shell's, whose share must not change: started there, the command has
-    already moved its work to a new session (monitor/session.py), so this runs in that child.
-
-    Where it can, the monitor also moves into the idle CPU cgroup its workers join
-    (`monitor.idlecgroup`): a lowered session is still a group that a waking trainer thread waits
-    behind, an idle cgroup is not (BENCHMARKS.md §1: the trainer's threads waited 36 to 42 ms more
-    per demo fit than with no monitor, 310 to 348 ms before; with only the workers in the group,
-    71 ms). Its threads keep SCHED_OTHER, so inside the group they still come before its SCHED_IDLE
-    workers.
-    """
-    if priority != "idle":
-        return
-    join_idle_group()
-    if os.getsid(0) == os.getpid():
-        lower_session_share()

@@ -1,4 +1,15 @@
-"""`monitor serve`: the receiver thread feeds the pipeline; figures and tables are drawn in worker processes."""
+"""`monitor serve`: the receiver thread feeds the pipeline; figures and tables are drawn in worker processes.
+
+Start-up: the socket is bound and the receiver thread (which logs every frame to its run's
+messages.mlog and queues it) started before torch, matplotlib or the pipeline are imported, so the
+monitor listens at once; what arrives meanwhile is processed once they are loaded.
+
+Stop (Ctrl-C, SIGTERM): bounded in time whatever the senders do. The receiver drains the socket
+(`receiver.DRAIN_MAX_S` at most) and closes the logs; queued messages are processed for
+`signals.PROCESS_S`; pending renders and tables get what is left of `signals.STOP_S`, then are abandoned and the
+workers killed; summary.json and stats are written. Whatever was not processed or drawn is in the
+logs, and `monitor replay` redoes it; the closing line gives the numbers.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +19,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from rich.console import Console
-
-from monitor.confusion import confusion_counts
-from monitor.console import MonitorConsole
-from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.endpoint import CurveServerKeys, check_bind
-from monitor.pipeline import Pipeline, write_stats
 from monitor.receiver import Receiver
-from monitor.renderer import ProcessRenderer, lower_monitor_share
-from monitor.signals import stop_on_signals
+from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from monitor.pipeline import Pipeline
 
 TICK_S = 0.25
 
@@ -33,6 +41,72 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
+    receiver.start()
+    # The receiver stops taking frames as soon as a stop is asked, even while the start-up below goes on.
+    threading.Thread(target=lambda: stop.wait() and receiver.stop(), name="monitor-stop", daemon=True).start()
+    console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
+                  highlight=False)
+    if ready_file is not None:
+        ready_file.write_text(receiver.endpoint + "\n")
+    pipeline, renderer, records, dashboard = _start_pipeline(out, console, epoch_timeout, stale_after, render_priority)
+
+    def refresh(now: bool = False) -> None:
+        if not dashboard.active:
+            return
+        from monitor.dashboard import dashboard_caption, dashboard_rows
+
+        caption = dashboard_caption(frames=receiver.intake.frames, rejected=receiver.intake.rejected + pipeline.rejected,
+                                    render_queue=renderer.pending)
+        dashboard.show(dashboard_rows(pipeline.runs.values()), caption, endpoint=receiver.endpoint, now=now)
+
+    with dashboard:
+        while not stop.is_set():
+            _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=stop)
+            pipeline.tick()
+            refresh()
+        stopping = stop_requested_at(stop)
+        # The hand-off queue may hold very many messages (a flood): a full collection would walk them all
+        # with the GIL held. The stop makes few objects, and reference counting frees them.
+        gc.disable()
+        receiver.stop()
+        while (receiver.is_alive() or not receiver.messages.empty()) and time.monotonic() < stopping + PROCESS_S:
+            _process(receiver, pipeline, until=min(time.monotonic() + TICK_S, stopping + PROCESS_S), stop=None)
+        receiver.join(max(0.0, stopping + STOP_S - time.monotonic()))
+        unprocessed = _discard(receiver)
+        renderer.stop_by(stopping + STOP_S)
+        records.stop_by(stopping + STOP_S)
+        pipeline.finish()
+        abandoned = renderer.close() + records.abandoned
+        refresh(now=True)
+    from monitor.pipeline import write_stats
+
+    rejected = receiver.intake.rejected + pipeline.rejected
+    if receiver.curve_refusals:
+        rejected["curve_handshake"] += receiver.curve_refusals
+    write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
+                pipeline=pipeline)
+    if unprocessed or abandoned:
+        console.print(f"monitor: stopped before processing {unprocessed} logged message(s) and drawing {abandoned} "
+                      f"figure(s) or table(s); `monitor replay {out}/<run>/messages.mlog` redoes them",
+                      highlight=False)
+    console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
+                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
+    return 0
+
+
+def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_after: float | None,
+                    render_priority: str):
+    """The heavy part, imported and started once the receiver listens: torch, the pipeline, the
+    render workers, the dashboard."""
+    import numpy as np
+    import torch
+
+    from monitor.confusion import confusion_counts
+    from monitor.console import MonitorConsole
+    from monitor.dashboard import Dashboard
+    from monitor.pipeline import Pipeline
+    from monitor.renderer import ProcessRenderer
+
     dashboard = Dashboard(console)
     pipeline: Pipeline | None = None
 
@@ -45,53 +119,17 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
-    # The first confusion count in a process costs 6.5 ms, the next 0.75 ms (43 classes, measured
-    # apart): torch and torchmetrics set up on first use. Done now, it stays out of the first epoch.
+    # The first confusion count in a process costs several times the next (torch and torchmetrics set
+    # up on first use). Done now, it stays out of the first epoch.
     confusion_counts(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 1)
-    receiver.start()
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
-    # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread.
-    gc.collect()
+    # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread. No
+    # collection first: it would also walk every message queued meanwhile, which a flood makes millions.
     gc.freeze()
     # The pipeline thread's pure-Python work (tables) hands the GIL over every switch interval when
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
-    # Only now: lowered before start-up, serve took 41.9 to 81.0 s to listen beside a trainer that keeps
-    # both cores busy, against 10.3 to 11.4 s lowered here (bench/monitor_startup.py, BENCHMARKS §3).
-    lower_monitor_share(render_priority)
-    console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
-                  highlight=False)
-    if ready_file is not None:
-        ready_file.write_text(receiver.endpoint + "\n")
-
-    def refresh(now: bool = False) -> None:
-        if not dashboard.active:
-            return
-        caption = dashboard_caption(frames=receiver.intake.frames, rejected=receiver.intake.rejected + pipeline.rejected,
-                                    render_queue=renderer.pending)
-        dashboard.show(dashboard_rows(pipeline.runs.values()), caption, endpoint=receiver.endpoint, now=now)
-
-    with dashboard:
-        while not stop.is_set():
-            _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=stop)
-            pipeline.tick()
-            refresh()
-        # Graceful stop: the receiver drains the socket, then every queued message and render completes.
-        receiver.stop()
-        while receiver.is_alive() or not receiver.messages.empty():
-            _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=None)
-        receiver.join()
-        pipeline.finish()
-        renderer.close()
-        refresh(now=True)
-    rejected = receiver.intake.rejected + pipeline.rejected
-    if receiver.curve_refusals:
-        rejected["curve_handshake"] += receiver.curve_refusals
-    write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
-                pipeline=pipeline)
-    console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
-    return 0
+    return pipeline, renderer, records, dashboard
 
 
 def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threading.Event | None) -> None:
@@ -101,3 +139,14 @@ def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threadi
         except queue.Empty:
             return
         pipeline.handle(message, size, resumed=resumed)
+
+
+def _discard(receiver: Receiver) -> int:
+    """Empties the hand-off queue; returns how many messages it held (logged, never processed)."""
+    count = 0
+    while True:
+        try:
+            receiver.messages.get(block=False)
+        except queue.Empty:
+            return count
+        count += 1

@@ -11,15 +11,36 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from multiprocessing import resource_tracker
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# A stop is bounded in time whatever the senders do (serve, watch), counted from when it is seen:
+PROCESS_S = 4.0  # taking in and processing what is already queued or written
+STOP_S = 8.0  # everything but the final writes and the workers' exit (pending renders get what is left)
 
 
-def stop_on_signals() -> threading.Event:
+class Stop(threading.Event):
+    """An Event that keeps when it was first set (`time.monotonic()`, in `at`): a stop's time limits
+    count from the request, not from when a busy loop noticed it."""
+
+    at: float | None = None
+
+    def set(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+        super().set()
+
+
+def stop_requested_at(stop: threading.Event) -> float:
+    """When `stop` was set (a `Stop`), else now."""
+    return getattr(stop, "at", None) or time.monotonic()
+
+
+def stop_on_signals() -> Stop:
     """Call first, before imports start threads: threads inherit the blocked mask.
     The first signal sets the event; a second one ends the process at once (exit status 130)."""
-    stop = threading.Event()
+    stop = Stop()
 
     def on_signal(*_: object) -> None:
         if stop.is_set():

@@ -21,8 +21,8 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
-from monitor.renderer import ProcessRenderer, lower_monitor_share
-from monitor.signals import stop_on_signals
+from monitor.renderer import ProcessRenderer
+from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
 RESCAN_S = 2.0
@@ -66,9 +66,13 @@ class SpoolWatcher:
     def rescan(self) -> set[Path]:
         return {p for p in self.folder.rglob("*.mlog") if self._is_spool(p)}
 
-    def poll(self, paths: set[Path]) -> int:
+    def poll(self, paths: set[Path], until: float | None = None) -> int:
+        """Reads what is new in each of `paths` and feeds it to the pipeline; stops between files at
+        the monotonic `until` (what is left stays in the spools). Returns the number of frames read."""
         frames = 0
         for path in sorted(paths):
+            if until is not None and time.monotonic() >= until:
+                break
             if not self._is_spool(path) or path in self.failed:
                 continue
             follower = self.followers.get(path)
@@ -102,16 +106,16 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     renderer = ProcessRenderer(priority=render_priority)
-    pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout,
-                        stale_after=stale_after)
+    records = MonitorConsole(console, fresh=False, offload=renderer.table)
+    pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)
     observer.start()
-    lower_monitor_share(render_priority)  # after start-up, as in serve
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
+    stopping = None
     try:
         next_rescan = 0.0
         while not stop.is_set():
@@ -122,15 +126,22 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
             watcher.poll(paths)
             pipeline.tick()
             stop.wait(TICK_S)
-        watcher.poll(watcher.rescan())  # whatever was written before the stop is still taken
+        stopping = stop_requested_at(stop)
+        watcher.poll(watcher.rescan(), until=stopping + PROCESS_S)  # what was written before the stop, in time
     finally:
+        stopping = stopping or time.monotonic()
         observer.stop()
         observer.join(5)
+        renderer.stop_by(stopping + STOP_S)
+        records.stop_by(stopping + STOP_S)
         pipeline.finish()
-        renderer.close()
+        abandoned = renderer.close() + records.abandoned
         watcher.close()
         write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
                     rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
+    if abandoned:
+        console.print(f"monitor: stopped before drawing {abandoned} figure(s) or table(s); `monitor replay` of the "
+                      f"run logs under {out}/ redraws them", highlight=False)
     console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "
                   f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
     return 0

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real `monitor serve` process on a free loopback port, and the tiny trainer."""
+"""Shared fixtures: a real `monitor serve` process on a free loopback port, and the tiny trainer.
+
+Every Emitter a test makes is closed after the test, passed or failed (`close_emitters`): an open one
+keeps a ZeroMQ context that can hold the interpreter at exit. Tests that start monitor or trainer
+processes are marked `slow`; `pytest -m "not slow"` (make check) runs the rest.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +43,8 @@ def free_port() -> int:
 
 
 class MonitorProcess:
-    """`monitor serve` in a session of its own, as honcho and systemd start it (`own_session=False`: as
-    from a terminal, where serve moves its work to a child; `proc` is then that thin parent)."""
+    """`monitor serve` in a session of its own, as honcho and systemd start it (`own_session=False`: in
+    the test's session, as from a terminal)."""
 
     def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = True) -> None:
         self.out = out
@@ -75,6 +80,59 @@ class MonitorProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.log.close()
+
+
+@pytest.fixture(autouse=True)
+def close_emitters(monkeypatch):
+    """Closes every Emitter made during the test, after it, whatever the test did."""
+    from trainer_side.emitter import Emitter
+
+    made: list[Emitter] = []
+    build = Emitter.__init__
+
+    def tracked(self: Emitter, *args: object, **kwargs: object) -> None:
+        build(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Emitter, "__init__", tracked)
+    yield
+    for emitter in made:
+        emitter.close()
+
+
+# What a test names (or a fixture it uses) that starts monitor, render-worker or trainer processes.
+SLOW_NAMES = {"MonitorProcess", "run_tiny", "subprocess", "ProcessRenderer", "start_monitor", "served_run"}
+SLOW_TIMEOUT_S = 600  # a slow test's own timeout (the others get pyproject's): a DDP trainer alone may take 400 s
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks `slow` every test that starts processes: it uses such a fixture, or it or a helper function
+    of its module that it calls names one of SLOW_NAMES."""
+    for item in items:
+        function = getattr(item, "function", None)
+        names = set(getattr(item, "fixturenames", ())) | (_names_used(function) if function else set())
+        if names & SLOW_NAMES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+def _names_used(function: Callable, seen: set | None = None) -> set[str]:
+    """The global names a test function uses, and those of the same module's functions it calls."""
+    seen = set() if seen is None else seen
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen:
+        return set()
+    seen.add(code)
+    names = set(code.co_names)
+    for const in code.co_consts:  # nested functions and lambdas
+        if hasattr(const, "co_names"):
+            names |= set(const.co_names)
+    for name in list(names):
+        helper = function.__globals__.get(name)
+        if callable(helper) and getattr(helper, "__module__", None) == function.__module__:
+            names |= _names_used(helper, seen)
+    return names
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ order they were made, identical to drawing them inline, and a failed worker cost
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -80,23 +81,40 @@ def test_a_table_worker_that_cannot_take_jobs_leaves_the_tables_to_the_monitor(t
     assert terminal.file.getvalue() == expected_screen
 
 
-def test_a_waiting_table_holds_back_the_lines_and_notes_after_it(tmp_path):
+def test_a_waiting_table_holds_back_its_runs_later_lines_but_no_other_runs_output_or_notes(tmp_path):
     future: Future = Future()
     terminal = _terminal()
     console = MonitorConsole(terminal, fresh=True, offload=lambda job: future)
     rows = tables.sampler_rows(["a", "b"], [3, 1], [0.5, 0.5])
+    slow, other = tmp_path / "slow", tmp_path / "other"
+    console.line(slow, "before")
+    console.table(slow, lambda: tables.sampler_table(rows, 0))
+    console.line(slow, "after")
+    console.line(other, "other run")
+    console.note("a note")
+    assert (slow / "console.txt").read_text() == "before\n"
+    assert (other / "console.txt").read_text() == "other run\n"
+    console.flush()  # still drawing: nothing of that run moves
+    assert (slow / "console.txt").read_text() == "before\n"
+    future.set_result(("TABLE\n", "\x1b[1mTABLE\x1b[0m"))
+    console.flush()
+    assert (slow / "console.txt").read_text() == "before\nTABLE\nafter\n"
+    assert [line.strip() for line in Text.from_ansi(terminal.file.getvalue()).plain.splitlines()] == \
+        ["before", "other run", "a note", "TABLE", "after"]
+
+
+def test_past_the_stop_deadline_a_table_still_being_drawn_is_abandoned_not_drawn_here(tmp_path):
+    drawn: list[TableJob] = []
+    terminal = _terminal()
+    console = MonitorConsole(terminal, fresh=True, offload=lambda job: drawn.append(job) or Future())
+    rows = tables.sampler_rows(["a", "b"], [3, 1], [0.5, 0.5])
     console.line(tmp_path, "before")
     console.table(tmp_path, lambda: tables.sampler_table(rows, 0))
     console.line(tmp_path, "after")
-    console.note("a note")
-    assert (tmp_path / "console.txt").read_text() == "before\n"
-    console.flush()  # still drawing: nothing moves
-    assert (tmp_path / "console.txt").read_text() == "before\n"
-    future.set_result(("TABLE\n", "\x1b[1mTABLE\x1b[0m"))
-    console.flush()
-    assert (tmp_path / "console.txt").read_text() == "before\nTABLE\nafter\n"
-    assert [line.strip() for line in Text.from_ansi(terminal.file.getvalue()).plain.splitlines()] == \
-        ["before", "TABLE", "after", "a note"]
+    console.stop_by(time.monotonic())
+    console.flush(wait=True)
+    assert console.abandoned == 1 and console.pending == 0 and len(drawn) == 1
+    assert (tmp_path / "console.txt").read_text() == "before\nafter\n"
 
 
 def test_terminal_text_prints_exactly_what_printing_the_table_prints():

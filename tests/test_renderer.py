@@ -17,7 +17,6 @@ from rich.table import Table
 
 from monitor.jobs import ConfusionJob, HistoryJob, TableJob
 from monitor.renderer import InlineRenderer, ProcessRenderer
-from test_idlecgroup import REAL_GROUP, in_idle_group, needs_cgroup
 
 # The jobs below run in spawned workers, which import this module by name to unpickle them.
 
@@ -29,11 +28,9 @@ class Probe:
     png: Path
 
     def run(self) -> None:
-        autogroup = Path("/proc/self/autogroup")
         self.png.write_text(json.dumps({"pid": os.getpid(), "policy": os.sched_getscheduler(0),
                                         "nice": os.nice(0), "sid": os.getsid(0),
-                                        "autogroup": autogroup.read_text() if autogroup.exists() else None,
-                                        "in_idle_group": in_idle_group(os.getpid())}))
+                                        "cgroup": Path("/proc/self/cgroup").read_text()}))
 
 
 @dataclass(frozen=True)
@@ -87,49 +84,10 @@ def test_idle_priority_puts_every_lane_under_sched_idle_in_separate_processes(tm
     confusion, figure, table = _probe_every_lane(tmp_path, "idle")
     assert confusion["policy"] == figure["policy"] == table["policy"] == os.SCHED_IDLE
     assert len({confusion["pid"], figure["pid"], table["pid"], os.getpid()}) == 4
-
-
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
-def test_idle_workers_lead_their_own_session_at_the_lowest_autogroup_share(tmp_path):
-    # SCHED_IDLE only ranks processes within one session's group; across sessions (a monitor in
-    # a second terminal) the group's share decides, so each worker gets a group of its own at nice 19.
-    for worker in _probe_every_lane(tmp_path, "idle"):
-        assert worker["sid"] == worker["pid"] != os.getsid(0)
-        assert worker["autogroup"].strip().endswith("nice 19"), worker["autogroup"]
-
-
-@needs_cgroup
-def test_idle_workers_join_the_idle_cpu_cgroup_and_normal_ones_do_not(tmp_path):
-    # A session at autogroup nice 19 is still a group that a waking trainer thread waits behind; an
-    # idle cgroup is preempted at once (BENCHMARKS.md: the trainer's run-queue wait).
-    for priority in ("idle", "normal"):
-        (tmp_path / priority).mkdir()
-    assert all(worker["in_idle_group"] for worker in _probe_every_lane(tmp_path / "idle", "idle"))
-    assert not in_idle_group(os.getpid())  # the process that made the renderer stays where it was
-    assert not any(worker["in_idle_group"] for worker in _probe_every_lane(tmp_path / "normal", "normal"))
-
-
-def _scheduling(pid: int) -> tuple[int, str]:
-    return os.sched_getscheduler(pid), Path(f"/proc/{pid}/autogroup").read_text().strip()
-
-
-@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup")
-def test_serve_that_leads_its_session_takes_the_lowest_share(start_monitor, tmp_path):
-    ours = _scheduling(os.getpid())
-    # As honcho and systemd start it: its session is its own, so it takes the lowest share there is,
-    # but keeps its policy, so that its receive loop still preempts its SCHED_IDLE workers.
-    leader = start_monitor(tmp_path / "leader")
-    policy, autogroup = _scheduling(leader.proc.pid)
-    assert policy == ours[0] and autogroup.endswith("nice 19"), (policy, autogroup)
-    assert _scheduling(os.getpid()) == ours
-    if REAL_GROUP is not None:  # the idle cgroup too, where this machine lets a process join it
-        assert in_idle_group(leader.proc.pid)
-    assert leader.stop() == 0
-    # --render-priority normal keeps the whole monitor at normal priority, session or not
-    # (tests/test_session.py: started in a terminal's session, it does not move either).
-    normal = start_monitor(tmp_path / "normal", "--render-priority", "normal")
-    assert _scheduling(normal.proc.pid)[1].endswith("nice 0")
-    assert normal.stop() == 0
+    # Only the policy changes: each worker stays in the session and cgroup of the process that made it.
+    own_cgroup = Path("/proc/self/cgroup").read_text()
+    for worker in (confusion, figure, table):
+        assert worker["sid"] == os.getsid(0) and worker["cgroup"] == own_cgroup
 
 
 def test_normal_priority_leaves_the_workers_alone(tmp_path):

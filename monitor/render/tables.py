@@ -16,6 +16,9 @@ TABLE_NAME_MAX_CHARS = 40
 # Above this many classes the terminal gets a shortened table (console.txt always has every row): a
 # 1,000-row table scrolls the screen away, and rendering it twice cost the monitor 0.4 s per epoch.
 TERMINAL_MAX_CLASS_ROWS = 30
+# console.txt gets at most this many class rows per table, chosen the same way (the run's JSON files keep
+# every class): drawing takes time in proportion to the rows, and tables are drawn one at a time.
+RECORD_MAX_CLASS_ROWS = 1000
 TABLE_WIDTH = 100
 MISSING = "—"
 MODEL_INFO_KEYS = ("class", "total_params", "trainable_params", "size_mb")
@@ -74,7 +77,7 @@ def class_distribution_table(rows: Sequence[ClassDistributionRow],
     """The "Dataset Class Distribution" table, with a total row over all `rows`; `shown` limits the
     class rows drawn (see `smallest_and_largest`)."""
     table = Table(title="Dataset Class Distribution",
-                  caption=_shortened_caption(rows, shown, "smallest and largest"))
+                  caption=_shortened_caption(rows, shown, "smallest and largest", "dataset_statistics.json"))
     table.add_column("Class Name")
     table.add_column("Index", justify="right")
     table.add_column("Count", justify="right")
@@ -99,10 +102,11 @@ def smallest_and_largest(rows: Sequence[ClassDistributionRow],
     return sorted(chosen, key=lambda row: row.index)
 
 
-def _shortened_caption(rows: Sequence[object], shown: Sequence[object] | None, which: str) -> Text | None:
+def _shortened_caption(rows: Sequence[object], shown: Sequence[object] | None, which: str, json_file: str) -> Text | None:
     if shown is None or len(shown) == len(rows):
         return None
-    return Text(f"{len(shown)} of {len(rows):,} classes shown ({which}); every class is in the run's console.txt")
+    where = "the run's console.txt" if len(rows) <= RECORD_MAX_CLASS_ROWS else json_file
+    return Text(f"{len(shown)} of {len(rows):,} classes shown ({which}); every class is in {where}")
 
 
 # ---------------------------------------------------------------------------- model information
@@ -144,7 +148,8 @@ def sampler_table(rows: Sequence[SamplerRow], epoch: int, shown: Sequence[Sample
     """The per-epoch sampler table, with a total row over all `rows`; `shown` limits the class rows
     drawn (see `furthest_from_expected`)."""
     table = Table(title=f"Sampler Distribution — epoch {epoch}",
-                  caption=_shortened_caption(rows, shown, "furthest from their expected count"))
+                  caption=_shortened_caption(rows, shown, "furthest from their expected count",
+                                              f"epoch_{epoch:03d}/sampler_distribution.json"))
     table.add_column("Class Name")
     table.add_column("Sampled Count", justify="right")
     table.add_column("Expected Count", justify="right")
