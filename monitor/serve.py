@@ -18,6 +18,7 @@ from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.endpoint import CurveServerKeys, check_bind
 from monitor.pipeline import Pipeline, write_stats
+from monitor.quotas import Limits
 from monitor.receiver import Receiver
 from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
@@ -27,11 +28,11 @@ TICK_S = 0.25
 
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None, render_priority: str = "idle") -> int:
+          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None) -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
-    receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
+    receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve, limits=limits)
     dashboard = Dashboard(console)
     pipeline: Pipeline | None = None
 
