@@ -11,7 +11,6 @@ from typing import Callable
 
 from rich.table import Table
 
-from monitor.confusion import accuracy
 from monitor.console import MonitorConsole
 from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import run_dir
@@ -149,18 +148,17 @@ class Pipeline:
     # --- epochs -------------------------------------------------------------------------------
 
     def _render_ready(self, run: RunState, flush: bool = False) -> None:
-        for number, missing in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
+        for number, missing, named in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
             if missing and not run.finished:
-                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
-                                  f"{', '.join(map(str, missing))} (no epoch_end from them)")
+                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) {describe_ranks(missing, named)} "
+                                  "(no epoch_end from them)")
             self._render_epoch(run, number)
-            if not missing:
+            if not missing and run.start is not None:
                 run.release(number)
 
     def _render_epoch(self, run: RunState, number: int) -> None:
         epoch = run.epochs[number]
-        epoch.dirty = False
-        epoch.rendered = True
+        run.drawn(number)
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return
@@ -168,7 +166,7 @@ class Pipeline:
         epoch_dir = folder / f"epoch_{number:03d}"
         names = run.class_names
         counts = run.confusion(number)
-        if counts is not None:
+        if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
             self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
                                               counts, names, f"Confusion matrix — epoch {number}"))
         if epoch.samples is not None:
@@ -194,7 +192,7 @@ class Pipeline:
                       ([e, *(_csv_value(run.history[e].get(c)) for c in columns)] for e in sorted(run.history)))
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
-            None if counts is None else accuracy(counts), run.world))
+            epoch.accuracy if counts is None else counts.accuracy(), run.world))
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)
@@ -220,6 +218,16 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
     })
+
+
+def describe_ranks(count: int, named: list[int]) -> str:
+    """"3", "3, 7 and 9", "3, 7, 9 and 1,048,560 more": `count` ranks, of which `named` are the first few."""
+    shown = ", ".join(map(str, named))
+    rest = count - len(named)
+    if rest:
+        return f"{shown} and {rest:,} more"
+    head, _, last = shown.rpartition(", ")
+    return f"{head} and {last}" if head else last
 
 
 def _shortened(record: partial, rows: list, pick: Callable[[list], list]) -> Callable[[], Table] | None:
