@@ -68,8 +68,8 @@ class RunState:
         self.epochs: dict[int, EpochState] = {}
         self.history: dict[int, dict[str, float]] = {}
         self.ranks: dict[int, RankCounters] = {}
-        self.ended: dict[int, str] = {}  # rank -> run_end status
-        self._failed_ranks = 0  # ranks in `ended` with status "failed"
+        self.ended: dict[int, str] = {}  # rank -> run_end status; change it with `_set_ended` only
+        self._ended_as: Counter[str] = Counter()  # run_end status -> ranks in `ended` with it
         self.dirty: set[int] = set()  # epochs with new data since they were last drawn
         self.rendered: set[int] = set()  # epochs drawn at least once
         self.errors: list[str] = []
@@ -90,15 +90,14 @@ class RunState:
     def status(self) -> str:
         if not self.ended:
             return "running"
-        if self._failed_ranks:
-            return "failed"
-        if "interrupted" in self.ended.values():
-            return "interrupted"
+        for status in ("failed", "interrupted"):
+            if self._ended_as[status]:
+                return status
         return "completed" if len(self.ended) >= self.world else "running"
 
     @property
     def finished(self) -> bool:
-        return len(self.ended) >= self.world or self._failed_ranks > 0
+        return len(self.ended) >= self.world or self._ended_as["failed"] > 0
 
     # --- bookkeeping every message goes through -----------------------------------------------
 
@@ -170,8 +169,7 @@ class RunState:
             raise RejectedMessage(f"run {self.run!r} restarted with a different training set")
         if message.rank == 0 or self.start is None:
             self.start = message
-        # a run resumed under the same id is running again
-        self._failed_ranks -= self.ended.pop(message.rank, None) == "failed"
+        self._set_ended(message.rank, None)  # a run resumed under the same id is running again
 
     def on_preds(self, message: Message) -> EpochState:
         preds, labels = message["preds"], message["labels"]
@@ -233,10 +231,19 @@ class RunState:
     def on_run_end(self, message: Message) -> None:
         counters = self.ranks.setdefault(message.rank, RankCounters())
         counters.sent, counters.dropped = message["sent"], message["dropped"]
-        self._failed_ranks += (message["status"] == "failed") - (self.ended.get(message.rank) == "failed")
-        self.ended[message.rank] = message["status"]
+        self._set_ended(message.rank, message["status"])
         if message["error"]:
             self.errors.append(f"rank {message.rank}: {message['error']}")
+
+    def _set_ended(self, rank: int, status: str | None) -> None:
+        """Records a rank's run_end status (None: running again), keeping the count per status that
+        `status` and `finished` read without walking every rank."""
+        earlier = self.ended.pop(rank, None)
+        if earlier is not None:
+            self._ended_as[earlier] -= 1
+        if status is not None:
+            self.ended[rank] = status
+            self._ended_as[status] += 1
 
     # --- what is ready ------------------------------------------------------------------------
 
