@@ -10,6 +10,9 @@ import numpy as np
 # A C×C int64 matrix costs 8·C² bytes when it is drawn; past this many classes the monitor draws no
 # matrix (the run's preds are refused with a reason).
 MAX_CONFUSION_CLASSES = 4096
+# Counting a batch takes about this much memory a sample while it runs (flat int64 cell indices, their
+# sorted copy, the unique mask); part of the ceiling stated in docs/design-notes.md.
+WORKING_BYTES_PER_SAMPLE = 32
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,8 @@ class Pipeline:
     def _render_ready(self, run: RunState, flush: bool = False) -> None:
         for number, missing, named in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
             if missing and not run.finished:
-                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) {describe_ranks(missing, named)} "
-                                  "(no epoch_end from them)")
+                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
+                                  f"{describe_ranks(missing, named)} (no epoch_end from them)")
             self._render_epoch(run, number)
             if not missing and run.start is not None:
                 run.release(number)
