@@ -130,20 +130,23 @@ class RunState:
             self.latest_epoch = number
         return state
 
-    def _open_epoch(self, message: Message) -> EpochState:
-        """The epoch a preds, samples or sampled message adds to, marked dirty. A released epoch
-        refuses data from a sender it heard (LateData) and starts afresh for a new one (a resumed
-        training that repeats the epoch)."""
+    def _open_epoch(self, message: Message, *, data: bool = True) -> EpochState | None:
+        """The epoch a message adds to; `data` (preds, samples, sampled) marks it dirty. A released
+        epoch starts afresh for a sender it has not heard (a resumed training that repeats the
+        epoch); from a sender it heard, data is refused (LateData) and an epoch end gives None."""
         number = message["epoch"]
         epoch = self.epoch(number)
         sender = getattr(message, "sender", "")
         if epoch.released:
             if sender in epoch.senders:
+                if not data:
+                    return None
                 raise LateData(f"{message.kind} from rank {message.rank} for epoch {number}, which was already "
                                "drawn with every rank and freed: ignored (the run's log keeps it)")
             epoch = self.epochs[number] = EpochState()
         epoch.senders.add(sender)
-        self.dirty.add(number)
+        if data:
+            self.dirty.add(number)
         return epoch
 
     def _check_labels(self, message: Message, *arrays: np.ndarray) -> None:
@@ -220,10 +223,10 @@ class RunState:
     def on_epoch_end(self, message: Message, now: float) -> EpochState:
         counters = self.ranks.setdefault(message.rank, RankCounters())
         counters.sent, counters.dropped = message["sent"], message["dropped"]
-        epoch = self.epoch(message["epoch"])
-        if not epoch.released:
-            epoch.ended_ranks.add(message.rank)
-            epoch.senders.add(getattr(message, "sender", ""))
+        epoch = self._open_epoch(message, data=False)
+        if epoch is None:
+            return self.epochs[message["epoch"]]  # a repeated end of an epoch already drawn and freed
+        epoch.ended_ranks.add(message.rank)
         if epoch.first_end_at is None:
             epoch.first_end_at = now
         return epoch
