@@ -256,7 +256,7 @@ class RunState:
         missing = self.world - len(epoch.ended_ranks)
         named: list[int] = []
         rank = 0
-        while len(named) < min(missing, NAMED_MISSING_RANKS):
+        while len(named) < min(missing, NAMED_MISSING_RANKS) and rank < self.world:
             if rank not in epoch.ended_ranks:
                 named.append(rank)
             rank += 1
