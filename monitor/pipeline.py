@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from functools import partial
@@ -21,6 +22,8 @@ from trainer_side.protocol import Message
 
 log = logging.getLogger("monitor")
 
+SUMMARY_EVERY_S = 1.0
+
 
 class Pipeline:
     def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
@@ -32,6 +35,8 @@ class Pipeline:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
+        self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
+        self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -77,13 +82,15 @@ class Pipeline:
         """Renders epochs whose missing ranks timed out; call it periodically while serving."""
         for run in list(self.runs.values()):
             self._render_ready(run)
+            if run.run in self._summaries_due:
+                self._write_summary(run)
         self.console.flush()
 
     def finish(self) -> None:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
 
@@ -114,7 +121,19 @@ class Pipeline:
             if run.finished:
                 self._write_run_end(run)
         if kind in ("run_start", "epoch_end", "run_end"):
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run, at_once=kind != "epoch_end")
+
+    def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
+        """Writes the run's summary.json; after an epoch end, at most once per SUMMARY_EVERY_S per run
+        (later ones are written by `tick`): the summary lists every rank, so a sender's flood of epoch
+        ends from many ranks would otherwise cost time proportional to ranks times messages."""
+        now = self.clock()
+        if not at_once and now - self._summary_written.get(run.run, -math.inf) < SUMMARY_EVERY_S:
+            self._summaries_due.add(run.run)
+            return
+        self._summaries_due.discard(run.run)
+        self._summary_written[run.run] = now
+        write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
 
     # --- run start ----------------------------------------------------------------------------
 

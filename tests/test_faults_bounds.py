@@ -339,3 +339,33 @@ def test_serve_refuses_a_run_over_max_runs_and_says_which_flag_raises_it(tmp_pat
     assert not (tmp_path / "out" / "second").exists()
     lines = [line for line in monitor.output().splitlines() if "--max-runs" in line]
     assert len(lines) == 1, monitor.output()
+
+
+def test_a_flood_of_epoch_ends_from_many_ranks_rewrites_summary_json_once_per_second(tmp_path, monkeypatch):
+    import monitor.pipeline as pipeline_module
+
+    written: list[int] = []
+    real = pipeline_module.write_json
+
+    def counting(path, payload):
+        if path.name == "summary.json":
+            written.append(len(payload["ranks"]))
+        real(path, payload)
+
+    monkeypatch.setattr(pipeline_module, "write_json", counting)
+    clock = FakeClock()
+    pipeline, _ = _pipeline(tmp_path, clock, timeout=30.0)
+    world = 1000
+    pipeline.handle(_message("run_start", "many", 0, world, 0, _run_start(2)), 100)
+    for rank in range(world):
+        pipeline.handle(_message("epoch_end", "many", rank, world, 1, {"epoch": 0, "sent": 1, "dropped": 0}), 100)
+    assert written == [1]  # at run start; the epoch ends within the same second wait for a tick
+    pipeline.tick()
+    assert written == [1]
+    clock.now += 1.0
+    pipeline.tick()
+    assert written == [1, world]
+    pipeline.tick()
+    assert written == [1, world]  # nothing new to write
+    pipeline.finish()
+    assert written == [1, world, world]
