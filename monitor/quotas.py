@@ -71,17 +71,17 @@ class Quotas:
         usage = self._runs.get(message.run)
         if usage is None:
             if len(self._runs) >= limits.max_runs:
-                return self._refuse(None, message, "quota-runs", f"{limits.max_runs:,} runs")
+                return self._refuse(None, message, "quota-runs", f"{limits.max_runs:,}")
             usage = self._runs[message.run] = _RunUsage()
         if self.total_bytes + size > limits.max_total_bytes:
             return self._refuse(usage, message, "quota-total-bytes", _gb(limits.max_total_bytes))
         if usage.bytes + size > limits.max_run_bytes:
             return self._refuse(usage, message, "quota-run-bytes", _gb(limits.max_run_bytes))
         if message.rank not in usage.ranks and len(usage.ranks) >= limits.max_ranks:
-            return self._refuse(usage, message, "quota-ranks", f"{limits.max_ranks:,} ranks")
+            return self._refuse(usage, message, "quota-ranks", f"{limits.max_ranks:,}")
         if message.kind == "run_start" and len(message["class_names"]) > limits.max_classes:
             return self._refuse(usage, message, "quota-classes",
-                                f"{limits.max_classes:,} classes (it has {len(message['class_names']):,})")
+                                f"{limits.max_classes:,}; this run_start has {len(message['class_names']):,}")
         usage.bytes += size
         usage.ranks.add(message.rank)
         self.total_bytes += size
@@ -95,7 +95,7 @@ class Quotas:
             scope = "this monitor" if reason in _PROCESS_WIDE else f"run {message.run!r}"
             log.warning("%s hit its limit of %s (%s): a %s frame from rank %d was refused, neither logged nor "
                         "processed, as is every further frame over it (counted as %s); %s raises it",
-                        scope, limit, what, message.kind, message.rank, reason, flag)
+                        scope, what, limit, message.kind, message.rank, reason, flag)
         return reason
 
 

@@ -292,7 +292,7 @@ def test_runs_over_the_limit_are_refused_unlogged_counted_and_told_once(tmp_path
     assert intake.rejected == {"quota-runs": 4}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0", "r1"]
     told = [r.getMessage() for r in caplog.records if "limit" in r.getMessage()]
-    assert len(told) == 1 and "2 runs" in told[0] and "--max-runs" in told[0]
+    assert len(told) == 1 and "runs per monitor (2)" in told[0] and "--max-runs" in told[0]
 
 
 def test_bytes_per_run_and_per_monitor_are_capped_and_each_is_counted_under_its_reason(tmp_path, caplog):
