@@ -28,7 +28,8 @@ from bench.monitor_ingest import frames_for
 from monitor.console import MonitorConsole
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.receiver import BATCH_FRAMES, Handoff
+from monitor.handoff import Handoff
+from monitor.receiver import BATCH_FRAMES
 from trainer_side import protocol
 
 

@@ -21,11 +21,20 @@ class UsageError(ValueError):
     """A user error: printed as one line, exit status 2."""
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _positive(kind: type, what: str):
+    """An argparse type: `kind(text)`, which must be above zero."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid float value: 'x'"
+    return parse
+
+
+_positive_float = _positive(float, "positive")
+_positive_int = _positive(int, "a positive whole number")
 
 
 def _add_render_priority(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +45,34 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "stays at normal priority. normal: the workers at normal priority too, each epoch's "
                              "figures and tables drawn as soon as it ends. For more, start the whole monitor in an "
                              "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """What senders may claim (monitor/quotas.py): a frame over a limit is refused, counted, not logged."""
+    from monitor.quotas import GB, Limits
+
+    default = Limits()
+    group = parser.add_argument_group("limits", "what senders may claim; a frame over a limit is refused (not "
+                                                "logged), counted under its reason and reported once per run")
+    group.add_argument("--max-runs", type=_positive_int, default=default.max_runs,
+                       help=f"runs this monitor takes (default {default.max_runs:,})")
+    group.add_argument("--max-run-gb", type=_positive_float, default=default.max_run_bytes / GB,
+                       help=f"GB of frames logged per run (default {default.max_run_bytes / GB:g})")
+    group.add_argument("--max-total-gb", type=_positive_float, default=default.max_total_bytes / GB,
+                       help=f"GB of frames logged by this monitor, all runs together "
+                            f"(default {default.max_total_bytes / GB:g})")
+    group.add_argument("--max-classes", type=_positive_int, default=default.max_classes,
+                       help=f"class names in a run_start (default {default.max_classes:,})")
+    group.add_argument("--max-ranks", type=_positive_int, default=default.max_ranks,
+                       help=f"distinct ranks sending to one run (default {default.max_ranks:,})")
+
+
+def _limits(args: argparse.Namespace):
+    from monitor.quotas import GB, Limits
+
+    return Limits(max_runs=args.max_runs, max_run_bytes=int(args.max_run_gb * GB),
+                  max_total_bytes=int(args.max_total_gb * GB), max_classes=args.max_classes,
+                  max_ranks=args.max_ranks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", type=Path, metavar="FILE",
                        help="write the bound endpoint to FILE once listening (for scripts and tests)")
     _add_render_priority(serve)
+    _add_limits(serve)
 
     replay = sub.add_parser("replay", help="regenerate every artifact from saved message logs",
                             description="Feed message logs (served logs or emitter spools) through the same "
@@ -85,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--skip-corrupt", action="store_true",
                         help="resume at the next whole record after a damaged one, and report what was skipped")
     replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
+    _add_limits(replay)
 
     watch = sub.add_parser("watch", help="follow emitter spool logs in a folder and render live",
                            description="Follow the spool logs that trainers write with EmitterCallback(spool=DIR) "
@@ -102,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--polling", action="store_true",
                        help="poll the folder instead of using file-system events (for network filesystems)")
     _add_render_priority(watch)
+    _add_limits(watch)
 
     inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
                              description="Print per run and rank the message kinds with counts and bytes, the "
@@ -151,12 +191,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
                      stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
-                     render_priority=args.render_priority)
+                     render_priority=args.render_priority, limits=_limits(args))
     if args.command == "replay":
         from monitor.replay import replay
 
         pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
-                                     show_tables=not args.quiet)
+                                     show_tables=not args.quiet, limits=_limits(args))
         rejected = intake.rejected + pipeline.rejected
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
                       f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
@@ -167,7 +207,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, stale_after=args.stale_after,
                      skip_corrupt=args.skip_corrupt,
                      polling=args.polling, console=console, stop=stop,
-                     render_priority=args.render_priority)
+                     render_priority=args.render_priority, limits=_limits(args))
     if args.command == "inspect":
         from monitor.inspect import inspect_logs
 

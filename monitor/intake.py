@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 
 from monitor.logbook import LogBook
+from monitor.quotas import Quotas
 from trainer_side import protocol
 from trainer_side.protocol import Message
 
@@ -13,8 +14,9 @@ log = logging.getLogger("monitor")
 
 
 class Intake:
-    def __init__(self, logbook: LogBook | None) -> None:
+    def __init__(self, logbook: LogBook | None, quotas: Quotas | None = None) -> None:
         self.logbook = logbook
+        self.quotas = quotas or Quotas()  # a frame over a quota is counted under its reason, never logged
         self.rejected: Counter[str] = Counter()  # reason -> frames
         self.last_rejection: str | None = None
         self.frames = 0
@@ -29,17 +31,21 @@ class Intake:
         except protocol.ProtocolError as exc:
             self._reject(exc)
             return None
+        if (refused := self.quotas.admit(message, len(frame))) is not None:
+            self.rejected[refused] += 1
+            return None
         if self.logbook is not None:
             self.logbook.append(message.run, frame)
         return message
 
     def accept_many(self, frames: list[bytes]) -> list[tuple[Message, int]]:
-        """`accept` for a batch of frames: (message, frame size) for each accepted frame, in order.
+        """`accept` for a batch of frames: (message, frame size) for each frame logged, in order.
 
         Each run's frames go to its log with one write, in arrival order, before anything is
         returned. A frame that cannot be decoded for any other reason than a ProtocolError, or that
         cannot be logged (a full disk), is counted as "internal" and not returned: the caller keeps
-        receiving.
+        receiving. A frame over a quota (monitor/quotas.py) is counted under its reason and neither
+        logged nor returned.
         """
         self.frames += len(frames)
         accepted: list[tuple[Message, int]] = []
@@ -55,6 +61,9 @@ class Intake:
                 continue
             except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the receive loop
                 self._internal_error("could not decode a frame", exc, 1)
+                continue
+            if (refused := self.quotas.admit(message, size)) is not None:
+                self.rejected[refused] += 1
                 continue
             accepted.append((message, size))
             run_frames = by_run.get(message.run)

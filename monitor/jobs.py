@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
+from monitor.confusion import SparseCounts
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -20,9 +22,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ConfusionJob:
+    """The confusion matrix PNG and CSV. `counts` is the whole matrix or its nonzero cells; a queued
+    job holds only the cells, and the matrix is made whole where it is drawn."""
+
     png: Path
     csv: Path
-    counts: np.ndarray
+    counts: np.ndarray | SparseCounts
     class_names: Sequence[str]
     title: str
 
@@ -31,7 +36,8 @@ class ConfusionJob:
         # is 8 MB and held it up to 10 ms, one of the receive loop's longest pauses (118 ms at 4,096
         # classes; bench/confusion_handoff.py). Packed, the same matrix is 117 kB.
         state = {field.name: getattr(self, field.name) for field in fields(self)}
-        state["counts"] = pack_counts(self.counts)
+        counts = self.counts
+        state["counts"] = pack_sparse(counts) if isinstance(counts, SparseCounts) else pack_counts(counts)
         return _unpacked_confusion_job, (type(self), state)
 
     def run(self) -> None:
@@ -39,10 +45,11 @@ class ConfusionJob:
         from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure, write_csv
 
+        counts = self.counts.dense() if isinstance(self.counts, SparseCounts) else self.counts
         header = ["true\\pred", *self.class_names]
-        rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, self.counts))
+        rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, counts))
         write_csv(self.csv, header, rows)
-        with plot_of(ConfusionPlot, self.counts, self.class_names, self.title) as plot:
+        with plot_of(ConfusionPlot, counts, self.class_names, self.title) as plot:
             save_figure(plot.figure, self.png, plot.draw)
 
 
@@ -61,6 +68,14 @@ def pack_counts(counts: np.ndarray) -> tuple:
     if flat.size * (index_type.itemsize + value_type.itemsize) < counts.size * value_type.itemsize:
         return ("sparse", counts.shape, flat.astype(index_type), counts.reshape(-1)[flat].astype(value_type))
     return ("dense", counts.astype(value_type))
+
+
+def pack_sparse(counts: SparseCounts) -> tuple:
+    """`pack_counts`'s sparse form of counts kept as their nonzero cells, without making them whole."""
+    classes = counts.classes
+    value_type = np.min_scalar_type(int(counts.values.max()) if len(counts.values) else 0)
+    index_type = np.min_scalar_type(max(classes * classes - 1, 0))
+    return ("sparse", (classes, classes), counts.cells.astype(index_type), counts.values.astype(value_type))
 
 
 def unpack_counts(packed: tuple) -> np.ndarray:

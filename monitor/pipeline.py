@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from monitor.confusion import accuracy
 from monitor.console import MonitorConsole
 from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import run_dir
@@ -19,6 +19,8 @@ from monitor.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
 
 log = logging.getLogger("monitor")
+
+SUMMARY_EVERY_S = 1.0
 
 
 class Pipeline:
@@ -32,6 +34,8 @@ class Pipeline:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
+        self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
+        self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -94,14 +98,16 @@ class Pipeline:
                                   "rank: marked stale in summary.json (its trainer has probably died; a new message "
                                   "marks it running again)")
                 self._render_ready(run, flush=True)
-                write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+                self._write_summary(run, at_once=True)
+            elif run.run in self._summaries_due:
+                self._write_summary(run)
         self.console.flush()
 
     def finish(self) -> None:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
 
@@ -132,7 +138,19 @@ class Pipeline:
             if run.finished:
                 self._write_run_end(run)
         if kind in ("run_start", "epoch_end", "run_end"):
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run, at_once=kind != "epoch_end")
+
+    def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
+        """Writes the run's summary.json; after an epoch end, at most once per SUMMARY_EVERY_S per run
+        (later ones are written by `tick`): the summary lists every rank, so a sender's flood of epoch
+        ends from many ranks would otherwise cost time proportional to ranks times messages."""
+        now = self.clock()
+        if not at_once and now - self._summary_written.get(run.run, -math.inf) < SUMMARY_EVERY_S:
+            self._summaries_due.add(run.run)
+            return
+        self._summaries_due.discard(run.run)
+        self._summary_written[run.run] = now
+        write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
 
     # --- run start ----------------------------------------------------------------------------
 
@@ -166,19 +184,17 @@ class Pipeline:
     # --- epochs -------------------------------------------------------------------------------
 
     def _render_ready(self, run: RunState, flush: bool = False) -> None:
-        for number, missing in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
+        for number, missing, named in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
             if missing and not run.finished:
-                listed = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10:,} more" if len(missing) > 10 else "")
-                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) {listed} "
-                                  "(no epoch_end from them)")
+                self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
+                                  f"{describe_ranks(missing, named)} (no epoch_end from them)")
             self._render_epoch(run, number)
-            if not missing:
+            if not missing and run.start is not None:
                 run.release(number)
 
     def _render_epoch(self, run: RunState, number: int) -> None:
         epoch = run.epochs[number]
-        epoch.dirty = False
-        epoch.rendered = True
+        run.drawn(number)
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return
@@ -186,7 +202,7 @@ class Pipeline:
         epoch_dir = folder / f"epoch_{number:03d}"
         names = run.class_names
         counts = run.confusion(number)
-        if counts is not None:
+        if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
             self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
                                               counts, names, f"Confusion matrix — epoch {number}"))
         if epoch.samples is not None:
@@ -212,7 +228,7 @@ class Pipeline:
                       ([e, *(_csv_value(run.history[e].get(c)) for c in columns)] for e in sorted(run.history)))
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
-            None if counts is None else accuracy(counts), run.world))
+            epoch.accuracy if counts is None else counts.accuracy(), run.world))
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)
@@ -238,6 +254,16 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
     })
+
+
+def describe_ranks(count: int, named: list[int]) -> str:
+    """"3", "3, 7 and 9", "3, 7, 9 and 1,048,560 more": `count` ranks, of which `named` are the first few."""
+    shown = ", ".join(map(str, named))
+    rest = count - len(named)
+    if rest:
+        return f"{shown} and {rest:,} more"
+    head, _, last = shown.rpartition(", ")
+    return f"{head} and {last}" if head else last
 
 
 def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import warnings
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 
 import zmq
 
 from monitor.curveauth import start_authenticator
 from monitor.endpoint import BindError, CurveServerKeys
+from monitor.handoff import RCVHWM, Handoff
 from monitor.intake import Intake
 from monitor.logbook import LogBook
+from monitor.quotas import Limits, Quotas
 from trainer_side import protocol
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import Message
@@ -42,7 +43,8 @@ class Receiver(threading.Thread):
         BindError: when either address cannot be bound.
     """
 
-    def __init__(self, endpoint: str, out: Path, *, max_message_bytes: int, curve: CurveServerKeys | None = None) -> None:
+    def __init__(self, endpoint: str, out: Path, *, max_message_bytes: int, curve: CurveServerKeys | None = None,
+                 limits: Limits | None = None) -> None:
         super().__init__(name="monitor-receiver", daemon=True)
         self.context = zmq.Context()
         self._auth = None if curve is None else start_authenticator(self.context, curve)
@@ -57,7 +59,7 @@ class Receiver(threading.Thread):
         self.receipts_endpoint = self.receipts.getsockopt_string(zmq.LAST_ENDPOINT)
         # Flushed after every burst, not every frame; a restarted monitor resumes runs from their logs.
         self.logbook = LogBook(out, flush_every=1 << 30, on_resume=self._resume)
-        self.intake = Intake(self.logbook)
+        self.intake = Intake(self.logbook, Quotas(limits))
         self.messages = Handoff()
         self.logged: OrderedDict[tuple[str, int, str], int] = OrderedDict()  # (run, rank, sender) -> frames
         self._stopping = threading.Event()
@@ -192,34 +194,6 @@ class Receiver(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
 
-class Handoff:
-    """The receive thread's queue to the pipeline thread. The receiver puts a whole batch at once, so
-    that the pipeline thread wakes once per batch, not once per message; the pipeline thread (the
-    only reader) takes one `(message, frame size, resumed)` at a time, in order."""
-
-    def __init__(self) -> None:
-        self._batches: queue.SimpleQueue[tuple[list[tuple[Message, int]], bool]] = queue.SimpleQueue()
-        self._current: deque[tuple[Message, int]] = deque()  # the rest of the batch being read
-        self._resumed = False
-
-    def put_many(self, items: list[tuple[Message, int]], *, resumed: bool = False) -> None:
-        """Queues (message, frame size) pairs; `resumed` marks messages re-read from a run's log."""
-        if items:
-            self._batches.put((items, resumed))
-
-    def get(self, block: bool = True, timeout: float | None = None) -> tuple[Message, int, bool]:
-        """The next message, as `queue.SimpleQueue.get` would give it (raises queue.Empty)."""
-        current = self._current
-        if not current:
-            items, self._resumed = self._batches.get(block, timeout)
-            current.extend(items)
-        message, size = current.popleft()
-        return message, size, self._resumed
-
-    def empty(self) -> bool:
-        return not self._current and self._batches.empty()
-
-
 def _unfinished_run(log_path: Path) -> str | None:
     """The run id of a log whose run did not finish by its summary.json, else None."""
     try:
@@ -248,7 +222,7 @@ def _bind_pair(context: zmq.Context, endpoint: str, max_message_bytes: int,
     for _ in range(20):
         data = _socket(context, zmq.PULL, curve)
         data.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # bigger frames close the sender's connection
-        data.setsockopt(zmq.RCVHWM, 100_000)
+        data.setsockopt(zmq.RCVHWM, RCVHWM)  # frames per sender: see monitor/handoff.py
         try:
             data.bind(endpoint)
         except zmq.ZMQError as exc:

@@ -13,6 +13,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
+from monitor.quotas import Limits, Quotas
 from monitor.renderer import InlineRenderer
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
@@ -24,14 +25,14 @@ class ReplayError(ValueError):
 
 
 def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Console, show_tables: bool = True,
-           progress: bool | None = None) -> tuple[Pipeline, Intake, list[ReadReport]]:
+           progress: bool | None = None, limits: Limits | None = None) -> tuple[Pipeline, Intake, list[ReadReport]]:
     for path in logs:
         if not path.is_file():
             raise ReplayError(f"no such log file: {path}")
         if path.name == "messages.mlog" and path.resolve().parent.parent == out.resolve():
             raise ReplayError(f"replay would write into its own input {path}; choose another --out folder")
     logbook = LogBook(out, flush_every=1 << 30, fresh=True)
-    intake = Intake(logbook)
+    intake = Intake(logbook, Quotas(limits))
     pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(console if show_tables else None, fresh=True))
     total = sum(path.stat().st_size for path in logs)
     show_bar = progress if progress is not None else (console.is_terminal and total >= PROGRESS_MIN_BYTES)

@@ -7,13 +7,16 @@ Aggregates depend only on message content, never on arrival order or wall time.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from monitor.confusion import MAX_CONFUSION_CLASSES, confusion_counts
+from monitor.confusion import MAX_CONFUSION_CLASSES, SparseCounts
 from trainer_side.protocol import Message
+
+NAMED_MISSING_RANKS = 3  # a warning names this many missing ranks and counts the rest
 
 
 class RejectedMessage(ValueError):
@@ -34,16 +37,29 @@ class RefusedSender(RejectedMessage):
         self.first = first
 
 
+Source = tuple[str, int]  # (sender, global step) of one validation pass on one rank
+
+
 @dataclass
 class EpochState:
-    confusion: dict[int, np.ndarray] = field(default_factory=dict)  # rank -> C×C counts
-    preds_source: dict[int, tuple[str, int]] = field(default_factory=dict)  # rank -> (sender, step) of its counts
+    """One epoch's data. Once drawn with every rank it is released: its per-rank data is freed and only
+    what a redraw of its summary needs (`accuracy`, who sent it) stays."""
+
+    # rank -> (source, counts): chunks of the same pass add up, a pass from another source replaces them
+    confusion: dict[int, tuple[Source, SparseCounts]] = field(default_factory=dict)
     samples: Message | None = None
     sampled: dict[int, np.ndarray] = field(default_factory=dict)  # rank -> drawn indices
     ended_ranks: set[int] = field(default_factory=set)
+    senders: set[str] = field(default_factory=set)  # who sent its preds, samples, draws or epoch ends
     first_end_at: float | None = None  # monotonic time of the first epoch_end, for the timeout only
-    rendered: bool = False
-    dirty: bool = False  # new data since the last render
+    released: bool = False
+    accuracy: float | None = None  # from the confusion counts, kept when they are freed
+
+
+class LateData(RejectedMessage):
+    """Data for an epoch already drawn with every rank and released, from a sender it already heard."""
+
+    reason = "late"
 
 
 @dataclass
@@ -64,7 +80,10 @@ class RunState:
         self.epochs: dict[int, EpochState] = {}
         self.history: dict[int, dict[str, float]] = {}
         self.ranks: dict[int, RankCounters] = {}
-        self.ended: dict[int, str] = {}  # rank -> run_end status
+        self.ended: dict[int, str] = {}  # rank -> run_end status; change it with `_set_ended` only
+        self._ended_as: Counter[str] = Counter()  # run_end status -> ranks in `ended` with it
+        self.dirty: set[int] = set()  # epochs with new data since they were last drawn
+        self.rendered: set[int] = set()  # epochs drawn at least once
         self.errors: list[str] = []
         self.artifacts: list[str] = []
         self.latest_epoch: int | None = None
@@ -91,13 +110,13 @@ class RunState:
         if not self.ended:
             return "running"
         for status in ("failed", "interrupted"):
-            if status in self.ended.values():
+            if self._ended_as[status]:
                 return status
         return "completed" if len(self.ended) >= self.world else "running"
 
     @property
     def finished(self) -> bool:
-        return len(self.ended) >= self.world or "failed" in self.ended.values()
+        return len(self.ended) >= self.world or self._ended_as["failed"] > 0
 
     # --- bookkeeping every message goes through -----------------------------------------------
 
@@ -166,6 +185,25 @@ class RunState:
             self.latest_epoch = number
         return state
 
+    def _open_epoch(self, message: Message, *, data: bool = True) -> EpochState | None:
+        """The epoch a message adds to; `data` (preds, samples, sampled) marks it dirty. A released
+        epoch starts afresh for a sender it has not heard (a resumed training that repeats the
+        epoch); from a sender it heard, data is refused (LateData) and an epoch end gives None."""
+        number = message["epoch"]
+        epoch = self.epoch(number)
+        sender = getattr(message, "sender", "")
+        if epoch.released:
+            if sender in epoch.senders:
+                if not data:
+                    return None
+                raise LateData(f"{message.kind} from rank {message.rank} for epoch {number}, which was already "
+                               "drawn with every rank and freed: ignored (the run's log keeps it)")
+            epoch = self.epochs[number] = EpochState()
+        epoch.senders.add(sender)
+        if data:
+            self.dirty.add(number)
+        return epoch
+
     def _check_labels(self, message: Message, *arrays: np.ndarray) -> None:
         count = self.num_classes
         if count is None:
@@ -189,34 +227,31 @@ class RunState:
             raise RejectedMessage(f"run {self.run!r} restarted with a different training set")
         if message.rank == 0 or self.start is None:
             self.start = message
-        self.ended.pop(message.rank, None)  # a run resumed under the same id is running again
+        self._set_ended(message.rank, None)  # a run resumed under the same id is running again
 
     def on_preds(self, message: Message) -> EpochState:
         preds, labels = message["preds"], message["labels"]
         self._check_labels(message, preds, labels)
-        epoch = self.epoch(message["epoch"])
         count = self.num_classes
         if count > MAX_CONFUSION_CLASSES:
             raise RejectedMessage(f"{count} classes exceed the {MAX_CONFUSION_CLASSES}-class confusion limit")
-        counts = confusion_counts(preds, labels, count)
-        rank = message.rank
-        # Chunks of one validation pass add up. Another pass (val_check_interval < 1), or the same epoch
-        # sent again by a resumed training (another sender), replaces the rank's earlier counts.
-        source = (message.sender, message["step"])
-        if epoch.preds_source.get(rank) == source and rank in epoch.confusion:
-            epoch.confusion[rank] = epoch.confusion[rank] + counts
-        else:
-            epoch.confusion[rank] = counts
-            epoch.preds_source[rank] = source
-        epoch.dirty = True
+        epoch = self._open_epoch(message)
+        counts = SparseCounts.of(preds, labels, count)
+        rank, source = message.rank, (getattr(message, "sender", ""), message["step"])
+        # Chunks of one validation pass add up; a later pass within the same epoch (val_check_interval
+        # < 1), or the same epoch from another sender, replaces what the rank sent before.
+        earlier = epoch.confusion.get(rank)
+        if earlier is not None and earlier[0] == source:
+            counts = SparseCounts.total([earlier[1], counts])
+        epoch.confusion[rank] = (source, counts)
         return epoch
 
     def on_samples(self, message: Message) -> EpochState:
         self._check_labels(message, message["labels"], message["preds"])
-        epoch = self.epoch(message["epoch"])
-        if message.rank == 0:
-            epoch.samples = message
-            epoch.dirty = True
+        if message.rank != 0:
+            return self.epoch(message["epoch"])
+        epoch = self._open_epoch(message)
+        epoch.samples = message
         return epoch
 
     def on_sampled(self, message: Message) -> EpochState:
@@ -226,9 +261,8 @@ class RunState:
             raise RejectedMessage("sampled: the run_start carried no train targets to map indices to classes")
         if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(targets)):
             raise RejectedMessage(f"sampled: indices must lie in 0..{len(targets) - 1}")
-        epoch = self.epoch(message["epoch"])
+        epoch = self._open_epoch(message)
         epoch.sampled[message.rank] = indices
-        epoch.dirty = True
         return epoch
 
     def on_metrics(self, message: Message) -> None:
@@ -238,12 +272,15 @@ class RunState:
         if row is None:
             row = self.history[number] = {}
         row.update(body["values"])
-        self.epoch(number).dirty = True
+        self.epoch(number)
+        self.dirty.add(number)
 
     def on_epoch_end(self, message: Message, now: float) -> EpochState:
         counters = self.ranks.setdefault(message.rank, RankCounters())
         counters.sent, counters.dropped = message["sent"], message["dropped"]
-        epoch = self.epoch(message["epoch"])
+        epoch = self._open_epoch(message, data=False)
+        if epoch is None:
+            return self.epochs[message["epoch"]]  # a repeated end of an epoch already drawn and freed
         epoch.ended_ranks.add(message.rank)
         if epoch.first_end_at is None:
             epoch.first_end_at = now
@@ -252,43 +289,77 @@ class RunState:
     def on_run_end(self, message: Message) -> None:
         counters = self.ranks.setdefault(message.rank, RankCounters())
         counters.sent, counters.dropped = message["sent"], message["dropped"]
-        self.ended[message.rank] = message["status"]
+        self._set_ended(message.rank, message["status"])
         if message["error"]:
             self.errors.append(f"rank {message.rank}: {message['error']}")
 
+    def _set_ended(self, rank: int, status: str | None) -> None:
+        """Records a rank's run_end status (None: running again), keeping the count per status that
+        `status` and `finished` read without walking every rank."""
+        earlier = self.ended.pop(rank, None)
+        if earlier is not None:
+            self._ended_as[earlier] -= 1
+        if status is not None:
+            self.ended[rank] = status
+            self._ended_as[status] += 1
+
     # --- what is ready ------------------------------------------------------------------------
 
-    def missing_ranks(self, epoch: EpochState) -> list[int]:
-        return [rank for rank in range(self.world) if rank not in epoch.ended_ranks]
+    def missing_ranks(self, epoch: EpochState) -> tuple[int, list[int]]:
+        """How many ranks sent no epoch_end for the epoch, and the first few of them (at most
+        NAMED_MISSING_RANKS): the work is bounded by the ranks that did, never by the world size."""
+        missing = self.world - len(epoch.ended_ranks)
+        named: list[int] = []
+        rank = 0
+        while len(named) < min(missing, NAMED_MISSING_RANKS) and rank < self.world:
+            if rank not in epoch.ended_ranks:
+                named.append(rank)
+            rank += 1
+        return missing, named
 
-    def ready_epochs(self, now: float, timeout: float | None, *, flush: bool = False) -> list[tuple[int, list[int]]]:
-        """Epochs to (re)render now, each with the ranks it will be rendered without."""
+    def ready_epochs(self, now: float, timeout: float | None, *,
+                     flush: bool = False) -> list[tuple[int, int, list[int]]]:
+        """Dirty epochs to (re)render now, each with how many ranks it will be rendered without and the
+        first few of them. Looks at dirty epochs only, and at no rank one by one."""
         ready = []
-        for number in sorted(self.epochs):
+        finished = self.finished
+        for number in sorted(self.dirty):
             epoch = self.epochs[number]
-            if not epoch.dirty:
-                continue
-            missing = self.missing_ranks(epoch)
+            missing = 0 if epoch.released else self.world - len(epoch.ended_ranks)
             timed_out = (timeout is not None and epoch.first_end_at is not None
                          and now - epoch.first_end_at >= timeout)
-            if not missing or flush or self.finished or timed_out:
-                ready.append((number, missing))
+            if missing <= 0 or flush or finished or timed_out:
+                ready.append((number, *self.missing_ranks(epoch)) if missing > 0 else (number, 0, []))
         return ready
 
+    def drawn(self, number: int) -> None:
+        """Notes that the epoch was just drawn with everything it holds."""
+        self.dirty.discard(number)
+        self.rendered.add(number)
+
     def release(self, number: int) -> None:
-        """Frees an epoch's thumbnails and draws once it is drawn complete; on a long run they would
-        otherwise grow without bound. Its confusion counts stay, should late data redraw it."""
+        """Frees an epoch's per-rank data (confusion counts, thumbnails, draws) once it is drawn with
+        every rank: on a long run it would otherwise grow without bound. Its accuracy stays for a
+        redraw of its summary (late metrics); late preds, samples or draws are refused (LateData)."""
         epoch = self.epochs[number]
+        if epoch.released:
+            return
+        total = self.confusion(number)
+        epoch.accuracy = None if total is None else total.accuracy()
+        epoch.confusion.clear()
         epoch.samples = None
         epoch.sampled.clear()
+        epoch.ended_ranks.clear()
+        epoch.released = True
 
     # --- derived numbers ----------------------------------------------------------------------
 
-    def confusion(self, number: int) -> np.ndarray | None:
+    def confusion(self, number: int) -> SparseCounts | None:
+        """The epoch's confusion counts summed over ranks; None without any (or once released)."""
         epoch = self.epochs.get(number)
         if epoch is None or not epoch.confusion:
             return None
-        return sum(epoch.confusion[rank] for rank in sorted(epoch.confusion))
+        return SparseCounts.total([epoch.confusion[rank][1] for rank in sorted(epoch.confusion)])
 
     def class_counts(self) -> np.ndarray | None:
         if self.start is None:
@@ -323,7 +394,7 @@ class RunState:
     def summary(self) -> dict[str, Any]:
         return {
             "run": self.run, "world": self.world, "status": self.status,
-            "epochs": sorted(n for n, e in self.epochs.items() if e.rendered),
+            "epochs": sorted(self.rendered),
             "ranks": {rank: {"messages": c.messages, "bytes": c.bytes, "gaps": c.gaps, "sent": c.sent,
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),

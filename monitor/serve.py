@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.endpoint import CurveServerKeys, check_bind
+from monitor.quotas import Limits
 from monitor.receiver import Receiver
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 
@@ -36,11 +37,11 @@ TICK_S = 0.25
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None, render_priority: str = "idle") -> int:
+          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None) -> int:
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
-    receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve)
+    receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve, limits=limits)
     receiver.start()
     # The receiver stops taking frames as soon as a stop is asked, even while the start-up below goes on.
     threading.Thread(target=lambda: stop.wait() and receiver.stop(), name="monitor-stop", daemon=True).start()
@@ -71,6 +72,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         receiver.stop()
         while (receiver.is_alive() or not receiver.messages.empty()) and time.monotonic() < stopping + PROCESS_S:
             _process(receiver, pipeline, until=min(time.monotonic() + TICK_S, stopping + PROCESS_S), stop=None)
+        receiver.messages.close()  # a receiver waiting for room in the queue gives up, so its logs get closed
         receiver.join(max(0.0, stopping + STOP_S - time.monotonic()))
         unprocessed = _discard(receiver)
         renderer.stop_by(stopping + STOP_S)

@@ -21,6 +21,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
+from monitor.quotas import Limits, Quotas
 from monitor.renderer import ProcessRenderer
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
@@ -100,7 +101,8 @@ class SpoolWatcher:
 
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
           stale_after: float | None = None,
-          console: Console, stop: threading.Event | None = None, render_priority: str = "idle") -> int:
+          console: Console, stop: threading.Event | None = None, render_priority: str = "idle",
+          limits: Limits | None = None) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     records = MonitorConsole(console, fresh=False, offload=renderer.table)
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
+    watcher.intake.quotas = Quotas(limits)
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)

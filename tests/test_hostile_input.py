@@ -40,6 +40,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline
+from monitor.quotas import Limits, Quotas
 from monitor.renderer import InlineRenderer
 from monitor.replay import replay
 from trainer_side import protocol
@@ -509,8 +510,8 @@ def test_a_sender_inventing_run_ids_cannot_exhaust_file_descriptors(tmp_path):
 
     before = fds()
     logbook = LogBook(tmp_path / "out")
-    intake = Intake(logbook)
     runs = [f"flood-{i}" for i in range(1500)]
+    intake = Intake(logbook, Quotas(Limits(max_runs=len(runs))))  # more runs than the default quota
     for round_ in range(2):  # the second round reopens logs that were closed to make room
         for seq, run in enumerate(runs):
             assert intake.accept(pack(message("metrics", run, round_, epoch=round_))) is not None

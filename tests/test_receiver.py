@@ -9,7 +9,7 @@ import pytest
 
 from monitor.intake import Intake
 from monitor.logbook import LogBook
-from monitor.receiver import Handoff
+from monitor.handoff import Handoff
 from trainer_side import protocol
 from trainer_side.msglog import LogWriter, iter_frames
 
