@@ -6,10 +6,24 @@ import logging
 from collections import Counter
 
 from monitor.logbook import LogBook
+from monitor.rejections import RateLimitedLines, rejection_line
 from trainer_side import protocol
 from trainer_side.protocol import Message
 
 log = logging.getLogger("monitor")
+
+
+class AcceptedFrames(list):
+    """`Intake.accept_many`'s result: a list of (message, frame size) for every decoded frame, in order,
+    and `logged`, a list of the same length saying whether each frame is in its run's log."""
+
+    def __init__(self, items: list[tuple[Message, int]], logged: list[bool]) -> None:
+        super().__init__(items)
+        self.logged = logged
+
+    @property
+    def not_logged(self) -> int:
+        return self.logged.count(False)
 
 
 class Intake:
@@ -19,9 +33,17 @@ class Intake:
         self.last_rejection: str | None = None
         self.frames = 0
         self.bytes = 0
+        # Where rejections and logging failures are explained (rate-limited); the process prints its lines.
+        self.reporter: RateLimitedLines | None = None
+
+    @property
+    def not_logged(self) -> int:
+        """Frames decoded but not written to their run's log (a full disk, say)."""
+        return 0 if self.logbook is None else sum(self.logbook.not_logged.values())
 
     def accept(self, frame: bytes) -> Message | None:
-        """The decoded message, after appending the frame to its run's log; None (counted) if rejected."""
+        """The decoded message, after adding the frame to its run's log; None (counted) if rejected.
+        A frame that cannot be logged is still returned, and counted in `not_logged`."""
         self.frames += 1
         self.bytes += len(frame)
         try:
@@ -29,17 +51,18 @@ class Intake:
         except protocol.ProtocolError as exc:
             self._reject(exc)
             return None
-        if self.logbook is not None:
-            self.logbook.append(message.run, frame)
+        if self.logbook is not None and not self.logbook.append(message.run, frame):
+            self._not_logged()
         return message
 
-    def accept_many(self, frames: list[bytes]) -> list[tuple[Message, int]]:
-        """`accept` for a batch of frames: (message, frame size) for each accepted frame, in order.
+    def accept_many(self, frames: list[bytes]) -> AcceptedFrames:
+        """`accept` for a batch of frames: (message, frame size) for each decoded frame, in order.
 
-        Each run's frames go to its log with one write, in arrival order, before anything is
-        returned. A frame that cannot be decoded for any other reason than a ProtocolError, or that
-        cannot be logged (a full disk), is counted as "internal" and not returned: the caller keeps
-        receiving.
+        Each run's frames are written to its log with one write, in arrival order, before anything
+        is returned. The result's `logged` says, frame by frame, which of them are in the log: a frame
+        that cannot be logged (a full disk) is still returned, for the pipeline to draw, and counted in
+        `not_logged`. A frame that cannot be decoded for any other reason than a ProtocolError is
+        counted as "internal" and not returned: the caller keeps receiving.
         """
         self.frames += len(frames)
         accepted: list[tuple[Message, int]] = []
@@ -63,23 +86,37 @@ class Intake:
             else:
                 run_frames.append(frame)
         self.bytes += total
+        failed = set()
         if self.logbook is not None:
-            failed = set()
             for run, run_frames in by_run.items():
-                try:
-                    self.logbook.append_many(run, run_frames)
-                except Exception as exc:  # noqa: BLE001 - e.g. a full disk: count it, keep receiving
-                    self._internal_error("could not log a frame", exc, len(run_frames))
+                if not self.logbook.append_many(run, run_frames):
                     failed.add(run)
             if failed:
-                accepted = [item for item in accepted if item[0].run not in failed]
-        return accepted
+                self._not_logged()
+        return AcceptedFrames(accepted, [message.run not in failed for message, _ in accepted])
 
     def _reject(self, exc: protocol.ProtocolError) -> None:
         self.rejected[exc.reason] += 1
         self.last_rejection = str(exc)[:200]
         log.debug("rejected frame: %s", exc)
+        if self.reporter is not None:
+            self.reporter.add(exc.reason, rejection_line(exc.reason, str(exc)))
 
     def _internal_error(self, what: str, exc: Exception, frames: int) -> None:
         self.rejected["internal"] += frames
-        log.error("%s (%s: %s)", what, type(exc).__name__, exc)
+        text = f"{what} ({type(exc).__name__}: {exc})"
+        if self.reporter is None:
+            log.error("%s", text)
+        else:
+            self.reporter.add("internal", rejection_line("internal", text))
+
+    def _not_logged(self) -> None:
+        if self.reporter is not None:
+            self.reporter.add("not_logged", not_logged_line(self.logbook))
+
+
+def not_logged_line(logbook: LogBook) -> str:
+    """The console line for frames that could not be logged: what happened and what to do."""
+    return (f"monitor: error: {logbook.last_error}; {sum(logbook.not_logged.values())} frame(s) not logged "
+            "so far. Free space there: logging resumes with the next frames (the missing ones show as "
+            "sequence gaps)")

@@ -14,7 +14,8 @@ from rich.table import Table
 from monitor.confusion import accuracy
 from monitor.console import MonitorConsole
 from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
-from monitor.logbook import run_dir
+from monitor.logbook import LogBook, run_dir
+from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
 from monitor.render.save import write_csv, write_json
 from monitor.runstate import RejectedMessage, RunState
@@ -33,6 +34,8 @@ class Pipeline:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
+        self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
+        self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -57,7 +60,11 @@ class Pipeline:
             self._dispatch(run, message)
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
-            self.console.note(f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
+            text = f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}"
+            if self.reporter is None:
+                self.console.note(text)
+            else:
+                self.reporter.add(exc.reason, rejection_line(exc.reason, text))
         except Exception as exc:  # noqa: BLE001 - one message must never stop the monitor
             self.rejected["internal"] += 1
             log.error("run %s: %s from rank %d could not be processed (%s: %s)", message.run, message.kind,
@@ -84,7 +91,7 @@ class Pipeline:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run)
         self.console.flush(wait=True)
         self.renderer.drain()
 
@@ -115,7 +122,19 @@ class Pipeline:
             if run.finished:
                 self._write_run_end(run)
         if kind in ("run_start", "epoch_end", "run_end"):
-            write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+            self._write_summary(run)
+
+    def _write_summary(self, run: RunState) -> None:
+        """summary.json, with what could not be logged; a failed write (a full disk) is reported, not raised."""
+        summary = run.summary()
+        problem = None if self.logbook is None else self.logbook.status(run.run)
+        if problem is not None:
+            summary["log"] = problem
+        path = run_dir(self.out, run.run) / "summary.json"
+        try:
+            write_json(path, summary)
+        except OSError as exc:
+            log.error("cannot write %s (%s)", path, exc.strerror or exc)
 
     # --- run start ----------------------------------------------------------------------------
 
@@ -219,7 +238,14 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
     write_json(out / STATS_FILE, {
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
+        **_log_stats(pipeline.logbook),
     })
+
+
+def _log_stats(logbook: LogBook | None) -> dict:
+    if logbook is None or not logbook.not_logged:
+        return {}
+    return {"not_logged": dict(sorted(logbook.not_logged.items())), "log_error": logbook.last_error}
 
 
 def _shortened(record: partial, rows: list, pick: Callable[[list], list]) -> Callable[[], Table] | None:

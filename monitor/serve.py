@@ -17,8 +17,9 @@ from monitor.confusion import confusion_counts
 from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.endpoint import CurveServerKeys, check_bind
-from monitor.pipeline import Pipeline, write_stats
+from monitor.pipeline import STATS_FILE, Pipeline, write_stats
 from monitor.receiver import Receiver
+from monitor.rejections import RateLimitedLines
 from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
 
@@ -43,6 +44,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     records = MonitorConsole(console, fresh=False, offload=renderer.table)
     records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
+    pipeline.logbook, reporter = receiver.logbook, RateLimitedLines()
+    receiver.intake.reporter = pipeline.reporter = reporter  # rejections and logging failures explained
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     # The first confusion count in a process costs 6.5 ms, the next 0.75 ms (43 classes, measured
     # apart): torch and torchmetrics set up on first use. Done now, it stays out of the first epoch.
@@ -74,6 +77,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         while not stop.is_set():
             _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=stop)
             pipeline.tick()
+            for line in reporter.take():
+                records.note(line)
             refresh()
         # Graceful stop: the receiver drains the socket, then every queued message and render completes.
         receiver.stop()
@@ -82,13 +87,21 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         receiver.join()
         pipeline.finish()
         renderer.close()
+        for line in reporter.take(final=True):
+            records.note(line)
         refresh(now=True)
     rejected = receiver.intake.rejected + pipeline.rejected
-    write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
-                pipeline=pipeline)
+    not_logged = receiver.intake.not_logged
+    try:
+        write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
+                    pipeline=pipeline)
+    except OSError as exc:
+        console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
-    return 0
+                  f"{len(pipeline.runs)} run(s) written to {out}/"
+                  + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
+                  highlight=False, soft_wrap=True)
+    return 1 if not_logged else 0
 
 
 def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threading.Event | None) -> None:

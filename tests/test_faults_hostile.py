@@ -13,7 +13,9 @@ import errno
 import io
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,3 +145,194 @@ def test_a_run_start_with_negative_class_counts_is_refused_by_the_codec():
         protocol.decode(protocol.encode(bad))
     good = with_body(TINY[0], train_targets=None, class_counts=np.array([5, 0, 2, 1], dtype=np.int64))
     assert list(protocol.decode(protocol.encode(good))["class_counts"]) == [5, 0, 2, 1]
+
+
+# --- item 3: a full disk ----------------------------------------------------------------------
+
+
+class _FullFile:
+    """A log file on a disk that may be full: while `full()` holds, a write stores half of what it is
+    given (a partial record on disk) and raises ENOSPC, and a flush raises ENOSPC."""
+
+    def __init__(self, real, full) -> None:
+        self._real, self._full = real, full
+
+    def write(self, data):
+        if self._full():
+            self._real.write(bytes(data)[: max(1, len(data) // 2)])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._real.write(data)
+
+    def flush(self):
+        if self._full():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._real.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def install_full_disk(full) -> None:
+    """Makes every log the message-log writer opens for appending sit on a disk that is full while
+    `full()` holds (the writer's module-level `open`, nothing else)."""
+    from trainer_side import msglog
+
+    def opener(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        return _FullFile(handle, full) if "a" in mode else handle
+
+    msglog.open = opener
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    from trainer_side import msglog
+
+    state = {"full": False}
+    monkeypatch.setattr(msglog, "open", open, raising=False)  # restored after the test
+    install_full_disk(lambda: state["full"])
+    return state
+
+
+def test_frames_that_cannot_be_logged_are_reported_and_logging_resumes_when_space_is_freed(tmp_path, full_disk):
+    from monitor.intake import Intake
+    from monitor.logbook import LogBook
+
+    intake = Intake(LogBook(tmp_path, flush_every=1 << 30))
+    first = intake.accept_many(TINY_FRAMES[:7])
+    full_disk["full"] = True
+    during = intake.accept_many(TINY_FRAMES[7:13])
+    full_disk["full"] = False
+    after = intake.accept_many(TINY_FRAMES[13:])
+    intake.logbook.close()
+    # Every decoded frame is returned, each marked logged or not; none counted as rejected.
+    assert [len(first), len(during), len(after)] == [7, 6, 7]
+    assert (first.logged, during.logged, after.logged) == ([True] * 7, [False] * 6, [True] * 7)
+    assert intake.not_logged == 6 and not intake.rejected
+    assert intake.logbook.status(TINY[0].run) == {
+        "frames_not_logged": 6, "error": f"cannot write {intake.logbook.path(TINY[0].run)}: No space left on device"}
+    # The half record written before the error was cut back: whole records only, no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(iter_frames(intake.logbook.path(TINY[0].run))) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+
+
+def test_a_log_writer_keeps_whole_records_through_a_full_disk(tmp_path, full_disk):
+    path = tmp_path / "spool.mlog"
+    writer = LogWriter(path, flush_every=2)
+    writer.append(b"one")
+    writer.append(b"two")
+    full_disk["full"] = True
+    with pytest.raises(OSError) as caught:
+        writer.append(b"three")
+        writer.append(b"four")
+    assert caught.value.errno == errno.ENOSPC and getattr(caught.value, "frames", None) == 2
+    full_disk["full"] = False
+    writer.append_many([b"five", b"six"])
+    writer.close()
+    assert list(iter_frames(path)) == [b"one", b"two", b"five", b"six"]
+    assert (writer.records, writer.lost, writer.bytes) == (4, 2, path.stat().st_size)
+
+
+def test_the_receive_thread_survives_a_full_disk_and_logs_again_once_space_is_freed(tmp_path, full_disk):
+    from conftest import free_port, wait_for
+    from monitor.receiver import Receiver
+
+    receiver = Receiver(f"tcp://127.0.0.1:{free_port()}", tmp_path, max_message_bytes=1 << 20)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    receiver.start()
+    try:
+        push.connect(receiver.endpoint)
+        log = receiver.logbook.path(TINY[0].run)
+
+        def send(frames, total):
+            for frame in frames:
+                push.send(frame)
+            wait_for(lambda: receiver.intake.frames == total, f"{total} frames received", timeout=30)
+
+        send(TINY_FRAMES[:7], 7)
+        full_disk["full"] = True
+        send(TINY_FRAMES[7:13], 13)
+        full_disk["full"] = False
+        assert receiver.is_alive()
+        send(TINY_FRAMES[13:], 20)
+    finally:
+        receiver.stop()
+        receiver.join(30)
+        push.close()
+        context.term()
+    assert not receiver.is_alive()
+    assert receiver.intake.not_logged == 6 and not receiver.intake.rejected
+    assert list(iter_frames(log)) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+    queued = []
+    while not receiver.messages.empty():
+        queued.append(receiver.messages.get(timeout=0)[0])
+    assert [m.seq for m in queued] == list(range(20))  # every frame still reaches the pipeline
+
+
+_SERVE_WITH_A_DISK = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import test_faults_hostile
+test_faults_hostile.install_full_disk(lambda: os.path.exists({flag!r}))
+from monitor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
+    from conftest import ROOT, free_port, wait_for
+
+    out, flag, ready, output = tmp_path / "out", tmp_path / "full", tmp_path / "ready", tmp_path / "serve.txt"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    code = _SERVE_WITH_A_DISK.format(tests=str(Path(__file__).parent), flag=str(flag))
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--bind", endpoint, "--out", str(out),
+                                 "--ready-file", str(ready), "--render-priority", "normal"],
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"})
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    log = out / TINY[0].run / "messages.mlog"
+
+    def records() -> int:
+        return len(list(iter_frames(log))) if log.exists() else 0
+
+    try:
+        wait_for(ready.exists, "the monitor to listen", timeout=120)
+        push.connect(endpoint)
+        for frame in TINY_FRAMES[:7]:
+            push.send(frame)
+        wait_for(lambda: records() == 7, "7 records logged", timeout=60)
+        flag.touch()
+        for frame in TINY_FRAMES[7:13]:
+            push.send(frame)
+        wait_for(lambda: "not logged" in output.read_text(), "the disk-full error", timeout=60)
+        flag.unlink()
+        for frame in TINY_FRAMES[13:]:
+            push.send(frame)
+        wait_for(lambda: records() == 14, "14 records logged", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        push.close()
+        context.term()
+    text = output.read_text()
+    errors = [line for line in text.splitlines() if "not logged so far" in line]
+    assert len(errors) >= 1 and "No space left on device" in errors[0] and "Free space" in errors[0]
+    assert "20 frames received, 0 rejected, 1 run(s)" in text.splitlines()[-1]
+    assert "; 6 frame(s) NOT logged (cannot write" in text.splitlines()[-1]
+    assert "Traceback" not in text
+    summary = json.loads((out / TINY[0].run / "summary.json").read_text())
+    assert summary["log"]["frames_not_logged"] == 6 and "No space left" in summary["log"]["error"]
+    stats = json.loads((out / ".monitor" / "stats.json").read_text())
+    assert stats["not_logged"] == {TINY[0].run: 6}
+    assert list(iter_frames(log)) == TINY_FRAMES[:7] + TINY_FRAMES[13:]

@@ -79,8 +79,28 @@ def check_header(data: bytes, path: str | os.PathLike) -> None:
         raise LogFormatError(f"{path}: log format version {version} is not supported (expected {FORMAT_VERSION})")
 
 
+class LogWriteError(OSError):
+    """Records could not be written (a full disk, say). The file was cut back to its last whole record,
+    so it stays readable; `frames` is the number of records dropped. The writer stays usable."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError, frames: int) -> None:
+        self.reason = f"cannot write {path}: {cause.strerror or cause}"
+        super().__init__(cause.errno, f"{self.reason}; {frames} record(s) not written")
+        self.path, self.frames = str(path), frames
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class LogWriter:
-    """Appends records to a log, writing the header when the file is new. Single-writer."""
+    """Appends records to a log, writing the header when the file is new. Single-writer.
+
+    Records are kept whole: a failed write raises `LogWriteError` after cutting the file back to its
+    last whole record, and the next append writes again (space freed meanwhile is used at once).
+    """
+
+    # Pending records are written once this many bytes wait, whatever `flush_every` says.
+    BUFFER_BYTES = 1 << 20
 
     def __init__(self, path: str | os.PathLike, *, flush_every: int = 1, truncate: bool = False) -> None:
         self.path = Path(path)
@@ -89,43 +109,74 @@ class LogWriter:
             self.path.unlink(missing_ok=True)
         elif self.path.exists() and self.path.stat().st_size > 0:
             _cut_partial_tail(self.path)
-        self._file: BinaryIO = open(self.path, "ab")
-        if self._file.tell() == 0:
-            self._file.write(header_bytes())
-            self._file.flush()  # a reader must never find the file without its header for long
+        # Unbuffered: this class keeps whole records until they are written, so a failed write can be
+        # undone by cutting the file back to `_good`, the end of its last whole record.
+        self._file = open(self.path, "ab", buffering=0)
+        self._good = os.fstat(self._file.fileno()).st_size
         self._flush_every = flush_every
-        self._pending = 0
-        self.records = 0
-        self.bytes = self._file.tell()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.records = 0  # appended by this writer and not dropped (some may still be pending)
+        self.bytes = self._good  # the file's size once the pending records are written
+        self.lost = 0  # records dropped by failed writes
+        if self._good == 0:
+            try:
+                self._write(header_bytes(), 0)  # a reader must never find the file without its header for long
+            except LogWriteError:
+                self._file.close()
+                raise
+            self.bytes = self._good
 
     def append(self, frame: bytes) -> None:
-        record = record_bytes(frame)
-        self._file.write(record)
+        """Adds one record; it is written once `flush_every` records or `BUFFER_BYTES` bytes wait.
+        Raises LogWriteError when that write fails (every pending record is then dropped)."""
+        self._add(record_bytes(frame))
+        if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
+            self.flush()
+
+    def _add(self, record: bytes) -> None:
+        self._pending.append(record)
+        self._pending_bytes += len(record)
         self.records += 1
         self.bytes += len(record)
-        self._pending += 1
-        if self._pending >= self._flush_every:
-            self.flush()
 
     def append_many(self, frames: list[bytes]) -> None:
         """`append` for each frame in turn: the same records, written with one call. The flush
         policy counts records as `append` does, but is applied once, after the last of them."""
-        data = b"".join([record_bytes(frame) for frame in frames])
-        self._file.write(data)
-        self.records += len(frames)
-        self.bytes += len(data)
-        self._pending += len(frames)
-        if self._pending >= self._flush_every:
+        for frame in frames:
+            self._add(record_bytes(frame))
+        if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
-        self._pending = 0
+        """Writes the pending records; raises LogWriteError (and drops them) if that fails."""
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._write(b"".join(pending), len(pending))
+
+    def _write(self, data: bytes, records: int) -> None:
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                done += self._file.write(view[done:])  # a raw write may take only part of the bytes
+        except OSError as exc:
+            try:
+                os.ftruncate(self._file.fileno(), self._good)  # never needs space; the reader copes if it fails
+            except OSError:
+                pass
+            self.lost += records
+            self.records -= records
+            self.bytes = self._good
+            raise LogWriteError(self.path, exc, records) from exc
+        self._good += len(data)
 
     def close(self) -> None:
+        """Writes what is pending and closes the file (closed even when that write raises)."""
         if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+            try:
+                self.flush()
+            finally:
+                self._file.close()
 
     def __enter__(self) -> "LogWriter":
         return self
