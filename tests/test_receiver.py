@@ -69,7 +69,7 @@ def test_a_run_whose_log_cannot_be_written_is_counted_and_the_others_go_on(tmp_p
 
 
 def test_append_many_writes_the_records_append_writes(tmp_path):
-    frames = [b"alpha", b"", bytes(range(256)), b"omega" * 100]
+    frames = [b"alpha", b"\x00", bytes(range(256)), b"omega" * 100]
     with LogWriter(tmp_path / "one.mlog") as writer:
         for f in frames:
             writer.append(f)

@@ -7,9 +7,10 @@ File grammar (all integers little-endian)::
     record  := length(uint32) crc32(uint32) payload(length bytes)
 
 `payload` is one frame exactly as received (a protocol message, see docs/protocol.md);
-`crc32` is zlib's CRC-32 of the payload alone. A writer only ever appends whole records, so a crash
-can leave at most one partial record at the very end: readers warn about such a truncated tail and
-stop. Anything else that does not check out is corruption: `CorruptLogError` names its byte offset,
+`crc32` is zlib's CRC-32 of the payload alone. No frame is empty, so `length` is never 0. A writer
+only ever appends whole records, so a crash can leave at most one partial record at the very end, or
+a tail of zeros (a file extended before its data reached the disk): readers warn about such a
+truncated tail and stop, and a writer reopening the log cuts it off before appending. Anything else that does not check out is corruption: `CorruptLogError` names its byte offset,
 and `skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
 """
 
@@ -129,7 +130,9 @@ class LogWriter:
 
     def append(self, frame: bytes) -> None:
         """Adds one record; it is written once `flush_every` records or `BUFFER_BYTES` bytes wait.
-        Raises LogWriteError when that write fails (every pending record is then dropped)."""
+        Raises LogWriteError when that write fails (every pending record is then dropped), and
+        ValueError for an empty frame, which readers would take for the end of the data."""
+        _check_frames((frame,))
         self._add(record_bytes(frame))
         if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
             self.flush()
@@ -143,6 +146,7 @@ class LogWriter:
     def append_many(self, frames: list[bytes]) -> None:
         """`append` for each frame in turn: the same records, written with one call. The flush
         policy counts records as `append` does, but is applied once, after the last of them."""
+        _check_frames(frames)
         for frame in frames:
             self._add(record_bytes(frame))
         if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
@@ -185,9 +189,14 @@ class LogWriter:
         self.close()
 
 
+def _check_frames(frames) -> None:
+    if not all(frames):
+        raise ValueError("an empty frame is not a message; a log holds no empty records")
+
+
 def _cut_partial_tail(path: Path) -> None:
-    """Before appending to a log whose writer crashed, drops its partial last record: a record
-    appended after one would be unreadable."""
+    """Before appending to a log whose writer crashed, drops its partial last record or zero-filled
+    tail: a record appended after either would be unreadable."""
     with open(path, "rb") as f:
         check_header(f.read(HEADER_SIZE), path)
     report = ReadReport()
@@ -196,7 +205,7 @@ def _cut_partial_tail(path: Path) -> None:
         for _ in iter_records(path, skip_corrupt=True, report=report):
             pass
     if report.truncated_at is not None:
-        warnings.warn(f"{path}: dropping a partial record at byte offset {report.truncated_at} before appending",
+        warnings.warn(f"{path}: dropping a damaged tail (a partial record or zeros) at byte offset {report.truncated_at} before appending",
                       TruncatedLogWarning, stacklevel=3)
         os.truncate(path, report.truncated_at)
 
@@ -206,7 +215,7 @@ def _valid_record_at(buf: bytes | mmap.mmap, pos: int, end: int) -> bool:
     if pos + RECORD_HEADER_SIZE > end:
         return False
     length, crc = RECORD_HEADER.unpack_from(buf, pos)
-    # Empty records are legal but a run of zero bytes looks like one, so resync never lands on them.
+    # No frame is empty, and a run of zero bytes would look like empty records.
     if length == 0 or length > MAX_RECORD_SIZE or pos + RECORD_HEADER_SIZE + length > end:
         return False
     return zlib.crc32(buf[pos + RECORD_HEADER_SIZE:pos + RECORD_HEADER_SIZE + length]) == crc
@@ -235,12 +244,14 @@ def scan_records(buf: bytes | mmap.mmap, start: int, end: int, *, final: bool, s
             body_end = pos + RECORD_HEADER_SIZE + length
             if length > MAX_RECORD_SIZE:
                 problem = f"record length {length} exceeds the {MAX_RECORD_SIZE}-byte limit"
-            elif body_end > end:
-                # Either the writer stopped mid-record or the length field is damaged: a whole
-                # record further on can only mean damage.
+            elif body_end > end or length == 0:
+                # The writer stopped mid-record, or the file was extended with zeros after a crash (no
+                # frame is empty, so a zero length ends the valid data), or the length field is
+                # damaged: a whole record further on can only mean damage.
                 problem = None
                 if final and _next_valid(buf, pos + 1, end) is not None:
-                    problem = f"record length {length} runs past the end of the file"
+                    problem = ("empty record (no frame is empty)" if length == 0
+                               else f"record length {length} runs past the end of the file")
             elif zlib.crc32(buf[pos + RECORD_HEADER_SIZE:body_end]) != crc:
                 problem = "CRC-32 mismatch"
             else:
@@ -261,7 +272,8 @@ def scan_records(buf: bytes | mmap.mmap, start: int, end: int, *, final: bool, s
         report.truncated_at = base + pos
         if final:
             warnings.warn(f"{path}: log ends inside a record at byte offset {base + pos} "
-                          f"({end - pos} bytes ignored); the writer probably stopped mid-write",
+                          f"({end - pos} bytes ignored: a partial record or zeros); "
+                          "the writer probably stopped mid-write",
                           TruncatedLogWarning, stacklevel=3)
         return
     report.truncated_at = None
