@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from monitor.confusion import MAX_CONFUSION_CLASSES, confusion_counts
+from monitor.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
 
@@ -36,7 +37,7 @@ class EpochState:
 
 @dataclass
 class RankCounters:
-    next_seq: int = 0
+    sequence: SequenceGaps = field(default_factory=SequenceGaps)  # the rule monitor inspect follows too
     gaps: int = 0  # messages never received (sequence numbers skipped)
     sent: int = 0  # last counters the rank reported
     dropped: int = 0
@@ -91,17 +92,9 @@ class RunState:
         counters.bytes += size
         if message.world > self.world:
             self.world = message.world
-        seq = message.seq
-        if seq == 0 and message.kind == "run_start":
-            counters.next_seq = 0  # a new emitter session (a resumed run) numbers from 0 again
-        expected = counters.next_seq
-        if seq < expected:
-            return 0  # a repeat, or a late message: next_seq stays
-        counters.next_seq = seq + 1
-        if seq == expected:
-            return 0
-        counters.gaps += seq - expected
-        return seq - expected
+        skipped = counters.sequence.see(message.seq, run_start=message.kind == "run_start", time=message.time)
+        counters.gaps = counters.sequence.missing
+        return max(skipped, 0)
 
     def epoch(self, number: int) -> EpochState:
         state = self.epochs.get(number)
