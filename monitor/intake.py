@@ -35,6 +35,8 @@ class Intake:
         self.bytes = 0
         # Where rejections and logging failures are explained (rate-limited); the process prints its lines.
         self.reporter: RateLimitedLines | None = None
+        if logbook is not None:
+            logbook.on_failed = self._not_logged
 
     @property
     def not_logged(self) -> int:
@@ -51,8 +53,8 @@ class Intake:
         except protocol.ProtocolError as exc:
             self._reject(exc)
             return None
-        if self.logbook is not None and not self.logbook.append(message.run, frame):
-            self._not_logged()
+        if self.logbook is not None:
+            self.logbook.append(message.run, frame)
         return message
 
     def accept_many(self, frames: list[bytes]) -> AcceptedFrames:
@@ -91,8 +93,6 @@ class Intake:
             for run, run_frames in by_run.items():
                 if not self.logbook.append_many(run, run_frames):
                     failed.add(run)
-            if failed:
-                self._not_logged()
         return AcceptedFrames(accepted, [message.run not in failed for message, _ in accepted])
 
     def _reject(self, exc: protocol.ProtocolError) -> None:
@@ -111,7 +111,7 @@ class Intake:
             self.reporter.add("internal", rejection_line("internal", text))
 
     def _not_logged(self) -> None:
-        if self.reporter is not None:
+        if self.reporter is not None and self.logbook is not None:
             self.reporter.add("not_logged", not_logged_line(self.logbook))
 
 

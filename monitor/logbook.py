@@ -38,6 +38,7 @@ class LogBook:
         self.not_logged: Counter[str] = Counter()  # run -> frames that could not be written
         self.errors: dict[str, str] = {}  # run -> the latest write error, one line
         self.last_error: str | None = None
+        self.on_failed: Callable[[], None] | None = None  # called after each failed write, once counted
 
     def path(self, run: str) -> Path:
         return run_dir(self.out, run) / "messages.mlog"
@@ -77,6 +78,8 @@ class LogBook:
             text = f"cannot write {self.path(run)}: {exc.strerror or exc}"
         self.not_logged[run] += frames
         self.errors[run] = self.last_error = text
+        if self.on_failed is not None:
+            self.on_failed()
 
     def _writer(self, run: str) -> LogWriter:
         """The run's open writer; opening it first resumes the run from an existing log."""

@@ -21,6 +21,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
+from monitor.rejections import RateLimitedLines
 from monitor.renderer import ProcessRenderer, lower_monitor_share
 from monitor.signals import stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
@@ -103,6 +104,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     renderer = ProcessRenderer(priority=render_priority)
     pipeline = Pipeline(out, renderer, MonitorConsole(console, fresh=False, offload=renderer.table), epoch_timeout=epoch_timeout)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
+    pipeline.logbook, reporter = watcher.intake.logbook, RateLimitedLines()
+    watcher.intake.reporter = pipeline.reporter = reporter  # rejections and logging failures explained
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)
@@ -119,6 +122,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
                 next_rescan = time.monotonic() + RESCAN_S
             watcher.poll(paths)
             pipeline.tick()
+            for line in reporter.take():
+                pipeline.console.note(line)
             stop.wait(TICK_S)
         watcher.poll(watcher.rescan())  # whatever was written before the stop is still taken
     finally:
@@ -127,6 +132,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
         pipeline.finish()
         renderer.close()
         watcher.close()
+        for line in reporter.take(final=True):
+            pipeline.console.note(line)
         write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
                     rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
     console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "

@@ -336,3 +336,190 @@ def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
     stats = json.loads((out / ".monitor" / "stats.json").read_text())
     assert stats["not_logged"] == {TINY[0].run: 6}
     assert list(iter_frames(log)) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+
+
+# --- item 13b: a zero-filled log tail ---------------------------------------------------------
+
+
+@pytest.fixture
+def zero_tail(tmp_path) -> Path:
+    """The tiny log extended with 4 KiB of zeros, as a crash can leave it."""
+    path = tmp_path / "zeros.mlog"
+    path.write_bytes(FIXTURE_LOG.read_bytes() + bytes(4096))
+    return path
+
+
+def test_a_zero_filled_tail_reads_as_a_truncated_tail_not_as_empty_records(zero_tail):
+    from trainer_side.msglog import ReadReport, TruncatedLogWarning
+
+    report = ReadReport()
+    with pytest.warns(TruncatedLogWarning, match="byte offset"):
+        frames = list(iter_frames(zero_tail, report=report))
+    assert frames == TINY_FRAMES
+    assert (report.records, report.truncated_at) == (20, FIXTURE_LOG.stat().st_size)
+
+
+def test_the_follower_stops_at_a_zero_filled_tail(zero_tail):
+    from trainer_side.msglog import LogFollower
+
+    follower = LogFollower(zero_tail)
+    assert follower.poll() == TINY_FRAMES
+    assert follower.poll() == []
+    assert follower.offset == FIXTURE_LOG.stat().st_size
+
+
+def test_a_writer_cuts_a_zero_filled_tail_off_before_appending(zero_tail):
+    import warnings
+
+    from trainer_side.msglog import TruncatedLogWarning
+
+    with pytest.warns(TruncatedLogWarning, match="dropping a damaged tail"):
+        writer = LogWriter(zero_tail)
+    with writer:
+        writer.append(b"after the crash")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(iter_frames(zero_tail)) == TINY_FRAMES + [b"after the crash"]
+
+
+def test_inspect_reports_a_zero_filled_tail_as_a_truncated_tail(capfd, zero_tail):
+    code, out, _ = cli(capfd, "inspect", zero_tail)
+    assert code == 0
+    assert "20 records" in out and f"from byte {FIXTURE_LOG.stat().st_size}" in out
+
+
+# --- item 13c: one gap rule for inspect and replay --------------------------------------------
+
+
+def restarted(message: protocol.Message, seq: int) -> protocol.Message:
+    """The message as a resumed emitter session (a new run_start time) numbers it."""
+    return dataclasses.replace(message, seq=seq, time=message.time + 1000.0)
+
+
+RESUMED = [protocol.encode(restarted(m, seq)) for seq, m in enumerate(TINY[:7])]
+GAP_CASES = {
+    # log contents -> the number of messages never received
+    "tail appended twice": (TINY_FRAMES + TINY_FRAMES[10:], 0),
+    "whole log appended twice": (TINY_FRAMES + TINY_FRAMES, 0),
+    "gap, then a tail holding the missing ones": (TINY_FRAMES[:5] + TINY_FRAMES[7:] + TINY_FRAMES[3:], 0),
+    "gap, then the whole log again": (TINY_FRAMES[:5] + TINY_FRAMES[7:] + TINY_FRAMES, 0),
+    "gap in a tail appended twice": (TINY_FRAMES[:10] + TINY_FRAMES[12:] + TINY_FRAMES[12:], 2),
+    "resumed session with a gap": (TINY_FRAMES + RESUMED[:3] + RESUMED[5:], 2),
+    "resumed session, its tail twice": (TINY_FRAMES + RESUMED + RESUMED[2:] + TINY_FRAMES[15:], 0),
+    "tail across a resume appended twice": (TINY_FRAMES + RESUMED + TINY_FRAMES[15:] + RESUMED, 0),
+}
+
+
+@pytest.mark.parametrize("case", GAP_CASES)
+def test_inspect_and_replay_count_the_same_sequence_gaps(tmp_path, case):
+    from monitor.inspect import inspect_log
+
+    frames, missing = GAP_CASES[case]
+    log = write_log(tmp_path / "dup.mlog", frames)
+    inspected = inspect_log(log, skip_corrupt=False).ranks[(TINY[0].run, 0)]
+    replay([log], tmp_path / "out", skip_corrupt=False, console=quiet(), show_tables=False)
+    summary = json.loads((tmp_path / "out" / TINY[0].run / "summary.json").read_text())
+    assert sum(b - a + 1 for a, b in inspected.gaps()) == summary["ranks"]["0"]["gaps"] == missing
+
+
+# --- item 14: rejections explained ------------------------------------------------------------
+
+
+def garbage() -> dict[str, list[bytes]]:
+    """Frames refused for each decode reason (built with plain msgpack, as a foreign sender would)."""
+    import msgpack
+
+    envelope = {"v": [1, 0], "run": "g", "rank": 0, "world": 1, "seq": 0, "time": 1.0}
+    metrics = {**envelope, "kind": "metrics", "epoch": 0, "stage": "val", "step": 0, "values": {}}
+    preds = {**envelope, "kind": "preds", "epoch": 0, "step": 0,
+             "preds": {"dtype": "|u1", "shape": [2], "data": b"\x00"}, "labels": {"dtype": "|u1", "shape": [1], "data": b"\x00"}}
+    pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
+    return {
+        "malformed": [b"\xc1", pack([1, 2])],
+        "version": [pack({**metrics, "v": [2, 0]})],
+        "unknown_kind": [pack({**metrics, "kind": "gossip"})],
+        "field": [pack({**metrics, "epoch": -1}), pack({**metrics, "stage": 3}), pack({**metrics, "world": 0})],
+        "array": [pack(preds)],
+    }
+
+
+def test_inspect_shows_each_rejection_reason_with_its_count_and_an_example(capfd, tmp_path, monkeypatch):
+    from monitor.inspect import inspect_log
+
+    monkeypatch.setenv("COLUMNS", "250")
+    refused = garbage()
+    log = write_log(tmp_path / "mixed.mlog", TINY_FRAMES[:3] + [f for frames in refused.values() for f in frames])
+    report = inspect_log(log, skip_corrupt=False)
+    assert dict(report.rejected) == {reason: len(frames) for reason, frames in refused.items()}
+    assert report.examples["version"].startswith("protocol major version 2 is not supported")
+    assert report.examples["field"].startswith("metrics.epoch")
+    code, out, _ = cli(capfd, "inspect", log)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") == 4}
+    assert set(refused) <= set(rows)
+    assert rows["field"].split("│")[2].strip() == "3" and "metrics.epoch" in rows["field"]
+    assert rows["malformed"].split("│")[2].strip() == "2" and "msgpack" in rows["malformed"]
+
+
+def test_repeated_lines_are_shown_first_then_at_most_once_per_interval_with_a_count():
+    from monitor.rejections import RateLimitedLines
+
+    now = [0.0]
+    lines = RateLimitedLines(interval_s=5.0, clock=lambda: now[0])
+    lines.add("field", "f1")
+    lines.add("version", "v1")
+    lines.add("field", "f2")
+    lines.add("field", "f3")
+    assert lines.take() == ["f1", "v1"]  # the first of each key at once
+    now[0] = 4.9
+    lines.add("field", "f4")
+    assert lines.take() == []
+    now[0] = 5.0
+    assert lines.take() == ["f4 [and 2 more like it not shown]"]  # f2, f3 counted, f4 shown
+    now[0] = 6.0
+    lines.add("field", "f5")
+    assert lines.take() == []
+    now[0] = 11.0
+    lines.add("field", "f6")  # the interval has passed: shown at once, with the one held back
+    assert lines.take() == ["f6 [and 1 more like it not shown]"]
+    lines.add("field", "f7")
+    lines.add("quota", "q1")  # a reason this module does not know is shown like any other
+    assert lines.take(final=True) == ["q1", "f7"]
+
+
+def test_serve_explains_every_rejection_reason_on_the_console_rate_limited(start_monitor, tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one console line per note
+    refused = garbage()
+    monitor = start_monitor(tmp_path / "out")
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    try:
+        push.connect(monitor.endpoint)
+        for frames in refused.values():
+            for _ in range(20):
+                for frame in frames:
+                    push.send(frame)
+        sent = sum(20 * len(frames) for frames in refused.values())
+        from conftest import wait_for
+
+        wait_for(lambda: sum(_shown(monitor.output(), reason) for reason in refused) == len(refused),
+                 "a line for every reason", timeout=120)
+        assert monitor.stop() == 0
+    finally:
+        push.close()
+        context.term()
+    output = monitor.output()
+    assert "Traceback" not in output
+    assert re.search(rf"{sent} frames received, {sent} rejected", output)
+    for reason, frames in refused.items():
+        lines = [line for line in output.splitlines() if f"rejected a frame ({reason})" in line]
+        hidden = [int(m) for line in lines for m in re.findall(r"\[and (\d+) more like it not shown\]", line)]
+        assert len(lines) + sum(hidden) == 20 * len(frames), (reason, lines)  # every frame accounted for
+        assert len(lines) < 20 * len(frames)  # rate-limited
+
+
+def _shown(output: str, reason: str) -> int:
+    return int(f"rejected a frame ({reason})" in output)
