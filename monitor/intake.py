@@ -51,7 +51,7 @@ class Intake:
         try:
             message = protocol.decode(frame)
         except protocol.ProtocolError as exc:
-            self._reject(exc)
+            self._reject(exc, frame)
             return None
         if self.logbook is not None:
             self.logbook.append(message.run, frame)
@@ -76,7 +76,7 @@ class Intake:
             try:
                 message = decode(frame)
             except protocol.ProtocolError as exc:
-                self._reject(exc)
+                self._reject(exc, frame)
                 continue
             except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the receive loop
                 self._internal_error("could not decode a frame", exc, 1)
@@ -95,10 +95,12 @@ class Intake:
                     failed.add(run)
         return AcceptedFrames(accepted, [message.run not in failed for message, _ in accepted])
 
-    def _reject(self, exc: protocol.ProtocolError) -> None:
+    def _reject(self, exc: protocol.ProtocolError, frame: bytes) -> None:
         self.rejected[exc.reason] += 1
         self.last_rejection = str(exc)[:200]
         log.debug("rejected frame: %s", exc)
+        if self.logbook is not None:
+            self.logbook.keep_rejected(frame)  # for `monitor inspect <out>/.monitor/rejected.mlog`
         if self.reporter is not None:
             self.reporter.add(exc.reason, rejection_line(exc.reason, str(exc)))
 

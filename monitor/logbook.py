@@ -15,6 +15,12 @@ from trainer_side.names import safe_component
 MAX_OPEN_LOGS = 128
 
 
+# Frames refused by the codec belong to no run: up to this many bytes of them are kept here, for
+# `monitor inspect` to show what they were (run folders never start with a dot, so none collides).
+REJECTED_LOG = Path(".monitor") / "rejected.mlog"
+MAX_REJECTED_LOG_BYTES = 64 << 20
+
+
 def run_dir(out: Path, run: str) -> Path:
     """The run's folder: always a direct child of `out`, whatever the run id holds."""
     return out / safe_component(run)
@@ -39,6 +45,10 @@ class LogBook:
         self.errors: dict[str, str] = {}  # run -> the latest write error, one line
         self.last_error: str | None = None
         self.on_failed: Callable[[], None] | None = None  # called after each failed write, once counted
+        # Where `keep_rejected` keeps refused frames (serve sets `out / REJECTED_LOG`); None: nowhere.
+        self.rejected_path: Path | None = None
+        self._rejected: LogWriter | None = None
+        self.rejected_not_kept = 0  # rejected frames beyond MAX_REJECTED_LOG_BYTES, or not writable
 
     def path(self, run: str) -> Path:
         return run_dir(self.out, run) / "messages.mlog"
@@ -63,6 +73,20 @@ class LogBook:
             self._failed(run, exc, len(frames))
             return False
         return True
+
+    def keep_rejected(self, frame: bytes) -> None:
+        """Appends a frame the codec refused to `rejected_path`, if set, up to MAX_REJECTED_LOG_BYTES."""
+        if self.rejected_path is None:
+            return
+        try:
+            if self._rejected is None:
+                self._rejected = LogWriter(self.rejected_path, flush_every=self.flush_every)
+            if not frame or self._rejected.bytes + len(frame) + 8 > MAX_REJECTED_LOG_BYTES:
+                self.rejected_not_kept += 1
+                return
+            self._rejected.append(frame)
+        except OSError as exc:
+            self.rejected_not_kept += getattr(exc, "frames", 1)
 
     def status(self, run: str) -> dict | None:
         """For the run's summary: the frames that could not be logged and why; None if there were none."""
@@ -105,11 +129,21 @@ class LogBook:
                 writer.flush()
             except LogWriteError as exc:
                 self._failed(run, exc, exc.frames)
+        if self._rejected is not None:
+            try:
+                self._rejected.flush()
+            except LogWriteError as exc:
+                self.rejected_not_kept += exc.frames
 
     def close(self) -> None:
         for run, writer in self._writers.items():
             self._close(run, writer)
         self._writers.clear()
+        if self._rejected is not None:
+            try:
+                self._rejected.close()
+            except LogWriteError as exc:
+                self.rejected_not_kept += exc.frames
 
     def _close(self, run: str, writer: LogWriter) -> None:
         try:

@@ -60,15 +60,19 @@ class Pipeline:
             self._dispatch(run, message)
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
-            text = f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}"
-            if self.reporter is None:
-                self.console.note(text)
-            else:
-                self.reporter.add(exc.reason, rejection_line(exc.reason, text))
+            self._explain(exc.reason, f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one message must never stop the monitor
             self.rejected["internal"] += 1
-            log.error("run %s: %s from rank %d could not be processed (%s: %s)", message.run, message.kind,
-                      message.rank, type(exc).__name__, exc)
+            self._explain("internal", f"run {message.run}: {message.kind} from rank {message.rank} could not be "
+                                      f"processed ({type(exc).__name__}: {exc})")
+
+    def _explain(self, reason: str, text: str) -> None:
+        if self.reporter is not None:
+            self.reporter.add(reason, rejection_line(reason, text))
+        elif reason == "internal":
+            log.error("%s", text)
+        else:
+            self.console.note(text)
 
     def record_artifact(self, path: Path) -> None:
         """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
@@ -243,9 +247,12 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
 
 
 def _log_stats(logbook: LogBook | None) -> dict:
-    if logbook is None or not logbook.not_logged:
-        return {}
-    return {"not_logged": dict(sorted(logbook.not_logged.items())), "log_error": logbook.last_error}
+    stats: dict = {}
+    if logbook is not None and logbook.not_logged:
+        stats.update(not_logged=dict(sorted(logbook.not_logged.items())), log_error=logbook.last_error)
+    if logbook is not None and logbook.rejected_not_kept:
+        stats["rejected_not_kept"] = logbook.rejected_not_kept  # beyond the rejected-frames log's cap
+    return stats
 
 
 def _shortened(record: partial, rows: list, pick: Callable[[list], list]) -> Callable[[], Table] | None:

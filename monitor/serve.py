@@ -17,6 +17,7 @@ from monitor.confusion import confusion_counts
 from monitor.console import MonitorConsole
 from monitor.dashboard import Dashboard, dashboard_caption, dashboard_rows
 from monitor.endpoint import CurveServerKeys, check_bind
+from monitor.logbook import REJECTED_LOG
 from monitor.pipeline import STATS_FILE, Pipeline, write_stats
 from monitor.receiver import Receiver
 from monitor.rejections import RateLimitedLines
@@ -45,6 +46,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout)
     pipeline.logbook, reporter = receiver.logbook, RateLimitedLines()
+    receiver.logbook.rejected_path = out / REJECTED_LOG  # refused frames, for `monitor inspect`
     receiver.intake.reporter = pipeline.reporter = reporter  # rejections and logging failures explained
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     # The first confusion count in a process costs 6.5 ms, the next 0.75 ms (43 classes, measured

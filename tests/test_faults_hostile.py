@@ -373,7 +373,7 @@ def test_a_writer_cuts_a_zero_filled_tail_off_before_appending(zero_tail):
 
     from trainer_side.msglog import TruncatedLogWarning
 
-    with pytest.warns(TruncatedLogWarning, match="dropping a damaged tail"):
+    with pytest.warns(TruncatedLogWarning, match="dropping a partial record"):
         writer = LogWriter(zero_tail)
     with writer:
         writer.append(b"after the crash")
@@ -432,7 +432,8 @@ def garbage() -> dict[str, list[bytes]]:
     envelope = {"v": [1, 0], "run": "g", "rank": 0, "world": 1, "seq": 0, "time": 1.0}
     metrics = {**envelope, "kind": "metrics", "epoch": 0, "stage": "val", "step": 0, "values": {}}
     preds = {**envelope, "kind": "preds", "epoch": 0, "step": 0,
-             "preds": {"dtype": "|u1", "shape": [2], "data": b"\x00"}, "labels": {"dtype": "|u1", "shape": [1], "data": b"\x00"}}
+             "preds": {"dtype": "|u1", "shape": [2], "data": b"\x00"},
+             "labels": {"dtype": "|u1", "shape": [1], "data": b"\x00"}}
     pack = lambda obj: msgpack.packb(obj, use_bin_type=True)  # noqa: E731
     return {
         "malformed": [b"\xc1", pack([1, 2])],
@@ -519,7 +520,29 @@ def test_serve_explains_every_rejection_reason_on_the_console_rate_limited(start
         hidden = [int(m) for line in lines for m in re.findall(r"\[and (\d+) more like it not shown\]", line)]
         assert len(lines) + sum(hidden) == 20 * len(frames), (reason, lines)  # every frame accounted for
         assert len(lines) < 20 * len(frames)  # rate-limited
+    # The refused frames are kept apart, for `monitor inspect` to show what they were.
+    from monitor.inspect import inspect_log
+
+    kept = inspect_log(monitor.out / ".monitor" / "rejected.mlog", skip_corrupt=False)
+    assert dict(kept.rejected) == {reason: 20 * len(frames) for reason, frames in refused.items()}
 
 
 def _shown(output: str, reason: str) -> int:
     return int(f"rejected a frame ({reason})" in output)
+
+
+def test_refused_frames_are_kept_for_inspect_up_to_a_byte_cap(tmp_path, monkeypatch):
+    from monitor import logbook as logbook_module
+    from monitor.intake import Intake
+    from monitor.logbook import REJECTED_LOG, LogBook
+
+    monkeypatch.setattr(logbook_module, "MAX_REJECTED_LOG_BYTES", 12 + 3 * (8 + 100))
+    book = LogBook(tmp_path, flush_every=1 << 30)
+    book.rejected_path = tmp_path / REJECTED_LOG
+    intake = Intake(book)
+    refused = [bytes([0xC1]) * 100] * 5  # malformed, 100 bytes each
+    accepted = intake.accept_many(refused + TINY_FRAMES[:1])
+    assert [(m.kind, m.seq, size) for m, size in accepted] == [("run_start", 0, len(TINY_FRAMES[0]))]
+    book.close()
+    assert list(iter_frames(tmp_path / REJECTED_LOG)) == refused[:3]
+    assert book.rejected_not_kept == 2 and intake.rejected == {"malformed": 5}

@@ -10,8 +10,9 @@ File grammar (all integers little-endian)::
 `crc32` is zlib's CRC-32 of the payload alone. No frame is empty, so `length` is never 0. A writer
 only ever appends whole records, so a crash can leave at most one partial record at the very end, or
 a tail of zeros (a file extended before its data reached the disk): readers warn about such a
-truncated tail and stop, and a writer reopening the log cuts it off before appending. Anything else that does not check out is corruption: `CorruptLogError` names its byte offset,
-and `skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
+truncated tail and stop, and a writer reopening the log cuts it off before appending. Anything else
+that does not check out is corruption: `CorruptLogError` names its byte offset, and
+`skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def _cut_partial_tail(path: Path) -> None:
         for _ in iter_records(path, skip_corrupt=True, report=report):
             pass
     if report.truncated_at is not None:
-        warnings.warn(f"{path}: dropping a damaged tail (a partial record or zeros) at byte offset {report.truncated_at} before appending",
+        warnings.warn(f"{path}: dropping a partial record (or a zero-filled tail) at byte offset "
+                      f"{report.truncated_at} before appending",
                       TruncatedLogWarning, stacklevel=3)
         os.truncate(path, report.truncated_at)
 
