@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monitor.render.tables import display_name
+from monitor.sequence import SequenceGaps
 from trainer_side import protocol
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
@@ -19,17 +20,12 @@ from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 class RankReport:
     kinds: Counter = field(default_factory=Counter)
     kind_bytes: Counter = field(default_factory=Counter)
-    seqs: list[int] = field(default_factory=list)
+    sequence: SequenceGaps = field(default_factory=SequenceGaps)  # the rule replay and serve follow too
     world: int = 1
 
     def gaps(self) -> list[tuple[int, int]]:
-        """Missing sequence-number ranges [first, last], from 0 up to the highest seen."""
-        missing, expected = [], 0
-        for seq in sorted(set(self.seqs)):
-            if seq > expected:
-                missing.append((expected, seq - 1))
-            expected = seq + 1
-        return missing
+        """Missing sequence-number ranges [first, last] (see monitor.sequence)."""
+        return self.sequence.ranges()
 
 
 @dataclass
@@ -38,7 +34,8 @@ class LogReport:
     records: int = 0
     bytes: int = 0
     ranks: dict[tuple[str, int], RankReport] = field(default_factory=lambda: defaultdict(RankReport))
-    rejected: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)  # reason code -> frames
+    examples: dict[str, str] = field(default_factory=dict)  # reason code -> the first frame's message
     read: ReadReport = field(default_factory=ReadReport)
     warnings: list[str] = field(default_factory=list)
 
@@ -53,12 +50,14 @@ def inspect_log(path: Path, *, skip_corrupt: bool) -> LogReport:
             try:
                 message = protocol.decode(frame)
             except protocol.ProtocolError as exc:
-                report.rejected[f"{exc.reason}: {str(exc)[:80]}"] += 1
+                report.rejected[exc.reason] += 1
+                report.examples.setdefault(exc.reason, str(exc)[:200])
                 continue
             rank = report.ranks[(message.run, message.rank)]
             rank.kinds[message.kind] += 1
             rank.kind_bytes[message.kind] += len(frame)
-            rank.seqs.append(message.seq)
+            rank.sequence.see(message.seq, run_start=message.kind == "run_start", time=message.time,
+                              sender=message.sender)
             rank.world = message.world
     report.warnings = [str(w.message) for w in caught]
     return report
@@ -70,7 +69,7 @@ def report_tables(report: LogReport) -> list[Table]:
         overview.add_column(column)
     for (run, rank), ranks in sorted(report.ranks.items()):
         gaps = ranks.gaps()
-        gap_text = "none" if not gaps else f"{sum(b - a + 1 for a, b in gaps)} missing: " + ", ".join(
+        gap_text = "none" if not gaps else f"{ranks.sequence.missing} missing: " + ", ".join(
             str(a) if a == b else f"{a}-{b}" for a, b in gaps[:10]) + (" …" if len(gaps) > 10 else "")
         for i, kind in enumerate(sorted(ranks.kinds)):
             # Run ids and reasons come from the frames: shown like the monitor's tables, controls neutralized.
@@ -80,12 +79,18 @@ def report_tables(report: LogReport) -> list[Table]:
                              f"{ranks.kind_bytes[kind]:,}", gap_text if i == 0 else "")
     overview.caption = f"{report.records} records, {report.bytes:,} bytes of frames"
     tables = [overview]
-    if report.rejected or report.read.skipped or report.read.truncated_at is not None:
-        problems = Table(title="Rejected and damaged records", title_justify="left")
+    if report.rejected:
+        rejected = Table(title="Rejected frames", title_justify="left")
+        for column in ("Reason", "Frames", "First example"):
+            rejected.add_column(column)
+        for reason, count in sorted(report.rejected.items()):
+            # The example quotes the frame: shown like the monitor's tables, controls neutralized.
+            rejected.add_row(reason, str(count), display_name(report.examples[reason], 200))
+        tables.append(rejected)
+    if report.read.skipped or report.read.truncated_at is not None:
+        problems = Table(title="Damaged records", title_justify="left")
         problems.add_column("What")
         problems.add_column("Count / where")
-        for reason, count in sorted(report.rejected.items()):
-            problems.add_row(display_name(f"rejected frame ({reason})", 200), str(count))
         for start, end, reason in report.read.skipped:
             problems.add_row(f"skipped damaged bytes ({reason})", f"{start}..{end}")
         if report.read.truncated_at is not None:

@@ -12,7 +12,8 @@ from typing import Callable
 
 from monitor.console import MonitorConsole
 from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
-from monitor.logbook import run_dir
+from monitor.logbook import LogBook, run_dir
+from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
 from monitor.render.save import write_csv, write_json
 from monitor.runstate import RefusedSender, RejectedMessage, RunState
@@ -36,6 +37,8 @@ class Pipeline:
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
         self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
         self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
+        self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
+        self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -68,11 +71,19 @@ class Pipeline:
                 self.console.note(str(exc))
         except RejectedMessage as exc:
             self.rejected[exc.reason] += 1
-            self.console.note(f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
+            self._explain(exc.reason, f"run {message.run}: rejected {message.kind} from rank {message.rank}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one message must never stop the monitor
             self.rejected["internal"] += 1
-            log.error("run %s: %s from rank %d could not be processed (%s: %s)", message.run, message.kind,
-                      message.rank, type(exc).__name__, exc)
+            self._explain("internal", f"run {message.run}: {message.kind} from rank {message.rank} could not be "
+                                      f"processed ({type(exc).__name__}: {exc})")
+
+    def _explain(self, reason: str, text: str) -> None:
+        if self.reporter is not None:
+            self.reporter.add(reason, rejection_line(reason, text))
+        elif reason == "internal":
+            log.error("%s", text)
+        else:
+            self.console.note(text)
 
     def record_artifact(self, path: Path) -> None:
         """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
@@ -141,16 +152,25 @@ class Pipeline:
             self._write_summary(run, at_once=kind != "epoch_end")
 
     def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
-        """Writes the run's summary.json; after an epoch end, at most once per SUMMARY_EVERY_S per run
-        (later ones are written by `tick`): the summary lists every rank, so a sender's flood of epoch
-        ends from many ranks would otherwise cost time proportional to ranks times messages."""
+        """Writes the run's summary.json, with what could not be logged; after an epoch end, at most
+        once per SUMMARY_EVERY_S per run (later ones are written by `tick`): the summary lists every
+        rank, so a sender's flood of epoch ends from many ranks would otherwise cost time proportional
+        to ranks times messages. A failed write (a full disk) is reported, not raised."""
         now = self.clock()
         if not at_once and now - self._summary_written.get(run.run, -math.inf) < SUMMARY_EVERY_S:
             self._summaries_due.add(run.run)
             return
         self._summaries_due.discard(run.run)
         self._summary_written[run.run] = now
-        write_json(run_dir(self.out, run.run) / "summary.json", run.summary())
+        summary = run.summary()
+        problem = None if self.logbook is None else self.logbook.status(run.run)
+        if problem is not None:
+            summary["log"] = problem
+        path = run_dir(self.out, run.run) / "summary.json"
+        try:
+            write_json(path, summary)
+        except OSError as exc:
+            log.error("cannot write %s (%s)", path, exc.strerror or exc)
 
     # --- run start ----------------------------------------------------------------------------
 
@@ -253,6 +273,7 @@ def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[s
     write_json(out / STATS_FILE, {
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
+        **_log_stats(pipeline.logbook),
     })
 
 
@@ -264,6 +285,15 @@ def describe_ranks(count: int, named: list[int]) -> str:
         return f"{shown} and {rest:,} more"
     head, _, last = shown.rpartition(", ")
     return f"{head} and {last}" if head else last
+
+
+def _log_stats(logbook: LogBook | None) -> dict:
+    stats: dict = {}
+    if logbook is not None and logbook.not_logged:
+        stats.update(not_logged=dict(sorted(logbook.not_logged.items())), log_error=logbook.last_error)
+    if logbook is not None and logbook.rejected_not_kept:
+        stats["rejected_not_kept"] = logbook.rejected_not_kept  # beyond the rejected-frames log's cap
+    return stats
 
 
 def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:

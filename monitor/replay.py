@@ -34,6 +34,7 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
     logbook = LogBook(out, flush_every=1 << 30, fresh=True)
     intake = Intake(logbook, Quotas(limits))
     pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(console if show_tables else None, fresh=True))
+    pipeline.logbook = logbook  # frames it could not log go into the summaries
     total = sum(path.stat().st_size for path in logs)
     show_bar = progress if progress is not None else (console.is_terminal and total >= PROGRESS_MIN_BYTES)
     reports = []

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from monitor.confusion import MAX_CONFUSION_CLASSES, SparseCounts
+from monitor.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
 NAMED_MISSING_RANKS = 3  # a warning names this many missing ranks and counts the rest
@@ -64,7 +65,7 @@ class LateData(RejectedMessage):
 
 @dataclass
 class RankCounters:
-    next_seq: int = 0
+    sequence: SequenceGaps = field(default_factory=SequenceGaps)  # the rule monitor inspect follows too
     gaps: int = 0  # messages never received (sequence numbers skipped)
     sent: int = 0  # last counters the rank reported
     dropped: int = 0
@@ -146,18 +147,11 @@ class RunState:
         counters.bytes += size
         if message.world > self.world:
             self.world = message.world
-        seq = message.seq
-        if owner is None or taken_over or (seq == 0 and message.kind == "run_start"):
-            counters.next_seq = seq  # a new sender (or a 1.0 sender starting again) numbers on from here
         self.owners[rank] = sender
-        expected = counters.next_seq
-        if seq < expected:
-            return 0  # a repeat, or a late message: next_seq stays
-        counters.next_seq = seq + 1
-        if seq == expected:
-            return 0
-        counters.gaps += seq - expected
-        return seq - expected
+        skipped = counters.sequence.see(message.seq, run_start=message.kind == "run_start", time=message.time,
+                                        sender=sender)
+        counters.gaps = counters.sequence.missing
+        return max(skipped, 0)
 
     def _take_over(self, message: Message, owner: str) -> None:
         rank, sender = message.rank, message.sender

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.endpoint import CurveServerKeys, check_bind
+from monitor.logbook import REJECTED_LOG
 from monitor.quotas import Limits
 from monitor.receiver import Receiver
+from monitor.rejections import RateLimitedLines
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 
 if TYPE_CHECKING:
@@ -38,10 +40,19 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
           stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
           stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None) -> int:
+    """Serves until `stop` (or SIGINT/SIGTERM); returns the exit status: 1 when frames could not be
+    logged (a full disk), else 0.
+
+    Raises:
+        BindError: the address cannot be bound.
+    """
     endpoint = check_bind(bind, allow_remote)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve, limits=limits)
+    reporter = RateLimitedLines()
+    receiver.logbook.rejected_path = out / REJECTED_LOG  # refused frames, for `monitor inspect`
+    receiver.intake.reporter = reporter  # rejections and logging failures explained
     receiver.start()
     # The receiver stops taking frames as soon as a stop is asked, even while the start-up below goes on.
     threading.Thread(target=lambda: stop.wait() and receiver.stop(), name="monitor-stop", daemon=True).start()
@@ -50,6 +61,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
     pipeline, renderer, records, dashboard = _start_pipeline(out, console, epoch_timeout, stale_after, render_priority)
+    pipeline.logbook, pipeline.reporter = receiver.logbook, reporter
 
     def refresh(now: bool = False) -> None:
         if not dashboard.active:
@@ -64,6 +76,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         while not stop.is_set():
             _process(receiver, pipeline, until=time.monotonic() + TICK_S, stop=stop)
             pipeline.tick()
+            for line in reporter.take():
+                records.note(line)
             refresh()
         stopping = stop_requested_at(stop)
         # The hand-off queue may hold very many messages (a flood): a full collection would walk them all
@@ -79,21 +93,29 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
         records.stop_by(stopping + STOP_S)
         pipeline.finish()
         abandoned = renderer.close() + records.abandoned
+        for line in reporter.take(final=True):
+            records.note(line)
         refresh(now=True)
-    from monitor.pipeline import write_stats
+    from monitor.pipeline import STATS_FILE, write_stats
 
     rejected = receiver.intake.rejected + pipeline.rejected
     if receiver.curve_refusals:
         rejected["curve_handshake"] += receiver.curve_refusals
-    write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
-                pipeline=pipeline)
+    not_logged = receiver.intake.not_logged
+    try:
+        write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
+                    pipeline=pipeline)
+    except OSError as exc:
+        console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
     if unprocessed or abandoned:
         console.print(f"monitor: stopped before processing {unprocessed} logged message(s) and drawing {abandoned} "
                       f"figure(s) or table(s); `monitor replay {out}/<run>/messages.mlog` redoes them",
                       highlight=False)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
-    return 0
+                  f"{len(pipeline.runs)} run(s) written to {out}/"
+                  + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
+                  highlight=False, soft_wrap=True)
+    return 1 if not_logged else 0
 
 
 def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_after: float | None,

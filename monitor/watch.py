@@ -22,6 +22,7 @@ from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
 from monitor.quotas import Limits, Quotas
+from monitor.rejections import RateLimitedLines
 from monitor.renderer import ProcessRenderer
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
@@ -112,6 +113,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
     watcher.intake.quotas = Quotas(limits)
+    pipeline.logbook, reporter = watcher.intake.logbook, RateLimitedLines()
+    watcher.intake.reporter = pipeline.reporter = reporter  # rejections and logging failures explained
     changed = _Changed()
     observer = PollingObserver(timeout=1) if polling else Observer()
     observer.schedule(changed, str(folder), recursive=True)
@@ -128,6 +131,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
                 next_rescan = time.monotonic() + RESCAN_S
             watcher.poll(paths)
             pipeline.tick()
+            for line in reporter.take():
+                pipeline.console.note(line)
             stop.wait(TICK_S)
         stopping = stop_requested_at(stop)
         watcher.poll(watcher.rescan(), until=stopping + PROCESS_S)  # what was written before the stop, in time
@@ -140,6 +145,8 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
         pipeline.finish()
         abandoned = renderer.close() + records.abandoned
         watcher.close()
+        for line in reporter.take(final=True):
+            pipeline.console.note(line)
         write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
                     rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
     if abandoned:

@@ -9,7 +9,7 @@ import pytest
 from trainer_side.msglog import (HEADER_SIZE, CorruptLogError, LogFollower, LogFormatError, LogWriter, ReadReport,
                                  TruncatedLogWarning, iter_frames, iter_records, record_bytes)
 
-FRAMES = [b"alpha", b"", b"\x00" * 3, bytes(range(256)), b"omega!"]
+FRAMES = [b"alpha", b"\x00", b"\x00" * 3, bytes(range(256)), b"omega!"]
 
 
 def _write(path, frames):
@@ -27,13 +27,16 @@ def test_record_is_exactly_length_crc_payload(tmp_path):
     assert len(data) == HEADER_SIZE + 13 and data[HEADER_SIZE:] == record
 
 
-def test_empty_record_round_trips(tmp_path):
-    _write(tmp_path / "e.mlog", [b""])
-    assert list(iter_frames(tmp_path / "e.mlog")) == [b""]
+def test_an_empty_frame_is_refused_since_no_record_is_empty(tmp_path):
+    with pytest.raises(ValueError, match="empty frame"):
+        _write(tmp_path / "e.mlog", [b"one", b""])
+    with LogWriter(tmp_path / "e.mlog") as writer, pytest.raises(ValueError, match="empty frame"):
+        writer.append_many([b"two", b""])
+    assert list(iter_frames(tmp_path / "e.mlog")) == [b"one"]
 
 
 def test_many_records_round_trip_with_offsets(tmp_path):
-    frames = [bytes([i % 251]) * (i * 7 % 300) for i in range(2000)]
+    frames = [bytes([i % 251]) * (i * 7 % 300 or 1) for i in range(2000)]
     _write(tmp_path / "m.mlog", frames)
     records = list(iter_records(tmp_path / "m.mlog"))
     assert [f for _, f in records] == frames

@@ -275,4 +275,4 @@ def test_inspect_prints_run_ids_and_rejection_reasons_safely(tmp_path, capfd, mo
     out = capfd.readouterr().out
     assert [line for line in out.splitlines() if UNSAFE_CHARS.search(line)] == []
     assert "esc\ufffd[2J\ufffd[bold]id[/]" in out  # markup literal, controls visible as U+FFFD
-    assert re.search(r"rejected frame \(field: .*\ufffd\[31mkey\ufffd", out)
+    assert re.search(r"field\s*│\s*1\s*│.*\ufffd\[31mkey\ufffd", out)  # reason, count, first example

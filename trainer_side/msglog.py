@@ -7,10 +7,12 @@ File grammar (all integers little-endian)::
     record  := length(uint32) crc32(uint32) payload(length bytes)
 
 `payload` is one frame exactly as received (a protocol message, see docs/protocol.md);
-`crc32` is zlib's CRC-32 of the payload alone. A writer only ever appends whole records, so a crash
-can leave at most one partial record at the very end: readers warn about such a truncated tail and
-stop. Anything else that does not check out is corruption: `CorruptLogError` names its byte offset,
-and `skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
+`crc32` is zlib's CRC-32 of the payload alone. No frame is empty, so `length` is never 0. A writer
+only ever appends whole records, so a crash can leave at most one partial record at the very end, or
+a tail of zeros (a file extended before its data reached the disk): readers warn about such a
+truncated tail and stop, and a writer reopening the log cuts it off before appending. Anything else
+that does not check out is corruption: `CorruptLogError` names its byte offset, and
+`skip_corrupt=True` resumes at the next whole record instead, reporting what it skipped.
 """
 
 from __future__ import annotations
@@ -79,8 +81,28 @@ def check_header(data: bytes, path: str | os.PathLike) -> None:
         raise LogFormatError(f"{path}: log format version {version} is not supported (expected {FORMAT_VERSION})")
 
 
+class LogWriteError(OSError):
+    """Records could not be written (a full disk, say). The file was cut back to its last whole record,
+    so it stays readable; `frames` is the number of records dropped. The writer stays usable."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError, frames: int) -> None:
+        self.reason = f"cannot write {path}: {cause.strerror or cause}"
+        super().__init__(cause.errno, f"{self.reason}; {frames} record(s) not written")
+        self.path, self.frames = str(path), frames
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class LogWriter:
-    """Appends records to a log, writing the header when the file is new. Single-writer."""
+    """Appends records to a log, writing the header when the file is new. Single-writer.
+
+    Records are kept whole: a failed write raises `LogWriteError` after cutting the file back to its
+    last whole record, and the next append writes again (space freed meanwhile is used at once).
+    """
+
+    # Pending records are written once this many bytes wait, whatever `flush_every` says.
+    BUFFER_BYTES = 1 << 20
 
     def __init__(self, path: str | os.PathLike, *, flush_every: int = 1, truncate: bool = False) -> None:
         self.path = Path(path)
@@ -89,43 +111,77 @@ class LogWriter:
             self.path.unlink(missing_ok=True)
         elif self.path.exists() and self.path.stat().st_size > 0:
             _cut_partial_tail(self.path)
-        self._file: BinaryIO = open(self.path, "ab")
-        if self._file.tell() == 0:
-            self._file.write(header_bytes())
-            self._file.flush()  # a reader must never find the file without its header for long
+        # Unbuffered: this class keeps whole records until they are written, so a failed write can be
+        # undone by cutting the file back to `_good`, the end of its last whole record.
+        self._file = open(self.path, "ab", buffering=0)
+        self._good = os.fstat(self._file.fileno()).st_size
         self._flush_every = flush_every
-        self._pending = 0
-        self.records = 0
-        self.bytes = self._file.tell()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.records = 0  # appended by this writer and not dropped (some may still be pending)
+        self.bytes = self._good  # the file's size once the pending records are written
+        self.lost = 0  # records dropped by failed writes
+        if self._good == 0:
+            try:
+                self._write(header_bytes(), 0)  # a reader must never find the file without its header for long
+            except LogWriteError:
+                self._file.close()
+                raise
+            self.bytes = self._good
 
     def append(self, frame: bytes) -> None:
-        record = record_bytes(frame)
-        self._file.write(record)
+        """Adds one record; it is written once `flush_every` records or `BUFFER_BYTES` bytes wait.
+        Raises LogWriteError when that write fails (every pending record is then dropped), and
+        ValueError for an empty frame, which readers would take for the end of the data."""
+        _check_frames((frame,))
+        self._add(record_bytes(frame))
+        if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
+            self.flush()
+
+    def _add(self, record: bytes) -> None:
+        self._pending.append(record)
+        self._pending_bytes += len(record)
         self.records += 1
         self.bytes += len(record)
-        self._pending += 1
-        if self._pending >= self._flush_every:
-            self.flush()
 
     def append_many(self, frames: list[bytes]) -> None:
         """`append` for each frame in turn: the same records, written with one call. The flush
         policy counts records as `append` does, but is applied once, after the last of them."""
-        data = b"".join([record_bytes(frame) for frame in frames])
-        self._file.write(data)
-        self.records += len(frames)
-        self.bytes += len(data)
-        self._pending += len(frames)
-        if self._pending >= self._flush_every:
+        _check_frames(frames)
+        for frame in frames:
+            self._add(record_bytes(frame))
+        if len(self._pending) >= self._flush_every or self._pending_bytes >= self.BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
-        self._pending = 0
+        """Writes the pending records; raises LogWriteError (and drops them) if that fails."""
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._write(b"".join(pending), len(pending))
+
+    def _write(self, data: bytes, records: int) -> None:
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                done += self._file.write(view[done:])  # a raw write may take only part of the bytes
+        except OSError as exc:
+            try:
+                os.ftruncate(self._file.fileno(), self._good)  # never needs space; the reader copes if it fails
+            except OSError:
+                pass
+            self.lost += records
+            self.records -= records
+            self.bytes = self._good
+            raise LogWriteError(self.path, exc, records) from exc
+        self._good += len(data)
 
     def close(self) -> None:
+        """Writes what is pending and closes the file (closed even when that write raises)."""
         if not self._file.closed:
-            self._file.flush()
-            self._file.close()
+            try:
+                self.flush()
+            finally:
+                self._file.close()
 
     def __enter__(self) -> "LogWriter":
         return self
@@ -134,9 +190,14 @@ class LogWriter:
         self.close()
 
 
+def _check_frames(frames) -> None:
+    if not all(frames):
+        raise ValueError("an empty frame is not a message; a log holds no empty records")
+
+
 def _cut_partial_tail(path: Path) -> None:
-    """Before appending to a log whose writer crashed, drops its partial last record: a record
-    appended after one would be unreadable."""
+    """Before appending to a log whose writer crashed, drops its partial last record or zero-filled
+    tail: a record appended after either would be unreadable."""
     with open(path, "rb") as f:
         check_header(f.read(HEADER_SIZE), path)
     report = ReadReport()
@@ -145,7 +206,8 @@ def _cut_partial_tail(path: Path) -> None:
         for _ in iter_records(path, skip_corrupt=True, report=report):
             pass
     if report.truncated_at is not None:
-        warnings.warn(f"{path}: dropping a partial record at byte offset {report.truncated_at} before appending",
+        warnings.warn(f"{path}: dropping a partial record (or a zero-filled tail) at byte offset "
+                      f"{report.truncated_at} before appending",
                       TruncatedLogWarning, stacklevel=3)
         os.truncate(path, report.truncated_at)
 
@@ -155,7 +217,7 @@ def _valid_record_at(buf: bytes | mmap.mmap, pos: int, end: int) -> bool:
     if pos + RECORD_HEADER_SIZE > end:
         return False
     length, crc = RECORD_HEADER.unpack_from(buf, pos)
-    # Empty records are legal but a run of zero bytes looks like one, so resync never lands on them.
+    # No frame is empty, and a run of zero bytes would look like empty records.
     if length == 0 or length > MAX_RECORD_SIZE or pos + RECORD_HEADER_SIZE + length > end:
         return False
     return zlib.crc32(buf[pos + RECORD_HEADER_SIZE:pos + RECORD_HEADER_SIZE + length]) == crc
@@ -184,12 +246,14 @@ def scan_records(buf: bytes | mmap.mmap, start: int, end: int, *, final: bool, s
             body_end = pos + RECORD_HEADER_SIZE + length
             if length > MAX_RECORD_SIZE:
                 problem = f"record length {length} exceeds the {MAX_RECORD_SIZE}-byte limit"
-            elif body_end > end:
-                # Either the writer stopped mid-record or the length field is damaged: a whole
-                # record further on can only mean damage.
+            elif body_end > end or length == 0:
+                # The writer stopped mid-record, or the file was extended with zeros after a crash (no
+                # frame is empty, so a zero length ends the valid data), or the length field is
+                # damaged: a whole record further on can only mean damage.
                 problem = None
                 if final and _next_valid(buf, pos + 1, end) is not None:
-                    problem = f"record length {length} runs past the end of the file"
+                    problem = ("empty record (no frame is empty)" if length == 0
+                               else f"record length {length} runs past the end of the file")
             elif zlib.crc32(buf[pos + RECORD_HEADER_SIZE:body_end]) != crc:
                 problem = "CRC-32 mismatch"
             else:
@@ -210,7 +274,8 @@ def scan_records(buf: bytes | mmap.mmap, start: int, end: int, *, final: bool, s
         report.truncated_at = base + pos
         if final:
             warnings.warn(f"{path}: log ends inside a record at byte offset {base + pos} "
-                          f"({end - pos} bytes ignored); the writer probably stopped mid-write",
+                          f"({end - pos} bytes ignored: a partial record or zeros); "
+                          "the writer probably stopped mid-write",
                           TruncatedLogWarning, stacklevel=3)
         return
     report.truncated_at = None

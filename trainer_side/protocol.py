@@ -317,6 +317,9 @@ def _check_relations(kind: str, body: dict[str, Any]) -> None:
         raise InvalidFieldError(f"run_end.status must be one of {sorted(RUN_END_STATUSES)}, got {body['status']!r}")
     if kind == "run_start" and not body["class_names"]:
         raise InvalidFieldError("run_start.class_names must not be empty")
+    if kind == "run_start" and body["class_counts"] is not None and body["class_counts"].size \
+            and body["class_counts"].min() < 0:
+        raise InvalidFieldError("run_start.class_counts must not hold negative counts")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import struct
 import threading
 import zlib
@@ -115,12 +116,31 @@ def write_text(path: pathlib.Path, text: str) -> None:
 
 
 def write_csv(path: pathlib.Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """Write a header and rows as CSV with ``\\n`` line endings, atomically."""
+    """Write a header and rows as CSV with ``\\n`` line endings, atomically.
+
+    Text cells come from the trainer (class and metric names), so each one that a spreadsheet would
+    read as a formula is neutralised (`csv_cell`); numbers, and text that is a plain number such as
+    "-0.5", are written as they are.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerow([csv_cell(cell) for cell in header])
+    writer.writerows([csv_cell(cell) for cell in row] for row in rows)
     write_text(path, out.getvalue())
+
+
+# OWASP's CSV injection guidance: a cell starting with one of these may run as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|nan)")
+
+
+def csv_cell(cell: object) -> object:
+    """`cell` as a CSV writer should get it: a text cell starting with ``= + - @``, a tab or a carriage
+    return gets a leading single quote (OWASP), so that a spreadsheet shows it as text; anything else,
+    numbers and plain-number text included, is returned unchanged."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
 
 
 def _write_bytes_atomic(path: pathlib.Path, payload: bytes) -> None:
