@@ -120,15 +120,19 @@ class Receiver(threading.Thread):
             frames, drained = self._take()
             if frames:
                 accepted = self.intake.accept_many(frames)
-                self._count_logged(accepted)
+                self._count_logged(accepted, accepted.logged)
                 self.messages.put_many(accepted)
             if self._stopping.is_set():
                 break
         self.logbook.flush()
 
-    def _count_logged(self, accepted: list[tuple[Message, int]]) -> None:
+    def _count_logged(self, accepted: list[tuple[Message, int]], in_log: list[bool] | None = None) -> None:
+        """Counts frames that are in their run's log for receipts; `in_log` (default: all) says which
+        are (a frame that could not be logged is never confirmed to its sender)."""
         logged = self.logged
-        for message, _ in accepted:
+        for i, (message, _) in enumerate(accepted):
+            if in_log is not None and not in_log[i]:
+                continue
             key = (message.run, message.rank, message.sender)
             count = logged.get(key)
             if count is None:
@@ -193,6 +197,7 @@ class Receiver(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
+
 
 def _unfinished_run(log_path: Path) -> str | None:
     """The run id of a log whose run did not finish by its summary.json, else None."""

@@ -83,9 +83,13 @@ class MonitorProcess:
 
 
 @pytest.fixture(autouse=True)
-def close_emitters(monkeypatch):
-    """Closes every Emitter made during the test, after it, whatever the test did."""
+def close_emitters(monkeypatch, tmp_path_factory):
+    """Closes every Emitter made during the test, after it, whatever the test did; the default spool
+    of in-process emitters goes to a temporary folder, not the working directory."""
+    from trainer_side import emitter as emitter_module
     from trainer_side.emitter import Emitter
+
+    monkeypatch.setattr(emitter_module, "DEFAULT_SPOOL", str(tmp_path_factory.mktemp("monitor_spool")))
 
     made: list[Emitter] = []
     build = Emitter.__init__

@@ -159,7 +159,7 @@ def test_decoded_arrays_do_not_copy_the_frame():
 
 
 def test_decode_builds_the_same_message_as_the_dataclass():
-    args = ("metrics", "r", 1, 2, 3, 4.5, {"values": {"loss": 0.5}}, (1, 0))
+    args = ("metrics", "r", 1, 2, 3, 4.5, {"values": {"loss": 0.5}}, (1, 1), "a1b2")
     built, constructed = protocol._checked_message(*args), protocol.Message(*args)
     # Equal, and field for field: a field added to Message but not to the shortcut fails here.
     assert type(built) is protocol.Message and built == constructed and vars(built) == vars(constructed)
