@@ -268,11 +268,14 @@ class Pipeline:
 STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a dot, so no run can collide
 
 
-def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline) -> None:
-    """What this monitor process took in and refused, by reason, for scripts and tests."""
+def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline,
+                curve_refused: int = 0) -> None:
+    """What this monitor process took in and refused, by reason, for scripts and tests;
+    `curve_refused` counts CURVE handshakes refused (senders, not frames)."""
     write_json(out / STATS_FILE, {
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
         "runs": {run.run: run.status for run in pipeline.runs.values()},
+        **({"curve_handshakes_refused": curve_refused} if curve_refused else {}),
         **_log_stats(pipeline.logbook),
     })
 

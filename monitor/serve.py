@@ -99,12 +99,10 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     from monitor.pipeline import STATS_FILE, write_stats
 
     rejected = receiver.intake.rejected + pipeline.rejected
-    if receiver.curve_refusals:
-        rejected["curve_handshake"] += receiver.curve_refusals
     not_logged = receiver.intake.not_logged
     try:
         write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes, rejected=rejected,
-                    pipeline=pipeline)
+                    pipeline=pipeline, curve_refused=receiver.curve_refusals)
     except OSError as exc:
         console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
     if unprocessed or abandoned:
@@ -113,6 +111,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
                       highlight=False)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, {sum(rejected.values())} rejected, "
                   f"{len(pipeline.runs)} run(s) written to {out}/"
+                  + (f"; {receiver.curve_refusals} CURVE handshake(s) refused" if receiver.curve_refusals else "")
                   + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
                   highlight=False, soft_wrap=True)
     return 1 if not_logged else 0

@@ -131,6 +131,7 @@ class Emitter:
         self.sent = 0
         self.dropped = 0
         self.spool_dropped = 0
+        self.spool_error: str | None = None  # why the spool could not take every message, if it could not
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -140,8 +141,7 @@ class Emitter:
         self._quiet = False
         self._drop_reported = False
         self.sender = ""  # this process's identity on the wire, made when its sinks open
-        self._first_seq = 0  # the counters when this sender opened: it reports only its own messages
-        self._first_dropped = 0
+        self._first_dropped = 0  # `dropped` when this sender opened: it reports only its own messages
         self.confirmed = 0  # of this sender's messages, how many the monitor says are in its log
 
     # Pickling (ddp_spawn, deepcopy) carries the configuration and counters, never a socket.
@@ -154,7 +154,8 @@ class Emitter:
     def _open(self) -> None:
         self._pid = os.getpid()
         self.sender = secrets.token_hex(8)
-        self._first_seq, self._first_dropped = self.seq, self.dropped
+        self.seq = 0  # each sender numbers its messages from 0 (docs/protocol.md)
+        self._first_dropped, self.confirmed = self.dropped, 0
         if self.endpoint is not None:
             self._socket = SocketSink(self.endpoint, queue_size=self.queue_size, server_key=self.server_key,
                                       client_keys=self.client_keys)
@@ -243,15 +244,17 @@ class Emitter:
 
     @_never_raises
     def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
-        return self._send("preds", {"epoch": epoch, "step": step, "preds": preds, "labels": labels})
+        return self._send("preds", {"epoch": epoch, "step": step, "preds": _unsigned(preds),
+                                    "labels": _unsigned(labels)})
 
     @_never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
-        return self._send("samples", {"epoch": epoch, "images": images, "labels": labels, "preds": preds})
+        return self._send("samples", {"epoch": epoch, "images": images, "labels": _unsigned(labels),
+                                      "preds": _unsigned(preds)})
 
     @_never_raises
     def sampled(self, epoch: int, indices: np.ndarray) -> bool:
-        return self._send("sampled", {"epoch": epoch, "indices": indices})
+        return self._send("sampled", {"epoch": epoch, "indices": _unsigned(indices)})
 
     @_never_raises
     def metrics(self, epoch: int, stage: str, values: Mapping[str, float], step: int = 0) -> bool:
@@ -290,19 +293,21 @@ class Emitter:
                 socket.close()
             if spool is not None:
                 spool.close()
+                self.spool_dropped += spool.failed
+                self.spool_error = spool.error
         except Exception as exc:  # noqa: BLE001
             log.warning("trainer_side: error while closing the emitter: %s", exc)
         report = DeliveryReport(
-            messages=self.seq - self._first_seq, dropped=self.dropped - self._first_dropped,
+            messages=self.seq, dropped=self.dropped - self._first_dropped,
             confirmed=None if socket is None else self.confirmed,
             spool=None if self.spool is None else spool_path(self.spool, safe_component(self.run), self.rank),
-            spool_missed=self.spool_dropped)
+            spool_missed=self.spool_dropped, refusal=None if socket is None else socket.refusal)
         _warn_undelivered(self, report)
         return report
 
     def _await_receipts(self, socket: SocketSink) -> None:
         """Asks the monitor until it confirms every message the socket took, or `linger_ms` passes."""
-        expected = self.seq - self._first_seq - (self.dropped - self._first_dropped)
+        expected = self.seq - (self.dropped - self._first_dropped)
         deadline = time.monotonic() + self.linger_ms / 1000
         query = protocol.encode_receipt_query(self.run, self.rank, self.sender)
         while self.confirmed < expected:
@@ -312,9 +317,7 @@ class Emitter:
                 break
             socket.ask_receipt(query)
             self._take_receipts(socket.take_receipts(max(1, int(min(remaining, RECEIPT_POLL_MS / 1000) * 1000))))
-        if socket.take_refusal() is not None:
-            log.warning("trainer_side: run %s rank %d: %s at %s; check server_key/client_keys.", self.run,
-                        self.rank, socket.refusal, self.endpoint)
+        socket.take_refusal()  # reads the handshake events that came meanwhile into `socket.refusal`
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,7 @@ class DeliveryReport:
         confirmed: of those, in the monitor's log by its last receipt; None without an endpoint.
         spool: the spool log holding every message, or None with `spool=False`.
         spool_missed: messages the spool could not take (disk too slow).
+        refusal: why the monitor refused this trainer's connection (CURVE keys), if it did.
     """
 
     messages: int
@@ -334,6 +338,7 @@ class DeliveryReport:
     confirmed: int | None
     spool: Path | None
     spool_missed: int = 0
+    refusal: str | None = None
 
     @property
     def undelivered(self) -> int:
@@ -347,17 +352,31 @@ def _warn_undelivered(emitter: Emitter, report: DeliveryReport) -> None:
         text = (f"trainer_side: run {emitter.run} rank {emitter.rank}: {report.undelivered} of {report.messages} "
                 f"messages are not confirmed in the log of the monitor at {emitter.endpoint}: {report.dropped} "
                 f"dropped while the send queue was full, {max(0, unconfirmed)} sent but unconfirmed after "
-                f"linger_ms={emitter.linger_ms} (the monitor was not running, frozen or too slow; they arrive "
-                "only if it resumes).")
-        if report.spool is not None and report.spool_missed < report.undelivered:
-            text += (f" The spool {report.spool} holds the run: `monitor replay {report.spool.parent}/rank*.mlog "
-                     "--out outputs` rebuilds it.")
-        else:
+                f"linger_ms={emitter.linger_ms} ("
+                + (f"{report.refusal}: check server_key/client_keys against the monitor's keys)."
+                   if report.refusal else "the monitor was not running, frozen or too slow; they arrive only if it "
+                                          "resumes)."))
+        if report.spool is None:
             text += " No spool holds them (spool=False), so they are lost."
+        else:
+            held = "holds the run" if not report.spool_missed else f"holds all but {report.spool_missed} of them"
+            text += (f" The spool {report.spool} {held}: `monitor replay {report.spool.parent}/rank*.mlog "
+                     "--out outputs` rebuilds it.")
         log.warning(text)
     if report.spool_missed:
-        log.warning("trainer_side: run %s rank %d: %d messages were not written to the spool %s (disk too slow)",
-                    emitter.run, emitter.rank, report.spool_missed, report.spool)
+        log.warning("trainer_side: run %s rank %d: %d messages were not written to the spool %s (%s)",
+                    emitter.run, emitter.rank, report.spool_missed, report.spool,
+                    emitter.spool_error or "the disk did not keep up with the send queue")
+
+
+def _unsigned(array: np.ndarray) -> np.ndarray:
+    """Class indices as the protocol carries them (unsigned): a signed integer array of non-negative
+    values (numpy's and torch's default int64) is narrowed to the smallest unsigned type that holds it."""
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "i":
+        return array
+    if array.size and int(array.min()) < 0:
+        raise ValueError(f"class indices must be non-negative, got {int(array.min())}")
+    return array.astype(protocol.smallest_label_dtype(int(array.max()) + 1 if array.size else 1))
 
 
 def resolve_spool(spool: str | os.PathLike | bool | None, root: Path) -> Path | None:

@@ -121,26 +121,50 @@ def _set_curve(socket: zmq.Socket, curve: tuple[bytes, bytes, bytes]) -> None:
 
 class SpoolSink:
     """Appends every frame to a local message log from a background thread (the hook never waits
-    on the disk); a bounded queue drops and counts when the disk cannot keep up."""
+    on the disk); a bounded queue drops and counts when the disk cannot keep up.
+
+    A spool that cannot be written (no permission, a full disk) never raises: the frames it could not
+    take are refused by `send` or counted in `failed`, and `error` says why."""
 
     def __init__(self, path: Path, *, queue_size: int) -> None:
         self.path = path
-        self._writer = LogWriter(path, flush_every=64)
+        self.failed = 0  # frames taken but not written
+        self.error: str | None = None
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        try:
+            self._writer = LogWriter(path, flush_every=64)
+        except OSError as exc:
+            self._writer = None
+            self.error = f"cannot write {path}: {exc.strerror or exc}"
+            return
         self._thread = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._thread.start()
 
     def _write_loop(self) -> None:
+        writer = self._writer
         while True:
             frame = self._queue.get()
             if frame is None:
                 break
-            self._writer.append(frame)
-            if self._queue.empty():
-                self._writer.flush()
-        self._writer.close()
+            try:
+                writer.append(frame)
+                if self._queue.empty():
+                    writer.flush()
+            except OSError as exc:  # LogWriteError: the file is cut back to its last whole record
+                self._failed(exc)
+        try:
+            writer.close()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.failed += getattr(exc, "frames", 1)
+        self.error = str(exc)
 
     def send(self, frame: bytes) -> bool:
+        if self._writer is None:
+            return False
         try:
             self._queue.put_nowait(frame)
             return True
@@ -148,6 +172,8 @@ class SpoolSink:
             return False
 
     def close(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
         # The sentinel must get in even when the queue is full: wait for room, bounded.
         try:
             self._queue.put(None, timeout=timeout)
