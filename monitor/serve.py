@@ -142,8 +142,8 @@ def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_aft
     records.printer = dashboard.print
     pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
-    # The first confusion count in a process costs several times the next (torch and torchmetrics set
-    # up on first use). Done now, it stays out of the first epoch.
+    # The first confusion count in a process costs several times the next (numpy sets up on first
+    # use). Done now, it stays out of the first epoch.
     confusion_counts(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 1)
     # Everything loaded so far lives as long as the process: freezing it keeps the garbage collector's
     # full passes (~190 ms holding the GIL, bench/gil_pauses.py) from pausing the receive thread. No
