@@ -268,15 +268,20 @@ class Pipeline:
 STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a dot, so no run can collide
 
 
-def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline,
-                curve_refused: int = 0) -> None:
-    """What this monitor process took in and refused, by reason, for scripts and tests;
-    `curve_refused` counts CURVE handshakes refused (senders, not frames)."""
+def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline | None,
+                logbook: LogBook | None = None, curve_refused: int = 0) -> None:
+    """What this monitor process took in and refused, by reason, for scripts and tests.
+
+    Args:
+        pipeline: gives the runs and their status; None when nothing was processed.
+        logbook: the logs whose failures are reported; default, the pipeline's.
+        curve_refused: CURVE handshakes refused (senders, not frames).
+    """
     write_json(out / STATS_FILE, {
         "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
-        "runs": {run.run: run.status for run in pipeline.runs.values()},
+        "runs": {} if pipeline is None else {run.run: run.status for run in pipeline.runs.values()},
         **({"curve_handshakes_refused": curve_refused} if curve_refused else {}),
-        **_log_stats(pipeline.logbook),
+        **_log_stats(logbook if logbook is not None or pipeline is None else pipeline.logbook),
     })
 
 

@@ -60,7 +60,10 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
                   highlight=False)
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
-    pipeline, renderer, records, dashboard = _start_pipeline(out, console, epoch_timeout, stale_after, render_priority)
+    started = _start_pipeline(out, console, epoch_timeout, stale_after, render_priority, stop)
+    if started is None:
+        return _stop_during_start_up(receiver, out, console, stop)
+    pipeline, renderer, records, dashboard = started
     pipeline.logbook, pipeline.reporter = receiver.logbook, reporter
 
     def refresh(now: bool = False) -> None:
@@ -118,17 +121,23 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
 
 
 def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_after: float | None,
-                    render_priority: str):
+                    render_priority: str, stop: threading.Event):
     """The heavy part, imported and started once the receiver listens: torch, the pipeline, the
-    render workers, the dashboard."""
+    render workers, the dashboard. Returns None, having started nothing, when `stop` is set on the
+    way (a stop then waits for one import at most, not for the whole start-up)."""
     import numpy as np
     import torch
 
+    if stop.is_set():
+        return None
     from monitor.confusion import confusion_counts
     from monitor.console import MonitorConsole
     from monitor.dashboard import Dashboard
     from monitor.pipeline import Pipeline
     from monitor.renderer import ProcessRenderer
+
+    if stop.is_set():
+        return None
 
     dashboard = Dashboard(console)
     pipeline: Pipeline | None = None
@@ -153,6 +162,33 @@ def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_aft
     # the receive thread asks; 1 ms instead of 5 ms shortens its waits (bench/gil_pauses.py).
     sys.setswitchinterval(0.001)
     return pipeline, renderer, records, dashboard
+
+
+def _stop_during_start_up(receiver: Receiver, out: Path, console: Console, stop: threading.Event) -> int:
+    """A stop asked before the pipeline was up: the receiver drains and closes the logs, nothing is
+    processed (the logs keep it all for `monitor replay`), and the stats are written."""
+    from monitor.pipeline import STATS_FILE, write_stats
+
+    stopping = stop_requested_at(stop)
+    receiver.stop()
+    receiver.messages.close()
+    receiver.join(max(0.0, stopping + STOP_S - time.monotonic()))
+    unprocessed = _discard(receiver)
+    not_logged = receiver.intake.not_logged
+    try:
+        write_stats(out, frames=receiver.intake.frames, frame_bytes=receiver.intake.bytes,
+                    rejected=receiver.intake.rejected, pipeline=None, logbook=receiver.logbook,
+                    curve_refused=receiver.curve_refusals)
+    except OSError as exc:
+        console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
+    if unprocessed:
+        console.print(f"monitor: stopped while starting, before processing {unprocessed} logged message(s); "
+                      f"`monitor replay {out}/<run>/messages.mlog` processes them", highlight=False)
+    console.print(f"monitor: stopped; {receiver.intake.frames} frames received, "
+                  f"{sum(receiver.intake.rejected.values())} rejected, nothing processed"
+                  + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
+                  highlight=False, soft_wrap=True)
+    return 1 if not_logged else 0
 
 
 def _process(receiver: Receiver, pipeline: Pipeline, until: float, stop: threading.Event | None) -> None:

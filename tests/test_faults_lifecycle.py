@@ -376,3 +376,21 @@ def test_slow_tests_are_marked_so_the_unit_layer_runs_without_them():
     result = subprocess.run([sys.executable, "-m", "pytest", "--markers", "-p", "no:cacheprovider"],
                             capture_output=True, text=True, timeout=STOP_BOUND_S, cwd=ROOT)
     assert "@pytest.mark.slow:" in result.stdout
+
+
+def test_a_stop_during_start_up_keeps_every_frame_that_arrived_and_writes_the_stats(tmp_path, push):
+    """SIGTERM the moment serve listens: it does not wait for the rest of its start-up (torch, the
+    pipeline, the workers) before stopping; what arrived is in the log for `monitor replay`."""
+    monitor = MonitorProcess(tmp_path / "out")
+    sender = push(monitor.endpoint)
+    frames = [run_start("early-stop", 3), *one_epoch("early-stop", 0, 1)]
+    for f in frames:
+        sender.send(f)
+    wait_for(lambda: len(logged(tmp_path / "out" / "early-stop" / "messages.mlog")) == len(frames),
+             "the frames in the log", timeout=60)
+    code, seconds = timed_stop(monitor)
+    report("SIGTERM right after listening: stopped after", seconds)
+    assert code == 0, monitor.output()
+    stats = json.loads((tmp_path / "out" / ".monitor" / "stats.json").read_text())
+    assert stats["frames"] == len(frames) and stats["rejected"] == {}
+    assert "Traceback" not in monitor.output()
