@@ -182,8 +182,8 @@ def _stop_during_start_up(receiver: Receiver, out: Path, console: Console, stop:
     except OSError as exc:
         console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
     if unprocessed:
-        console.print(f"monitor: stopped while starting, before processing {unprocessed} logged message(s); "
-                      f"`monitor replay {out}/<run>/messages.mlog` processes them", highlight=False)
+        console.print(f"monitor: stopped before processing {unprocessed} logged message(s) (the stop came during "
+                      f"start-up); `monitor replay {out}/<run>/messages.mlog` processes them", highlight=False)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, "
                   f"{sum(receiver.intake.rejected.values())} rejected, nothing processed"
                   + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
