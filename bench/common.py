@@ -223,7 +223,7 @@ class Monitor:
                 self.close()
                 raise RuntimeError(f"monitor did not start:\n{self.log_path.read_text(errors='replace')}")
             time.sleep(0.05)
-        self.endpoint = ready.read_text().strip()
+        self.endpoint = ready.read_text().splitlines()[0]
 
     def _copy_terminal(self) -> None:
         """Drains the pseudo-terminal (a full one would block the monitor) into monitor.log."""

@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of allowed client public-key files (with --curve-secret); default any client "
                             "holding the server's public key")
     serve.add_argument("--ready-file", type=Path, metavar="FILE",
-                       help="write the bound endpoint to FILE once listening (for scripts and tests)")
+                       help="write the bound endpoint to FILE once listening, and a second line 'started' once "
+                            "the pipeline and the render workers are up (for scripts and tests)")
     _add_render_priority(serve)
     _add_limits(serve)
 

@@ -64,6 +64,9 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     if started is None:
         return _stop_during_start_up(receiver, out, console, stop)
     pipeline, renderer, records, dashboard = started
+    if ready_file is not None:
+        with open(ready_file, "a") as ready:
+            ready.write("started\n")
     pipeline.logbook, pipeline.reporter = receiver.logbook, reporter
 
     def refresh(now: bool = False) -> None:
@@ -185,7 +188,8 @@ def _stop_during_start_up(receiver: Receiver, out: Path, console: Console, stop:
         console.print(f"monitor: stopped before processing {unprocessed} logged message(s) (the stop came during "
                       f"start-up); `monitor replay {out}/<run>/messages.mlog` processes them", highlight=False)
     console.print(f"monitor: stopped; {receiver.intake.frames} frames received, "
-                  f"{sum(receiver.intake.rejected.values())} rejected, nothing processed"
+                  f"{sum(receiver.intake.rejected.values())} rejected, 0 run(s) written to {out}/ (the stop came "
+                  "during start-up)"
                   + (f"; {not_logged} frame(s) NOT logged ({receiver.logbook.last_error})" if not_logged else ""),
                   highlight=False, soft_wrap=True)
     return 1 if not_logged else 0

@@ -57,8 +57,10 @@ class MonitorProcess:
                                       str(out), "--ready-file", str(ready), *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=own_session)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
+        # Listening comes first; tests wait for the pipeline too, so that a stop soon after processes
+        # what they sent (a stop during start-up only keeps the logs).
+        deadline = time.monotonic() + 120
+        while not (ready.exists() and ready.read_text().endswith("started\n")):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"monitor did not start:\n{self.output()}")
             time.sleep(0.05)
