@@ -138,11 +138,11 @@ def test_an_emitter_failure_never_reaches_the_training_loop(caplog, pull):
         assert emitter.metrics(0, "val", {"x": object()}) is False  # float(object()) raises inside send
         assert emitter.metrics(0, "val", {"x": 1.0}) is False  # and monitoring is off from then on
         assert emitter.run_end("completed") is False
+    messages = pull.receive_all(10_000)  # before close: with linger_ms=0, close drops what is queued
     emitter.close()
     errors = [r.getMessage() for r in caplog.records if "monitoring turned off" in r.getMessage()]
     assert len(errors) == 1 and "run quiet rank 0 after TypeError" in errors[0]
     # The monitor learns that the run ends here, and why, instead of waiting for a run_end for ever.
-    messages = pull.receive_all()
     assert [(m.kind, m.seq) for m in messages] == [("metrics", 0), ("run_end", 1)]
     assert messages[1]["status"] == "failed" and messages[1]["error"].startswith("monitoring turned off: TypeError")
     assert (messages[1]["sent"], messages[1]["dropped"]) == (1, 0)
@@ -171,10 +171,11 @@ def test_a_failure_inside_a_guarded_step_ends_the_step_once_at_the_outer_boundar
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
         assert step.bad_then_more() is False
         assert step.fine() is False
+    messages = pull.receive_all(10_000)
     step.emitter.close()
     assert step.finished == 0  # neither the rest of the failed step nor a later step ran
     assert sum("monitoring turned off" in r.getMessage() for r in caplog.records) == 1
-    assert [(m.kind, m["status"]) for m in pull.receive_all()] == [("run_end", "failed")]
+    assert [(m.kind, m["status"]) for m in messages] == [("run_end", "failed")]
 
 
 def test_a_forked_child_never_uses_the_parents_socket(pull):

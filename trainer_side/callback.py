@@ -48,7 +48,7 @@ class EmitterCallback(Callback):
             (checked in `trainer_side.options`).
 
     A step of this callback that fails never reaches the fit: monitoring is turned off for the run
-    (`Emitter.turn_off`: one error logged, `run_end` "failed" sent), and the fit goes on.
+    (one error logged, `run_end` "failed" sent with the error), and the fit goes on.
     """
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,

@@ -38,7 +38,7 @@ def never_raises(entry: _Entry) -> _Entry:
     object whose `emitter` attribute holds one (`EmitterCallback`).
 
     Whatever `entry` raises, its caller never sees: the first failure turns the emitter off
-    (`Emitter.turn_off`), and from then on every guarded call returns False without running. A
+    (`Emitter._turn_off`), and from then on every guarded call returns False without running. A
     guarded call made inside another is not guarded again, so a failure anywhere in a callback step
     ends that step, at the outermost call.
     """
@@ -46,7 +46,7 @@ def never_raises(entry: _Entry) -> _Entry:
     @wraps(entry)
     def guarded(owner: Any, *args: Any, **kwargs: Any) -> Any:
         emitter = owner if isinstance(owner, Emitter) else owner.emitter
-        if emitter is None or emitter.turned_off:
+        if emitter is None or emitter._turned_off:
             return False
         if emitter._inside_guard:
             return entry(owner, *args, **kwargs)
@@ -54,7 +54,7 @@ def never_raises(entry: _Entry) -> _Entry:
         try:
             return entry(owner, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the training must never see the monitor's failures
-            emitter.turn_off(exc)
+            emitter._turn_off(exc)
             return False
         finally:
             emitter._inside_guard = False
@@ -77,8 +77,9 @@ class Emitter:
         emitter.close()  # waits at most linger_ms for the monitor's receipt; warns about what is missing
 
     The message methods never block and never raise: each returns True when the socket took the
-    message (or, without an endpoint, the spool was handed it), False when it was dropped, and False
-    from the first unexpected failure on, when monitoring is off for this emitter (`turn_off`).
+    message (or, without an endpoint, the spool was handed it) and False when it was dropped. An
+    unexpected failure turns monitoring off for this emitter: one error is logged, `run_end` "failed"
+    is sent with the error, and every later message method returns False.
 
     Args:
         endpoint: where `monitor serve` listens; its receipts socket is the next port (docs/protocol.md).
@@ -111,7 +112,7 @@ class Emitter:
         self.dropped = 0
         self.spool_dropped = 0
         self.spool_error: str | None = None  # why the spool could not take every message, if it could not
-        self.turned_off = False  # set by `turn_off`: every message method is a no-op from then on
+        self._turned_off = False  # set by `_turn_off`: every message method is a no-op from then on
         self._inside_guard = False
         self._reset_process_state()
 
@@ -153,16 +154,16 @@ class Emitter:
         """
         return self._send(kind, body)
 
-    def turn_off(self, failure: Exception) -> None:
+    def _turn_off(self, failure: Exception) -> None:
         """Ends monitoring for this emitter after an unexpected failure; the training goes on.
 
         Logs one error, sends `run_end` with status "failed" and the failure (if the emitter still
         can), and makes every later message method return False without sending. `close()` still
         closes the sinks and reports delivery.
         """
-        if self.turned_off:
+        if self._turned_off:
             return
-        self.turned_off = True
+        self._turned_off = True
         log.error("trainer_side: monitoring turned off for run %s rank %d after %s: %s; the training goes on "
                   "without it", self.run, self.rank, type(failure).__name__, failure)
         error = f"monitoring turned off: {type(failure).__name__}: {failure}"[:1000]

@@ -1,7 +1,7 @@
 """Argument checks for the trainer side's constructors, each written once.
 
-`Emitter`, `EmitterCallback` and `TrackingWeightedRandomSampler` check their arguments here, when
-they are made. Every check raises a one-line ValueError that names the argument, what is valid, and
+`Emitter`, `EmitterCallback`, `TrackingWeightedRandomSampler` and the demo's data module check
+their arguments here, when they are made. Every check raises a one-line ValueError that names the argument, what is valid, and
 the value it got. Limits that the wire sets (run id length, world size) come from `protocol`, which
 holds received frames to the same numbers.
 """
