@@ -15,6 +15,7 @@ import zmq
 from conftest import free_port
 from tiny_training import TinyData, TinyNet
 from trainer_side import Emitter, EmitterCallback
+from trainer_side.emitter import never_raises
 from trainer_side.protocol import decode
 
 
@@ -54,10 +55,42 @@ def pull():
     ({"linger_ms": -1}, "linger_ms must be a non-negative integer"),
     ({"rank": 2, "world_size": 2}, "rank 2 must be smaller than world_size 2"),
     ({"server_key": "short"}, "40-character Z85 CURVE key"),
+    ({"rank": True}, "rank must be a non-negative integer, got True"),
+    ({"world_size": (1 << 20) + 1}, "world_size must be at most 1048576"),
+    ({"spool": ""}, "spool must be True"),
 ])
 def test_emitter_arguments_are_checked_at_once(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Emitter(**kwargs)
+
+
+KEY = "A" * 40
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"endpoint": None, "spool": False}, "give an endpoint, a spool folder, or both"),
+    ({"run": "x" * 201}, "run must be a non-empty string of at most 200 characters"),
+    ({"queue_size": True}, "queue_size must be a positive integer, got True"),
+    ({"linger_ms": 1.5}, r"linger_ms must be a non-negative integer \(milliseconds\), got 1.5"),
+    ({"spool": 0}, "spool must be True .default folder., False .none. or a folder path, got 0"),
+    ({"server_key": KEY[:-1] + "é"}, "server_key must be a 40-character Z85 CURVE key"),
+    ({"server_key": KEY, "client_keys": (KEY,)}, "client_keys must be a .public, secret. pair"),
+    ({"client_keys": (KEY, KEY)}, "client_keys need server_key too"),
+])
+def test_emitter_and_callback_refuse_a_shared_argument_with_the_same_message(kwargs, match):
+    with pytest.raises(ValueError, match=match) as by_emitter:
+        Emitter(**kwargs)
+    with pytest.raises(ValueError, match=match) as by_callback:
+        EmitterCallback(**kwargs)
+    assert str(by_callback.value) == str(by_emitter.value)
+
+
+def test_a_callback_checks_its_arguments_without_making_an_emitter(monkeypatch):
+    made = []
+    monkeypatch.setattr(Emitter, "__init__", lambda self, *args, **kwargs: made.append(kwargs))
+    callback = EmitterCallback("ipc:///tmp/nowhere", run="checked", spool=False, server_key=KEY.encode(),
+                               client_keys=(KEY, KEY))
+    assert made == [] and callback.emitter is None
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -99,12 +132,50 @@ def test_a_full_queue_drops_counts_and_warns_once(caplog):
 
 
 def test_an_emitter_failure_never_reaches_the_training_loop(caplog, pull):
-    emitter = Emitter(pull.endpoint, run="quiet")
+    emitter = Emitter(pull.endpoint, run="quiet", linger_ms=0)
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        assert emitter.metrics(0, "val", {"x": 1.0}) is True
         assert emitter.metrics(0, "val", {"x": object()}) is False  # float(object()) raises inside send
-        assert emitter.metrics(0, "val", {"x": 1.0}) is False  # and the emitter has gone quiet
+        assert emitter.metrics(0, "val", {"x": 1.0}) is False  # and monitoring is off from then on
+        assert emitter.run_end("completed") is False
+    messages = pull.receive_all(10_000)  # before close: with linger_ms=0, close drops what is queued
     emitter.close()
-    assert sum("emitter disabled" in r.getMessage() for r in caplog.records) == 1
+    errors = [r.getMessage() for r in caplog.records if "monitoring turned off" in r.getMessage()]
+    assert len(errors) == 1 and "run quiet rank 0 after TypeError" in errors[0]
+    # The monitor learns that the run ends here, and why, instead of waiting for a run_end for ever.
+    assert [(m.kind, m.seq) for m in messages] == [("metrics", 0), ("run_end", 1)]
+    assert messages[1]["status"] == "failed" and messages[1]["error"].startswith("monitoring turned off: TypeError")
+    assert (messages[1]["sent"], messages[1]["dropped"]) == (1, 0)
+
+
+class Step:
+    """Stands in for the callback: an owner of an emitter with guarded steps."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        self.emitter = emitter
+        self.finished = 0
+
+    @never_raises
+    def bad_then_more(self) -> None:
+        self.emitter.metrics(0, "val", {"x": object()})  # fails inside a guarded call
+        self.emitter.metrics(0, "val", {"y": 1.0})
+        self.finished += 1
+
+    @never_raises
+    def fine(self) -> None:
+        self.finished += 1
+
+
+def test_a_failure_inside_a_guarded_step_ends_the_step_once_at_the_outer_boundary(caplog, pull):
+    step = Step(Emitter(pull.endpoint, run="nested", linger_ms=0))
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        assert step.bad_then_more() is False
+        assert step.fine() is False
+    messages = pull.receive_all(10_000)
+    step.emitter.close()
+    assert step.finished == 0  # neither the rest of the failed step nor a later step ran
+    assert sum("monitoring turned off" in r.getMessage() for r in caplog.records) == 1
+    assert [(m.kind, m["status"]) for m in messages] == [("run_end", "failed")]
 
 
 def test_a_forked_child_never_uses_the_parents_socket(pull):

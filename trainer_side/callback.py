@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from pathlib import Path
@@ -12,39 +11,14 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from trainer_side import runinfo
+from trainer_side import options, runinfo
 from trainer_side.collect import ValidationCollector
-from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, check_run_id, resolve_spool
+from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, never_raises, resolve_spool
 from trainer_side.names import new_run_id
 from trainer_side.protocol import smallest_label_dtype
 from trainer_side.sampler import find_tracking_sampler
 
 log = logging.getLogger("trainer_side")
-
-
-def _disables_on_error(helper):
-    """A helper that fails turns monitoring off for the run (logged once); the fit itself goes on."""
-
-    @functools.wraps(helper)
-    def guarded(self: "EmitterCallback", *args: Any, **kwargs: Any) -> None:
-        try:
-            helper(self, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - monitoring must never stop the training
-            log.error("EmitterCallback: monitoring turned off for run %s after %s: %s", self.run,
-                      type(exc).__name__, exc)
-            emitter, self.emitter, self._collector = self.emitter, None, None
-            if emitter is not None:
-                # The monitor learns that this run ends here, rather than waiting for it for ever.
-                emitter.run_end("failed", f"monitoring turned off: {type(exc).__name__}: {exc}"[:1000])
-                emitter.close()
-
-    return guarded
-
-
-def _nonneg_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 class EmitterCallback(Callback):
@@ -68,6 +42,13 @@ class EmitterCallback(Callback):
         chunk_size: validation samples gathered on the device before one copy to the host.
         batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
         server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
+
+    Raises:
+        ValueError: at once, naming the argument and what is valid, for an argument that is not
+            (checked in `trainer_side.options`).
+
+    A step of this callback that fails never reaches the fit: monitoring is turned off for the run
+    (one error logged, `run_end` "failed" sent with the error), and the fit goes on.
     """
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
@@ -77,28 +58,14 @@ class EmitterCallback(Callback):
                  batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
         super().__init__()
-        # Build a throwaway emitter now so every argument is checked at construction, not at fit time.
-        Emitter(endpoint, run if run is not None else "check", spool=spool, queue_size=queue_size,
-                linger_ms=linger_ms, server_key=server_key, client_keys=client_keys)
-        self._spool = spool
-        self._emitter_args = dict(endpoint=endpoint, queue_size=queue_size, linger_ms=linger_ms,
-                                  server_key=server_key, client_keys=client_keys)
-        self.run = None if run is None else check_run_id(run)
-        if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
-                                        or not class_names):
-            raise ValueError(f"class_names must be a non-empty sequence of strings, got {class_names!r}")
-        self.class_names = None if class_names is None else list(class_names)
-        self.normalization = None if normalization is None else runinfo.check_normalization(normalization)
-        self.num_thumbnails = _nonneg_int(num_thumbnails, "num_thumbnails")
-        if _nonneg_int(thumbnail_size, "thumbnail_size") == 0:
-            raise ValueError("thumbnail_size must be a positive integer")
-        self.thumbnail_size = thumbnail_size
-        if _nonneg_int(chunk_size, "chunk_size") == 0:
-            raise ValueError("chunk_size must be a positive integer")
-        self.chunk_size = chunk_size
-        if not isinstance(batch_keys, (tuple, list)) or len(batch_keys) != 2:
-            raise ValueError(f"batch_keys must be an (input, target) pair of positions or keys, got {batch_keys!r}")
-        self.batch_keys = tuple(batch_keys)
+        self._delivery = options.check_delivery(endpoint, spool, queue_size, linger_ms, server_key, client_keys)
+        self.run = None if run is None else options.check_run_id(run)
+        self.class_names = None if class_names is None else options.check_class_names(class_names)
+        self.normalization = None if normalization is None else options.check_normalization(normalization)
+        self.num_thumbnails = options.check_nonneg_int(num_thumbnails, "num_thumbnails")
+        self.thumbnail_size = options.check_positive_int(thumbnail_size, "thumbnail_size")
+        self.chunk_size = options.check_positive_int(chunk_size, "chunk_size")
+        self.batch_keys = options.check_batch_keys(batch_keys)
         self._reset()
 
     def _reset(self) -> None:
@@ -181,12 +148,12 @@ class EmitterCallback(Callback):
         if trainer.world_size > 1:
             run = trainer.strategy.broadcast(run, src=0)  # every rank must report under one run id
         self.run = run
-        spool = resolve_spool(self._spool, Path(trainer.default_root_dir))
-        self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size, spool=spool,
-                               **self._emitter_args)
+        spool = resolve_spool(self._delivery.spool, Path(trainer.default_root_dir))
+        self.emitter = Emitter(run=run, rank=trainer.global_rank, world_size=trainer.world_size,
+                               **self._delivery._replace(spool=spool)._asdict())
         self._ended = False
 
-    @_disables_on_error
+    @never_raises
     def _send_run_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
         train_loader = trainer.train_dataloader
@@ -220,7 +187,7 @@ class EmitterCallback(Callback):
             sampler=sampler_info, hparams=dict(pl_module.hparams),
         )
 
-    @_disables_on_error
+    @never_raises
     def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
         inputs, labels = batch[self.batch_keys[0]], batch[self.batch_keys[1]]
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs
@@ -243,14 +210,14 @@ class EmitterCallback(Callback):
         if chunk is not None:
             self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step)
 
-    @_disables_on_error
+    @never_raises
     def _send_validation(self, trainer: Trainer) -> None:
         self._send_preds_chunk(trainer)
         thumbs = self._collector.take_thumbnails()
         if thumbs is not None:
             self.emitter.samples(trainer.current_epoch, thumbs.images, thumbs.labels, thumbs.preds)
 
-    @_disables_on_error
+    @never_raises
     def _send_metrics(self, trainer: Trainer, stage: str) -> None:
         values = {}
         for name, value in trainer.callback_metrics.items():
@@ -260,7 +227,7 @@ class EmitterCallback(Callback):
                 values[name] = float(value)
         self.emitter.metrics(trainer.current_epoch, stage, values, step=trainer.global_step)
 
-    @_disables_on_error
+    @never_raises
     def _send_train_epoch(self, trainer: Trainer) -> None:
         indices = _rank_draw(trainer.train_dataloader) if self._tracks_sampler else None
         if indices is not None:

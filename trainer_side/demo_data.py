@@ -17,6 +17,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from trainer_side.options import check_nonneg_int, check_positive_int
 from trainer_side.sampler import TrackingWeightedRandomSampler
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -224,12 +225,8 @@ class DigitsDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.num_workers = check_nonneg_int(num_workers, "num_workers")
         self.seed = seed
         if data_dir is None:
             self.root = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "digits_imagefolder"

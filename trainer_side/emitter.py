@@ -1,8 +1,8 @@
 """The framework-agnostic emitter: builds protocol messages, numbers them, hands frames to its sinks.
 
 It never blocks and never raises into training: a full queue drops (and counts) the message, and any
-unexpected failure is logged once, after which the emitter goes quiet. At close it waits, at most
-`linger_ms`, for the monitor's receipt that every message is in its log, and says how many are not.
+unexpected failure turns monitoring off (`never_raises`). At close it waits, at most `linger_ms`, for
+the monitor's receipt that every message is in its log, and says how many are not.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from trainer_side import protocol
+from trainer_side import options, protocol
 from trainer_side.names import new_run_id, safe_component
-from trainer_side.sinks import SocketSink, SpoolSink, check_endpoint, spool_path
+from trainer_side.sinks import SocketSink, SpoolSink, spool_path
 
 log = logging.getLogger("trainer_side")
 
@@ -30,47 +30,36 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_SPOOL = "monitor_spool"
 RECEIPT_POLL_MS = 100  # while closing, how often the monitor is asked again
 
-_Method = TypeVar("_Method", bound=Callable[..., bool])
+_Entry = TypeVar("_Entry", bound=Callable[..., Any])
 
 
-def _never_raises(method: _Method) -> _Method:
-    """Whatever goes wrong while building or sending a message, the training loop never sees it."""
+def never_raises(entry: _Entry) -> _Entry:
+    """The one boundary between the training loop and monitoring, for methods of an `Emitter` or of an
+    object whose `emitter` attribute holds one (`EmitterCallback`).
 
-    @wraps(method)
-    def guarded(self: "Emitter", *args: Any, **kwargs: Any) -> bool:
-        if self._quiet:
+    Whatever `entry` raises, its caller never sees: the first failure turns the emitter off
+    (`Emitter._turn_off`), and from then on every guarded call returns False without running. A
+    guarded call made inside another is not guarded again, so a failure anywhere in a callback step
+    ends that step, at the outermost call.
+    """
+
+    @wraps(entry)
+    def guarded(owner: Any, *args: Any, **kwargs: Any) -> Any:
+        emitter = owner if isinstance(owner, Emitter) else owner.emitter
+        if emitter is None or emitter._turned_off:
             return False
+        if emitter._inside_guard:
+            return entry(owner, *args, **kwargs)
+        emitter._inside_guard = True
         try:
-            return method(self, *args, **kwargs)
+            return entry(owner, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the training must never see the monitor's failures
-            self._quiet = True
-            log.warning("trainer_side: emitter disabled after an unexpected error (%s: %s); training goes on "
-                        "without monitoring", type(exc).__name__, exc)
+            emitter._turn_off(exc)
             return False
+        finally:
+            emitter._inside_guard = False
 
     return guarded  # type: ignore[return-value]
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_run_id(run: Any) -> str:
-    if not isinstance(run, str) or not run or len(run) > protocol.MAX_RUN_ID_LENGTH:
-        raise ValueError(f"run must be a non-empty string of at most {protocol.MAX_RUN_ID_LENGTH} characters, "
-                         f"got {run!r}")
-    return run
-
-
-def _check_curve_key(value: Any, name: str) -> bytes | None:
-    if value is None:
-        return None
-    key = value.encode("ascii") if isinstance(value, str) else value
-    if not isinstance(key, bytes) or len(key) != 40:
-        raise ValueError(f"{name} must be a 40-character Z85 CURVE key (see `monitor keygen`), got {value!r}")
-    return key
 
 
 class Emitter:
@@ -87,6 +76,11 @@ class Emitter:
         emitter.run_end("completed")
         emitter.close()  # waits at most linger_ms for the monitor's receipt; warns about what is missing
 
+    The message methods never block and never raise: each returns True when the socket took the
+    message (or, without an endpoint, the spool was handed it) and False when it was dropped. An
+    unexpected failure turns monitoring off for this emitter: one error is logged, `run_end` "failed"
+    is sent with the error, and every later message method returns False.
+
     Args:
         endpoint: where `monitor serve` listens; its receipts socket is the next port (docs/protocol.md).
             None to write the spool only.
@@ -97,48 +91,35 @@ class Emitter:
         queue_size: messages held while the monitor is slow or absent; beyond, they are dropped and counted.
         linger_ms: the most `close()` waits for the monitor to confirm that every message is in its log.
         server_key, client_keys: ZeroMQ CURVE keys (`monitor keygen`) when the monitor requires them.
+
+    Raises:
+        ValueError: at once, naming the argument and what is valid, for an argument that is not
+            (checked in `trainer_side.options`).
     """
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *, rank: int = 0,
                  world_size: int = 1, spool: str | os.PathLike | bool | None = True, queue_size: int = 1000,
                  linger_ms: int = 2000, server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
-        self.spool = resolve_spool(spool, Path.cwd())
-        if endpoint is None and self.spool is None:
-            raise ValueError("give an endpoint, a spool folder, or both: with neither, messages go nowhere")
-        self.endpoint = None if endpoint is None else check_endpoint(endpoint)
-        self.run = new_run_id() if run is None else check_run_id(run)
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
-        self.world_size = _check_positive_int(world_size, "world_size")
-        if rank >= world_size:
-            raise ValueError(f"rank {rank} must be smaller than world_size {world_size}")
-        self.rank = rank
-        self.queue_size = _check_positive_int(queue_size, "queue_size")
-        if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < 0:
-            raise ValueError(f"linger_ms must be a non-negative integer (milliseconds), got {linger_ms!r}")
-        self.linger_ms = linger_ms
-        self.server_key = _check_curve_key(server_key, "server_key")
-        if client_keys is not None:
-            if not isinstance(client_keys, (tuple, list)) or len(client_keys) != 2:
-                raise ValueError("client_keys must be a (public, secret) pair of Z85 CURVE keys")
-            client_keys = (_check_curve_key(client_keys[0], "client public key"),
-                           _check_curve_key(client_keys[1], "client secret key"))
-            if self.server_key is None:
-                raise ValueError("client_keys need server_key too (the monitor's public key)")
-        self.client_keys = client_keys
+        delivery = options.check_delivery(endpoint, spool, queue_size, linger_ms, server_key, client_keys)
+        self.endpoint, self.queue_size, self.linger_ms = delivery.endpoint, delivery.queue_size, delivery.linger_ms
+        self.server_key, self.client_keys = delivery.server_key, delivery.client_keys
+        self.spool = resolve_spool(delivery.spool, Path.cwd())
+        self.run = new_run_id() if run is None else options.check_run_id(run)
+        self.rank, self.world_size = options.check_rank(rank, world_size)
         self.seq = 0
         self.sent = 0
         self.dropped = 0
         self.spool_dropped = 0
         self.spool_error: str | None = None  # why the spool could not take every message, if it could not
+        self._turned_off = False  # set by `_turn_off`: every message method is a no-op from then on
+        self._inside_guard = False
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
         self._pid: int | None = None
         self._socket: SocketSink | None = None
         self._spool: SpoolSink | None = None
-        self._quiet = False
         self._drop_reported = False
         self.sender = ""  # this process's identity on the wire, made when its sinks open
         self._first_dropped = 0  # `dropped` when this sender opened: it reports only its own messages
@@ -164,13 +145,35 @@ class Emitter:
                                     queue_size=self.queue_size)
         _open_emitters.add(self)
 
-    @_never_raises
+    @never_raises
     def send(self, kind: str, body: Mapping[str, Any]) -> bool:
-        """Encodes and sends one message; True when the socket took it. Never raises, never blocks."""
+        """Encodes and sends one message of any kind (docs/protocol.md) with this emitter's envelope.
+
+        Returns:
+            True when the socket took it; False when it was dropped or monitoring is off.
+        """
         return self._send(kind, body)
 
+    def _turn_off(self, failure: Exception) -> None:
+        """Ends monitoring for this emitter after an unexpected failure; the training goes on.
+
+        Logs one error, sends `run_end` with status "failed" and the failure (if the emitter still
+        can), and makes every later message method return False without sending. `close()` still
+        closes the sinks and reports delivery.
+        """
+        if self._turned_off:
+            return
+        self._turned_off = True
+        log.error("trainer_side: monitoring turned off for run %s rank %d after %s: %s; the training goes on "
+                  "without it", self.run, self.rank, type(failure).__name__, failure)
+        error = f"monitoring turned off: {type(failure).__name__}: {failure}"[:1000]
+        try:
+            self._send_run_end("failed", error)
+        except Exception:  # noqa: BLE001 - the failure may be in sending itself
+            pass
+
     def _send(self, kind: str, body: Mapping[str, Any]) -> bool:
-        # Unguarded: every public caller is guarded once, by `_never_raises`.
+        # Unguarded: every public caller is guarded once, by `never_raises`.
         if self._pid != os.getpid():
             if self._pid is not None:
                 return False  # a forked child (a DataLoader worker): the parent's socket is not ours
@@ -222,13 +225,17 @@ class Emitter:
                         "dropped a %r message. Drops are counted and reported to the monitor; "
                         "training is not slowed.", self.endpoint, self.queue_size, kind)
 
-    # --- one method per message kind (see docs/protocol.md) -----------------------------------
+    # --- one method per message kind (fields in docs/protocol.md); see the class docstring for what
+    # they return.
 
-    @_never_raises
+    @never_raises
     def run_start(self, class_names: Sequence[str], *, normalization: Mapping[str, Sequence[float]] | None = None,
                   model: Mapping[str, Any] | None = None, train_targets: np.ndarray | None = None,
                   class_counts: np.ndarray | None = None, sampler: Mapping[str, Any] | None = None,
                   hparams: Mapping[str, Any] | None = None) -> bool:
+        """What the monitor knows once per run: class names, and optionally the normalization (default
+        ImageNet's), a model summary, the training targets or class counts, the sampler's weights per
+        class, and hyper-parameters (non-scalars are sent as their repr)."""
         from trainer_side.runinfo import IMAGENET_NORMALIZATION, plain_hparams
 
         body = {
@@ -242,32 +249,41 @@ class Emitter:
         }
         return self._send("run_start", body)
 
-    @_never_raises
+    @never_raises
     def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
+        """Validation predictions (argmax) and labels, as non-negative integer arrays of equal length."""
         return self._send("preds", {"epoch": epoch, "step": step, "preds": _unsigned(preds),
                                     "labels": _unsigned(labels)})
 
-    @_never_raises
+    @never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
+        """Thumbnails (uint8 N×H×W×3) with their labels and predictions."""
         return self._send("samples", {"epoch": epoch, "images": images, "labels": _unsigned(labels),
                                       "preds": _unsigned(preds)})
 
-    @_never_raises
+    @never_raises
     def sampled(self, epoch: int, indices: np.ndarray) -> bool:
+        """The dataset indices the sampler drew this epoch."""
         return self._send("sampled", {"epoch": epoch, "indices": _unsigned(indices)})
 
-    @_never_raises
+    @never_raises
     def metrics(self, epoch: int, stage: str, values: Mapping[str, float], step: int = 0) -> bool:
+        """Epoch metrics of one stage ("train", "val"), by name."""
         return self._send("metrics", {"epoch": epoch, "stage": stage, "step": step,
                                      "values": {str(k): float(v) for k, v in values.items()}})
 
-    @_never_raises
+    @never_raises
     def epoch_end(self, epoch: int) -> bool:
+        """The end of an epoch on this rank, with the sent and dropped counters."""
         # The counters include this message itself only if it gets through; the monitor knows.
         return self._send("epoch_end", {"epoch": epoch, "sent": self.sent, "dropped": self.dropped})
 
-    @_never_raises
+    @never_raises
     def run_end(self, status: str = "completed", error: str | None = None) -> bool:
+        """The end of the run: status "completed", "failed" or "interrupted", and the error if any."""
+        return self._send_run_end(status, error)
+
+    def _send_run_end(self, status: str, error: str | None) -> bool:
         return self._send("run_end", {"status": status, "error": error, "sent": self.sent, "dropped": self.dropped})
 
     def close(self) -> DeliveryReport | None:
@@ -380,14 +396,11 @@ def _unsigned(array: np.ndarray) -> np.ndarray:
 
 
 def resolve_spool(spool: str | os.PathLike | bool | None, root: Path) -> Path | None:
-    """The spool folder: `True` is `<root>/monitor_spool`, False or None is no spool, a path is itself."""
+    """The folder of a checked `spool` argument (`options.check_spool`): True is `<root>/monitor_spool`,
+    False or None is no spool, a path is itself."""
     if spool is None or spool is False:
         return None
-    if spool is True:
-        return root.absolute() / DEFAULT_SPOOL
-    if isinstance(spool, (str, os.PathLike)) and str(spool):
-        return Path(spool)
-    raise ValueError(f"spool must be True (default folder), False (none) or a folder path, got {spool!r}")
+    return root.absolute() / DEFAULT_SPOOL if spool is True else Path(spool)
 
 
 _open_emitters: "weakref.WeakSet[Emitter]" = weakref.WeakSet()

@@ -24,7 +24,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 MAGIC = b"SCMLOG\r\n"
 FORMAT_VERSION = 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from trainer_side.options import check_normalization
 
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -45,25 +46,15 @@ def discover_class_names(explicit: Sequence[str] | None, sources: Sequence[Any])
 
 
 def discover_normalization(explicit: Mapping[str, Sequence[float]] | None, sources: Sequence[Any]) -> dict:
-    """Explicit mean/std, else a source's `normalization` attribute ({mean, std}), else ImageNet's."""
+    """Explicit mean/std (already checked), else a source's checked `normalization` attribute
+    ({mean, std}), else ImageNet's."""
     if explicit is not None:
-        return check_normalization(explicit)
+        return dict(explicit)
     for source in sources:
         found = getattr(source, "normalization", None) if source is not None else None
         if isinstance(found, Mapping) and "mean" in found and "std" in found:
             return check_normalization(found)
     return {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
-
-
-def check_normalization(normalization: Mapping[str, Sequence[float]]) -> dict:
-    try:
-        mean = [float(x) for x in normalization["mean"]]
-        std = [float(x) for x in normalization["std"]]
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}}, got {normalization!r}") from None
-    if not mean or len(mean) != len(std) or any(s <= 0 or not math.isfinite(s) for s in std):
-        raise ValueError(f"normalization needs equal-length mean and std with positive std, got {normalization!r}")
-    return {"mean": mean, "std": std}
 
 
 def train_targets(dataset: Any) -> np.ndarray | None:

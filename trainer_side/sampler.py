@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from trainer_side.options import check_nonneg_int, check_positive_int
+
 __all__ = ["TrackingWeightedRandomSampler", "find_tracking_sampler"]
 
 # Attributes that lead from a DataLoader (or a wrapper around one) to its sampler:
@@ -37,8 +39,7 @@ class TrackingWeightedRandomSampler(WeightedRandomSampler):
         generator: torch.Generator | None = None,
     ) -> None:
         weights_array = _checked_weights(weights)
-        if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples <= 0:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        num_samples = check_positive_int(num_samples, "num_samples")
         if not isinstance(replacement, bool):
             raise ValueError(f"replacement must be True or False, got {replacement!r}")
         nonzero = int(np.count_nonzero(weights_array))
@@ -49,7 +50,7 @@ class TrackingWeightedRandomSampler(WeightedRandomSampler):
             )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        super().__init__(weights_array, int(num_samples), replacement=replacement, generator=generator)
+        super().__init__(weights_array, num_samples, replacement=replacement, generator=generator)
         self.last_draw: np.ndarray | None = None
         self.draw_count: int = 0
 
@@ -79,8 +80,7 @@ def find_tracking_sampler(obj: Any, max_depth: int = 5) -> TrackingWeightedRando
     Walks the attributes that Lightning and PyTorch use to nest samplers (breadth first, at most
     ``max_depth`` links deep, each object visited once). Returns ``None`` if there is none.
     """
-    if not isinstance(max_depth, int) or isinstance(max_depth, bool) or max_depth < 0:
-        raise ValueError(f"max_depth must be a non-negative int, got {max_depth!r}")
+    check_nonneg_int(max_depth, "max_depth")
     frontier = [obj]
     seen: set[int] = set()
     for _ in range(max_depth + 1):
@@ -134,8 +134,7 @@ def _checked_weights(weights: Sequence[float] | np.ndarray | torch.Tensor) -> np
 
 
 def _checked_targets(targets: Sequence[int] | np.ndarray, num_classes: int, num_weights: int) -> np.ndarray:
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes <= 0:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    check_positive_int(num_classes, "num_classes")
     array = np.asarray(targets)
     if array.ndim != 1 or len(array) != num_weights:
         raise ValueError(f"targets must be 1-D with one entry per weight ({num_weights}), got shape {array.shape}")

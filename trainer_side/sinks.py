@@ -15,15 +15,6 @@ from zmq.utils.monitor import recv_monitor_message
 from trainer_side.msglog import LogWriter
 from trainer_side.protocol import receipts_endpoint
 
-VALID_ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
-
-
-def check_endpoint(endpoint: str) -> str:
-    if not isinstance(endpoint, str) or not endpoint.startswith(VALID_ENDPOINT_PREFIXES):
-        raise ValueError(f"endpoint must start with tcp://, ipc:// or inproc://, got {endpoint!r}")
-    return endpoint
-
-
 class SocketSink:
     """A PUSH socket that never blocks (a full queue, the high-water mark, drops the frame), and a
     DEALER socket that asks the monitor's receipts socket how many frames reached its log.
