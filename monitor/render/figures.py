@@ -364,15 +364,14 @@ class HistoryPlot:
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        epochs = sorted(history)
-        for label, key in self.layout[2]:
+        for label, _ in self.layout[2]:
             # Markers keep an isolated value visible when NaN gaps surround it.
-            ax.plot(epochs, _series(history, epochs, key), marker="o", markersize=3.5, linewidth=1.8,
-                    label=label)
+            ax.plot([], [], marker="o", markersize=3.5, linewidth=1.8, label=label)
         if self.layout[2]:
             ax.legend()
         else:
             _note(ax, NO_DATA_NOTE)
+        self.update(history, kind)
 
     @staticmethod
     def layout_of(history: Mapping[int, Mapping[str, float]], kind: str) -> tuple:
@@ -391,10 +390,16 @@ class HistoryPlot:
         if self.layout_of(history, kind) != self.layout:
             raise ValueError("this history needs a figure of another layout; build a new HistoryPlot")
         epochs = sorted(history)
-        for line, (_, key) in zip(self._axes.get_lines(), self.layout[2]):
+        ax = self._axes
+        for line, (_, key) in zip(ax.get_lines(), self.layout[2]):
             line.set_data(epochs, _series(history, epochs, key))
-        self._axes.relim()
-        self._axes.autoscale_view()
+        # Limits from these curves alone: back to a new Axes' (0, 1) first, since autoscaling keeps
+        # limits set earlier when no curve has a finite point.
+        ax.set_xlim(0, 1, auto=None)
+        ax.set_ylim(0, 1, auto=None)
+        if self.layout[2]:
+            ax.relim()
+            ax.autoscale_view()
 
     def draw(self, canvas: FigureCanvasAgg) -> None:
         """Draw the figure on ``canvas`` (all of it: the ticks and limits follow the curves)."""
