@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      polling=args.polling, console=console, stop=stop,
                      render_priority=args.render_priority, limits=_limits(args))
     if args.command == "inspect":
-        from monitor.inspect import inspect_logs
+        from monitor.loginspect import inspect_logs
 
         return inspect_logs(args.logs, skip_corrupt=args.skip_corrupt, console=console)
     if args.command == "keygen":

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.jobs import TableJob
+from monitor.render.jobs import TableJob
 from monitor.render.tables import TerminalView, plain_text
 
 log = logging.getLogger("monitor")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.console import MonitorConsole
-from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
+from monitor.render.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables

@@ -14,7 +14,7 @@ from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
 from monitor.quotas import Limits, Quotas
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
 PROGRESS_MIN_BYTES = 8 << 20  # smaller logs replay too fast for a bar to help

@@ -128,7 +128,7 @@ def _start_pipeline(out: Path, console: Console, epoch_timeout: float, stale_aft
     from monitor.console import MonitorConsole
     from monitor.dashboard import Dashboard
     from monitor.pipeline import Pipeline
-    from monitor.renderer import ProcessRenderer
+    from monitor.render.pool import ProcessRenderer
 
     dashboard = Dashboard(console)
     pipeline: Pipeline | None = None

@@ -23,7 +23,7 @@ from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline, write_stats
 from monitor.quotas import Limits, Quotas
 from monitor.rejections import RateLimitedLines
-from monitor.renderer import ProcessRenderer
+from monitor.render.pool import ProcessRenderer
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, TimeoutError
 from typing import Callable
 
-from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
+from monitor.render.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
 
