@@ -85,8 +85,9 @@ class Pipeline:
         else:
             self.console.note(text)
 
-    def record_artifact(self, path: Path) -> None:
+    def record_artifact(self, path: str | Path) -> None:
         """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
+        path = Path(path)
         try:
             folder = path.relative_to(self.out).parts[0]
         except (ValueError, IndexError):
