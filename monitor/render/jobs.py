@@ -32,9 +32,8 @@ class ConfusionJob:
     title: str
 
     def __reduce__(self):
-        # Pickled for the render worker with the GIL held the whole time: a 1,000-class matrix as int64
-        # is 8 MB and held it up to 10 ms, one of the receive loop's longest pauses (118 ms at 4,096
-        # classes; bench/confusion_handoff.py). Packed, the same matrix is 117 kB.
+        # Pickled for the render worker with the GIL held, which the receive loop then waits for: the
+        # counts travel packed (`pack_counts`), a many-class matrix being mostly zeros.
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         counts = self.counts
         state["counts"] = pack_sparse(counts) if isinstance(counts, SparseCounts) else pack_counts(counts)
