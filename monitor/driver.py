@@ -91,6 +91,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What a drive did, for the command's exit status and closing line."""
+
     pipeline: Pipeline
     rejected: Counter[str]  # frames and messages refused, by reason
     unprocessed: int  # messages logged but never processed (a stop's time ran out)
@@ -107,17 +109,17 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
     """
     stop = stop or threading.Event()
     intake, reporter = source.intake, source.intake.reporter
-    renderer, records, dashboard = (_start_live if source.live else _start_inline)(console, settings)
+    renderer, run_console, dashboard = (_start_live if source.live else _start_inline)(console, settings)
     from monitor.pipeline import Pipeline
 
-    pipeline = Pipeline(out, renderer, records, epoch_timeout=settings.epoch_timeout,
+    pipeline = Pipeline(out, renderer, run_console, epoch_timeout=settings.epoch_timeout,
                         stale_after=settings.stale_after)
     pipeline.logbook, pipeline.reporter = intake.logbook, reporter
     renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run
 
     def report(final: bool = False) -> None:
         for line in reporter.take(final=final) if reporter is not None else ():
-            records.note(line)
+            run_console.note(line)
 
     def refresh(now: bool = False) -> None:
         if dashboard is None or not dashboard.active:
@@ -143,9 +145,9 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
                 gc.disable()
                 unprocessed = source.stop(pipeline, stopping)
                 renderer.stop_by(stopping + STOP_S)
-                records.stop_by(stopping + STOP_S)
+                run_console.stop_by(stopping + STOP_S)
             pipeline.finish()
-            abandoned = renderer.close() + records.abandoned
+            abandoned = renderer.close() + run_console.abandoned
             source.close()
             report(final=True)
             refresh(now=True)
@@ -170,8 +172,8 @@ def _start_live(console: Console, settings: Settings):  # type: ignore[no-untype
 
     dashboard = Dashboard(console)
     renderer = ProcessRenderer(priority=settings.render_priority)
-    records = MonitorConsole(console, fresh=False, offload=renderer.table)
-    records.printer = dashboard.print
+    run_console = MonitorConsole(console, fresh=False, offload=renderer.table)
+    run_console.printer = dashboard.print
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores
     # The first confusion count in a process costs several times the next (numpy sets up on first
     # use): done now, it stays out of the first epoch.
@@ -182,7 +184,7 @@ def _start_live(console: Console, settings: Settings):  # type: ignore[no-untype
     gc.freeze()
     # The pipeline thread's pure-Python work hands the GIL to the receive thread sooner.
     sys.setswitchinterval(0.001)
-    return renderer, records, dashboard
+    return renderer, run_console, dashboard
 
 
 def _start_inline(console: Console, settings: Settings):  # type: ignore[no-untyped-def]

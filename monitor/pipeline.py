@@ -25,6 +25,10 @@ SUMMARY_EVERY_S = 1.0
 
 
 class Pipeline:
+    """Takes decoded messages in order (`handle`) and keeps each run's state, artifacts and
+    console record up to date: JSON and CSV written here, figures submitted to `renderer`, tables
+    to `console`. `tick` (live) and `finish` (end) draw what is pending."""
+
     def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
                  stale_after: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out

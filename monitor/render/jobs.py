@@ -78,6 +78,7 @@ def pack_sparse(counts: SparseCounts) -> tuple:
 
 
 def unpack_counts(packed: tuple) -> np.ndarray:
+    """The matrix `pack_counts` packed, as int64 (or as it was, for what travelled as is)."""
     if packed[0] == "as is":
         return packed[1]
     if packed[0] == "sparse":
@@ -94,6 +95,8 @@ def _unpacked_confusion_job(cls: type, state: dict) -> ConfusionJob:
 
 @dataclass(frozen=True)
 class HistoryJob:
+    """The loss and accuracy curves of a run, `<folder>/<kind>_history.png`."""
+
     folder: Path
     history: Mapping[int, Mapping[str, float]]
 
@@ -109,6 +112,8 @@ class HistoryJob:
 
 @dataclass(frozen=True)
 class SampleGridJob:
+    """An epoch's sample grid: thumbnails with their true and predicted class names."""
+
     png: Path
     images: np.ndarray
     labels: np.ndarray
