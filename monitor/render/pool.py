@@ -46,6 +46,9 @@ class InlineRenderer:
         for job in held.values():
             self._run(job)
 
+    def stop_by(self, deadline: float) -> None:
+        """Nothing to bound: every job is drawn in the caller's thread."""
+
     def close(self) -> int:
         """Draws what `submit` held back; returns 0 (nothing is ever abandoned inline)."""
         self.drain()
