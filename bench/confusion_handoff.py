@@ -32,7 +32,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from bench.common import Ticker, add_common_args, median, print_table, write_json
 from monitor.confusion import confusion_counts
-from monitor.jobs import ConfusionJob
+from monitor.render.jobs import ConfusionJob
 
 WAKE_S = 0.0005
 

@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command in `argv` (default: sys.argv); returns the exit status: 0, 1 when frames could
+    not be logged, 2 for a user error (one line on stderr), 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="monitor: %(levelname)s: %(message)s")
     # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck monitor is doing.
@@ -216,7 +218,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      polling=args.polling, console=console, stop=stop,
                      render_priority=args.render_priority, limits=_limits(args))
     if args.command == "inspect":
-        from monitor.inspect import inspect_logs
+        from monitor.loginspect import inspect_logs
 
         return inspect_logs(args.logs, skip_corrupt=args.skip_corrupt, console=console)
     if args.command == "keygen":

@@ -1,9 +1,8 @@
 """Where the monitor's tables go: the terminal (above the live dashboard) and each run's console.txt.
 
-Drawing a rich table is pure-Python work: a demo epoch's tables take ~30 ms of CPU, as much as
-everything else the monitor's own process does for that epoch. `monitor serve` hands it to a render
-worker (`offload`, see `ProcessRenderer.table`) so that its normal-priority process does not compete
-with the trainer; replay draws inline. Either way, each run's entries come out in the order they
+Drawing a rich table is pure-Python work: serve and watch hand it to a render worker (`offload`, see
+`ProcessRenderer.table`) so that the monitor's normal-priority process does not compete with the
+trainer; replay draws inline. Either way, each run's entries come out in the order they
 were made: each one waits for the run's entries before it, never for another run's, so a large table
 being drawn for one run holds back no other run's output. Terminal-only notes never wait.
 """
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.jobs import TableJob
+from monitor.render.jobs import TableJob
 from monitor.render.tables import TerminalView, plain_text
 
 log = logging.getLogger("monitor")

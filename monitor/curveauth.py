@@ -47,6 +47,7 @@ class RefusalLoggingAuthenticator(ThreadAuthenticator):
 
 
 def start_authenticator(context: zmq.Context, curve: CurveServerKeys) -> RefusalLoggingAuthenticator:
+    """A started authenticator for `context` that lets in the clients `curve` allows."""
     auth = RefusalLoggingAuthenticator(context)
     auth.start()
     auth.configure_curve(domain="*", location=str(curve.allowed_clients) if curve.allowed_clients

@@ -17,8 +17,8 @@ from monitor.runstate import RunState
 _SHOWN_METRICS = ("train/loss", "val/loss", "val/acc_top1")
 COLUMNS = ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1", "Msgs", "MB", "Dropped",
            "Gaps", "Last artifact")
-# The terminal is redrawn at most this often: a redraw of the table cost about 8 ms of CPU on the project
-# machine, in the monitor's own process, which is not at idle priority (bench/monitor_cpu.py).
+# The terminal is redrawn at most this often: a redraw costs CPU in the monitor's own process, which is
+# not at idle priority.
 MIN_REDRAW_S = 1.0
 
 
@@ -50,7 +50,7 @@ def dashboard_caption(*, frames: int, rejected: Mapping[str, int], render_queue:
 
 
 def dashboard_table(rows: Iterable[tuple[str, ...]], caption: str, *, endpoint: str) -> Table:
-    table = Table(title=f"monitor serve — {endpoint}", title_justify="left", expand=False, caption=caption)
+    table = Table(title=f"monitor — {endpoint}", title_justify="left", expand=False, caption=caption)
     for column in COLUMNS:
         table.add_column(column, overflow="fold" if column in ("Run", "Last artifact") else "ellipsis")
     for row in rows:

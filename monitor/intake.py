@@ -28,6 +28,9 @@ class AcceptedFrames(list):
 
 
 class Intake:
+    """Decodes frames, counts the refused ones by reason (`rejected`) and appends the others to their
+    run's log in `logbook` (None: not logged), within `quotas`."""
+
     def __init__(self, logbook: LogBook | None, quotas: Quotas | None = None) -> None:
         self.logbook = logbook
         self.quotas = quotas or Quotas()  # a frame over a quota is counted under its reason, never logged

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.console import MonitorConsole
-from monitor.jobs import ConfusionJob, HistoryJob, SampleGridJob
+from monitor.render.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
@@ -25,6 +25,10 @@ SUMMARY_EVERY_S = 1.0
 
 
 class Pipeline:
+    """Takes decoded messages in order (`handle`) and keeps each run's state, artifacts and
+    console record up to date: JSON and CSV written here, figures submitted to `renderer`, tables
+    to `console`. `tick` (live) and `finish` (end) draw what is pending."""
+
     def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
                  stale_after: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
@@ -85,8 +89,9 @@ class Pipeline:
         else:
             self.console.note(text)
 
-    def record_artifact(self, path: Path) -> None:
+    def record_artifact(self, path: str | Path) -> None:
         """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
+        path = Path(path)
         try:
             folder = path.relative_to(self.out).parts[0]
         except (ValueError, IndexError):

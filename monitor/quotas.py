@@ -58,6 +58,8 @@ class _RunUsage:
 
 
 class Quotas:
+    """What senders have claimed so far against `limits`; `admit` decides frame by frame."""
+
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         self.total_bytes = 0

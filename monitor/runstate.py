@@ -74,6 +74,9 @@ class RankCounters:
 
 
 class RunState:
+    """One run's aggregated state, built from its messages alone (`on_<kind>` per message kind):
+    no I/O, no clock but the one passed in, so replay rebuilds exactly what serve had."""
+
     def __init__(self, run: str, world: int) -> None:
         self.run = run
         self.world = world

@@ -1,9 +1,8 @@
 """Ctrl-C and SIGTERM as an Event, for the long-running commands (serve, watch).
 
 The signals are blocked in every thread and taken synchronously by one thread with a timed wait.
-With Python handlers alone, a SIGTERM sent right after a SIGCONT was sometimes never acted on (2 times
-in 8 here; a blocking sigwait did no better): no thread was woken for it, leaving a monitor that a
-process manager could not stop gracefully.
+With Python handlers alone (or a blocking sigwait), a SIGTERM sent right after a SIGCONT can be left
+pending with no thread woken for it, leaving a monitor that a process manager cannot stop gracefully.
 """
 
 from __future__ import annotations

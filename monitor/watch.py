@@ -1,4 +1,5 @@
-"""`monitor watch DIR`: follows emitter spool logs as they appear and grow, rendering live.
+"""`monitor watch DIR`: frames from emitter spool logs as they appear and grow, through the one
+driver (monitor/driver.py).
 
 For clusters whose nodes share a filesystem but not a network port. watchdog says which files
 changed; a slow periodic rescan also runs, because change events are unreliable on network
@@ -11,24 +12,25 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from monitor.console import MonitorConsole
+from monitor.driver import Settings, Source, drive
 from monitor.intake import Intake
 from monitor.logbook import LogBook
-from monitor.pipeline import Pipeline, write_stats
 from monitor.quotas import Limits, Quotas
 from monitor.rejections import RateLimitedLines
-from monitor.renderer import ProcessRenderer
-from monitor.signals import PROCESS_S, STOP_S, stop_on_signals, stop_requested_at
+from monitor.signals import PROCESS_S, stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
+if TYPE_CHECKING:
+    from monitor.pipeline import Pipeline
+
 RESCAN_S = 2.0
-TICK_S = 0.25
 
 
 class _Changed(FileSystemEventHandler):
@@ -48,29 +50,54 @@ class _Changed(FileSystemEventHandler):
         return paths
 
 
-class SpoolWatcher:
-    """Owns one LogFollower per spool file under a folder and feeds new frames to the pipeline."""
+class SpoolSource(Source):
+    """Frames from the spool logs under a folder: one LogFollower per file, found by change events
+    and a slow rescan. The run logs this source writes under `out` are outputs, never inputs."""
 
-    def __init__(self, folder: Path, out: Path, pipeline: Pipeline, console: Console, *, skip_corrupt: bool) -> None:
+    def __init__(self, folder: Path, out: Path, console: Console, *, skip_corrupt: bool, polling: bool,
+                 limits: Limits | None = None) -> None:
+        intake = Intake(LogBook(out, flush_every=1 << 30, fresh=True), Quotas(limits))
+        intake.reporter = RateLimitedLines()
+        super().__init__(intake)
         self.folder = folder.resolve()
         self.out = out.resolve()
-        self.pipeline = pipeline
+        self.where = str(folder)
         self.console = console
         self.skip_corrupt = skip_corrupt
-        self.intake = Intake(LogBook(out, flush_every=1 << 30, fresh=True))
         self.followers: dict[Path, LogFollower] = {}
         self.failed: set[Path] = set()
+        self._changed = _Changed()
+        self._observer = PollingObserver(timeout=1) if polling else Observer()
+        self._observer.schedule(self._changed, str(folder), recursive=True)
+        self._next_rescan = 0.0
+
+    def start(self) -> None:
+        self._observer.start()
 
     def _is_spool(self, path: Path) -> bool:
-        # The run logs this watcher writes under --out are outputs, never inputs.
         return path.suffix == ".mlog" and not (path.name == "messages.mlog" and self.out in path.resolve().parents)
 
     def rescan(self) -> set[Path]:
         return {p for p in self.folder.rglob("*.mlog") if self._is_spool(p)}
 
-    def poll(self, paths: set[Path], until: float | None = None) -> int:
+    def feed(self, pipeline: Pipeline, until: float, stop: threading.Event) -> bool:
+        paths = self._changed.take()
+        if time.monotonic() >= self._next_rescan:
+            paths |= self.rescan()
+            self._next_rescan = time.monotonic() + RESCAN_S
+        self.poll(pipeline, paths)
+        stop.wait(max(0.0, until - time.monotonic()))
+        return True
+
+    def stop(self, pipeline: Pipeline | None, requested_at: float) -> int:
+        """Reads what was written before the stop, in time; what is left stays in the spools."""
+        if pipeline is not None:
+            self.poll(pipeline, self.rescan(), until=requested_at + PROCESS_S)
+        return 0
+
+    def poll(self, pipeline: Pipeline, paths: set[Path], until: float | None = None) -> int:
         """Reads what is new in each of `paths` and feeds it to the pipeline; stops between files at
-        the monotonic `until` (what is left stays in the spools). Returns the number of frames read."""
+        the monotonic `until`. Returns the number of frames read."""
         frames = 0
         for path in sorted(paths):
             if until is not None and time.monotonic() >= until:
@@ -91,67 +118,41 @@ class SpoolWatcher:
             for frame in new:
                 message = self.intake.accept(frame)
                 if message is not None:
-                    self.pipeline.handle(message, len(frame))
+                    pipeline.handle(message, len(frame))
             frames += len(new)
         self.intake.logbook.flush()
         return frames
 
     def close(self) -> None:
-        self.intake.logbook.close()
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join(5)
+        super().close()
+
+    def taken(self) -> str:
+        return f"read from {len(self.followers)} spool log(s)"
 
 
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
           stale_after: float | None = None,
           console: Console, stop: threading.Event | None = None, render_priority: str = "idle",
           limits: Limits | None = None) -> int:
+    """Follows the spool logs under `folder` until `stop` (or SIGINT/SIGTERM).
+
+    Returns:
+        The exit status: 1 when frames could not be logged (a full disk), else 0.
+
+    Raises:
+        FileNotFoundError: `folder` is not a folder.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder to watch: {folder}")
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or stop_on_signals()
-    renderer = ProcessRenderer(priority=render_priority)
-    records = MonitorConsole(console, fresh=False, offload=renderer.table)
-    pipeline = Pipeline(out, renderer, records, epoch_timeout=epoch_timeout, stale_after=stale_after)
-    watcher = SpoolWatcher(folder, out, pipeline, console, skip_corrupt=skip_corrupt)
-    watcher.intake.quotas = Quotas(limits)
-    pipeline.logbook, reporter = watcher.intake.logbook, RateLimitedLines()
-    watcher.intake.reporter = pipeline.reporter = reporter  # rejections and logging failures explained
-    changed = _Changed()
-    observer = PollingObserver(timeout=1) if polling else Observer()
-    observer.schedule(changed, str(folder), recursive=True)
-    observer.start()
+    source = SpoolSource(folder, out, console, skip_corrupt=skip_corrupt, polling=polling, limits=limits)
+    source.start()
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
-    stopping = None
-    try:
-        next_rescan = 0.0
-        while not stop.is_set():
-            paths = changed.take()
-            if time.monotonic() >= next_rescan:
-                paths |= watcher.rescan()
-                next_rescan = time.monotonic() + RESCAN_S
-            watcher.poll(paths)
-            pipeline.tick()
-            for line in reporter.take():
-                pipeline.console.note(line)
-            stop.wait(TICK_S)
-        stopping = stop_requested_at(stop)
-        watcher.poll(watcher.rescan(), until=stopping + PROCESS_S)  # what was written before the stop, in time
-    finally:
-        stopping = stopping or time.monotonic()
-        observer.stop()
-        observer.join(5)
-        renderer.stop_by(stopping + STOP_S)
-        records.stop_by(stopping + STOP_S)
-        pipeline.finish()
-        abandoned = renderer.close() + records.abandoned
-        watcher.close()
-        for line in reporter.take(final=True):
-            pipeline.console.note(line)
-        write_stats(out, frames=watcher.intake.frames, frame_bytes=watcher.intake.bytes,
-                    rejected=watcher.intake.rejected + pipeline.rejected, pipeline=pipeline)
-    if abandoned:
-        console.print(f"monitor: stopped before drawing {abandoned} figure(s) or table(s); `monitor replay` of the "
-                      f"run logs under {out}/ redraws them", highlight=False)
-    console.print(f"monitor: stopped; {watcher.intake.frames} frames read from {len(watcher.followers)} spool log(s), "
-                  f"{len(pipeline.runs)} run(s) written to {out}/", highlight=False)
-    return 0
+    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority)
+    outcome = drive(source, out, console, settings=settings, stop=stop)
+    return 1 if outcome.not_logged else 0

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.text import Text
 
 from monitor.console import MonitorConsole
-from monitor.jobs import TableJob
+from monitor.render.jobs import TableJob
 from monitor.pipeline import Pipeline
 from monitor.render import tables
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import decode
 

@@ -19,7 +19,7 @@ from monitor.console import MonitorConsole
 from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
 from trainer_side.protocol import make_message

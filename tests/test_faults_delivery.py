@@ -21,7 +21,7 @@ from rich.console import Console
 from conftest import free_port, wait_for
 from monitor.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from monitor.replay import replay
 from test_end_to_end import read_confusion_csv
 from trainer_side import Emitter, protocol
@@ -312,7 +312,7 @@ def test_a_finished_run_id_reused_with_other_classes_is_refused_not_merged(tmp_p
 
 
 def test_inspect_and_replay_agree_on_gaps_across_a_resume(tmp_path):
-    from monitor.inspect import inspect_log
+    from monitor.loginspect import inspect_log
     from trainer_side.msglog import LogWriter
 
     log = tmp_path / "messages.mlog"

@@ -412,7 +412,7 @@ GAP_CASES = {
 
 @pytest.mark.parametrize("case", GAP_CASES)
 def test_inspect_and_replay_count_the_same_sequence_gaps(tmp_path, case):
-    from monitor.inspect import inspect_log
+    from monitor.loginspect import inspect_log
 
     frames, missing = GAP_CASES[case]
     log = write_log(tmp_path / "dup.mlog", frames)
@@ -445,7 +445,7 @@ def garbage() -> dict[str, list[bytes]]:
 
 
 def test_inspect_shows_each_rejection_reason_with_its_count_and_an_example(capfd, tmp_path, monkeypatch):
-    from monitor.inspect import inspect_log
+    from monitor.loginspect import inspect_log
 
     monkeypatch.setenv("COLUMNS", "250")
     refused = garbage()
@@ -521,7 +521,7 @@ def test_serve_explains_every_rejection_reason_on_the_console_rate_limited(start
         assert len(lines) + sum(hidden) == 20 * len(frames), (reason, lines)  # every frame accounted for
         assert len(lines) < 20 * len(frames)  # rate-limited
     # The refused frames are kept apart, for `monitor inspect` to show what they were.
-    from monitor.inspect import inspect_log
+    from monitor.loginspect import inspect_log
 
     kept = inspect_log(monitor.out / ".monitor" / "rejected.mlog", skip_corrupt=False)
     assert dict(kept.rejected) == {reason: 20 * len(frames) for reason, frames in refused.items()}

@@ -41,7 +41,7 @@ from monitor.intake import Intake
 from monitor.logbook import LogBook
 from monitor.pipeline import Pipeline
 from monitor.quotas import Limits, Quotas
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from monitor.replay import replay
 from trainer_side import protocol
 from trainer_side.msglog import iter_frames

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.confusion import confusion_counts
-from monitor.jobs import ConfusionJob, pack_counts, unpack_counts
+from monitor.render.jobs import ConfusionJob, pack_counts, unpack_counts
 
 
 def _reference(preds: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from monitor.intake import Intake
 from monitor.logbook import LogBook, run_dir
 from monitor.pipeline import Pipeline
 from monitor.render.tables import TABLE_NAME_MAX_CHARS, TABLE_WIDTH
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from trainer_side import protocol
 from trainer_side.emitter import Emitter
 from trainer_side.msglog import iter_frames

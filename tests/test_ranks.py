@@ -11,7 +11,7 @@ from rich.console import Console
 from conftest import MonitorProcess, run_tiny
 from monitor.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.renderer import InlineRenderer
+from monitor.render.pool import InlineRenderer
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
 from trainer_side.protocol import make_message

@@ -68,10 +68,26 @@ def grid_epochs() -> list[tuple]:
     return epochs
 
 
+def sparse_history_epochs(kind: str) -> list[tuple]:
+    """Histories whose curves have few or no finite points: a run that logs no accuracy metric
+    ("no data yet"), a series that is NaN at first or throughout, a single epoch."""
+    nan = float("nan")
+    histories = [
+        {0: {"train/loss": 2.0}},
+        {0: {"train/loss": 2.0}, 1: {"train/loss": 1.0}, 2: {"train/loss": 0.5}},
+        {0: {"val/loss": nan, "val/acc_top1": nan}},
+        {0: {"val/loss": nan, "val/acc_top1": nan}, 1: {"val/loss": 3.0, "val/acc_top1": 0.4}},
+        {0: {"val/loss": 0.7, "val/acc_top1": 0.6}, 1: {"val/loss": 0.9, "val/acc_top1": 0.9}},
+        {4: {"val/loss": nan, "val/acc_top1": nan}, 5: {"val/loss": nan, "val/acc_top1": nan}},
+        {7: {"val/loss": 1.0, "val/acc_top1": 0.5}},
+    ]
+    return [(history, kind) for history in histories]
+
+
 CASES = {
     "confusion": (ConfusionPlot, confusion_epochs()),
-    "loss": (HistoryPlot, history_epochs("loss")),
-    "accuracy": (HistoryPlot, history_epochs("accuracy")),
+    "loss": (HistoryPlot, history_epochs("loss") + sparse_history_epochs("loss")),
+    "accuracy": (HistoryPlot, history_epochs("accuracy") + sparse_history_epochs("accuracy")),
     "grid": (SampleGridPlot, grid_epochs()),
 }
 
@@ -89,6 +105,26 @@ def test_redrawn_figures_save_the_bytes_of_new_ones(tmp_path, case):
     # The sequences change layout on purpose; most epochs must still have been redraws.
     layouts = {kind.layout_of(*args) for args in epochs}
     assert len(kept) == len(layouts) < len(epochs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_figure_saves_the_same_bytes_whatever_it_drew_before(tmp_path, case):
+    """Every state of a layout, drawn after every other state of that layout, against a new figure:
+    what a kept figure drew before (limits, pixels kept, cells painted) must not show."""
+    kind, epochs = CASES[case]
+    pairs = 0
+    for number, target in enumerate(epochs):
+        save_figure(kind(*target).figure, tmp_path / "new.png")
+        new = (tmp_path / "new.png").read_bytes()
+        layout = kind.layout_of(*target)
+        for before in [args for args in epochs if args is not target and kind.layout_of(*args) == layout][:3]:
+            plot = kind(*before)
+            save_figure(plot.figure, tmp_path / "before.png", plot.draw)
+            plot.update(*target)
+            save_figure(plot.figure, tmp_path / "after.png", plot.draw)
+            assert (tmp_path / "after.png").read_bytes() == new, f"state {number} after {epochs.index(before)}"
+            pairs += 1
+    assert pairs >= len(epochs) // 2  # most states share a layout with another one
 
 
 def test_a_plot_is_kept_per_layout_and_updated():

@@ -24,8 +24,7 @@ from monitor.render.text import clean
 
 # Up to this many classes every cell shows its count and both axes show class names; the canvas
 # grows with C (about 17 inches at 50 classes). Above it, names and counts would be unreadable, so
-# the matrix is a plain heatmap on a fixed canvas with thinned class-index ticks. Build + save on
-# the 2-vCPU project machine: see bench/render_costs.py and BENCHMARKS.md.
+# the matrix is a plain heatmap on a fixed canvas with thinned class-index ticks.
 CELL_TEXT_MAX_CLASSES = 50
 CONFUSION_CMAP = "Blues"
 FIGURE_LABEL_MAX_CHARS = 20
@@ -67,8 +66,7 @@ _SAMPLE_TITLE_MAX_POINTS = (_SAMPLE_SLOT_PX + _SAMPLE_GAP_PX) / FIGURE_DPI * 72 
 _DARK_LUMINANCE = 0.45
 
 # History figures have fixed margins (inches: left, bottom, right, top) rather than a layout
-# engine, which would measure every tick label in an extra pass (about a third of the figure's
-# cost). The left margin holds tick labels of up to 8 characters, such as "0.000125".
+# engine, which would measure every tick label in an extra pass. The left margin holds tick labels of up to 8 characters, such as "0.000125".
 _HISTORY_INCHES = (8.0, 5.0)
 _HISTORY_MARGINS = (0.95, 0.5, 0.15, 0.35)
 
@@ -96,15 +94,13 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str)
 class ConfusionPlot:
     """The confusion-matrix figure, and the artists that change from one epoch to the next.
 
-    Building the figure (two Axes, their ticks, the colour bar) is about half of what it costs to
-    draw, and it comes out the same every epoch of a run. `update` puts new counts and a new title
-    into a figure built for the same `layout`, which then draws exactly as a freshly built one
-    (tests/test_reuse.py compares the bytes), so a render worker redraws rather than rebuilds.
+    `update` puts new counts and a new title into a figure built for the same `layout`, which then
+    draws exactly as a freshly built one (tests/test_reuse.py compares the bytes), so a render
+    worker redraws rather than rebuilds.
 
-    `draw` goes one step further: the class names, axis labels and ticks do not change with the
-    counts either, and drawing their text was half of what was left. It keeps their pixels from
-    the first draw and draws only the matrix, its counts, the frame, the title and the colour bar
-    over them: the same pixels as a whole draw (tests/test_reuse.py), in about half the time.
+    `draw` keeps the pixels of what does not change with the counts (class names, axis labels,
+    ticks) from its first draw, and draws only the matrix, its counts, the frame, the title and the
+    colour bar over them: the same pixels as a whole draw.
     """
 
     def __init__(self, counts: np.ndarray, class_names: Sequence[str], title: str) -> None:
@@ -127,8 +123,7 @@ class ConfusionPlot:
         left += (width - (left + grid + right)) / 2
         bottom += (height - (bottom + grid + _CONFUSION_TOP)) / 2
         # Fixed positions rather than a layout engine: the margins come from the measured extents of
-        # the names, so nothing is clipped, and drawing happens in one pass (a constrained layout
-        # measured every label in an extra pass, about a third of the render).
+        # the names, so nothing is clipped, and drawing happens in one pass.
         self.figure = fig = Figure(figsize=(width, height))
         self._axes = ax = fig.add_axes((left / width, bottom / height, grid / width, grid / height))
         colorbar_axes = fig.add_axes(((left + grid + _COLORBAR_GAP) / width,
@@ -138,7 +133,7 @@ class ConfusionPlot:
                                 interpolation="nearest" if with_cells else "antialiased")
         fig.colorbar(self._image, cax=colorbar_axes, label="Count")
         # y=1.0, where matplotlib would put it anyway: without it, every draw measures all the tick
-        # labels to check whether any sit above the Axes (about 4 ms of a 60 ms draw here).
+        # labels to check whether any sit above the Axes.
         ax.set_title(display_label(title, 120), parse_math=False, y=1.0)
         self._colorbar_axes = colorbar_axes
         self._background: tuple[tuple, object] | None = None  # (canvas size and dpi, pixels)
@@ -276,13 +271,9 @@ def _confusion_norm(counts: np.ndarray) -> Normalize:
 
 
 def _draw_cell_labels(ax: Axes, labels: Sequence[CellLabel], cell_inches: float) -> list[PathPatch]:
-    """Draw all counts as two filled glyph paths (one per text colour).
-
-    One Text artist per cell cost about 0.6 ms to draw on the 2-core project machine, 2 s for
-    43 classes once a layout pass drew them a second time. Digit outlines placed in data units
-    draw as one path per colour in milliseconds, and scale with the cell, so a count always fits
-    in its cell.
-    """
+    """Draw all counts as two filled glyph paths (one per text colour) instead of a Text artist
+    per cell: digit outlines placed in data units, which scale with the cell, so a count always
+    fits in its cell. Returns the patches added to ``ax``."""
     outlines = {text: _count_outline(text) for text in {label.text for label in labels}}
     widest = max(width for _, _, width in outlines.values())
     # Font size as a fraction of the cell: capped in points, by cell height, by the widest count.
@@ -364,15 +355,14 @@ class HistoryPlot:
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        epochs = sorted(history)
-        for label, key in self.layout[2]:
+        for label, _ in self.layout[2]:
             # Markers keep an isolated value visible when NaN gaps surround it.
-            ax.plot(epochs, _series(history, epochs, key), marker="o", markersize=3.5, linewidth=1.8,
-                    label=label)
+            ax.plot([], [], marker="o", markersize=3.5, linewidth=1.8, label=label)
         if self.layout[2]:
             ax.legend()
         else:
             _note(ax, NO_DATA_NOTE)
+        self.update(history, kind)
 
     @staticmethod
     def layout_of(history: Mapping[int, Mapping[str, float]], kind: str) -> tuple:
@@ -391,10 +381,16 @@ class HistoryPlot:
         if self.layout_of(history, kind) != self.layout:
             raise ValueError("this history needs a figure of another layout; build a new HistoryPlot")
         epochs = sorted(history)
-        for line, (_, key) in zip(self._axes.get_lines(), self.layout[2]):
+        ax = self._axes
+        for line, (_, key) in zip(ax.get_lines(), self.layout[2]):
             line.set_data(epochs, _series(history, epochs, key))
-        self._axes.relim()
-        self._axes.autoscale_view()
+        # Limits from these curves alone: back to a new Axes' (0, 1) first, since autoscaling keeps
+        # limits set earlier when no curve has a finite point.
+        ax.set_xlim(0, 1, auto=None)
+        ax.set_ylim(0, 1, auto=None)
+        if self.layout[2]:
+            ax.relim()
+            ax.autoscale_view()
 
     def draw(self, canvas: FigureCanvasAgg) -> None:
         """Draw the figure on ``canvas`` (all of it: the ticks and limits follow the curves)."""
@@ -452,10 +448,8 @@ class SampleGridPlot:
     """The sample grid: thumbnails with true and predicted names, framed green or red.
 
     The thumbnails and frames are composed into one RGBA array, placed pixel for pixel with
-    one artist; only the titles are text artists. Sixteen Axes with an image and four spines each
-    cost about 100 ms to build and as much again to draw on the 2-vCPU project machine; the
-    composed grid takes a few milliseconds, and its pixels are exactly the thumbnails', scaled by
-    nearest neighbour as ``imshow`` did. `update` swaps in the next epoch's samples (same count and
+    one artist instead of an Axes per thumbnail; only the titles are text artists. Its pixels are
+    exactly the thumbnails', scaled by nearest neighbour as ``imshow`` would. `update` swaps in the next epoch's samples (same count and
     thumbnail size: the same `layout`), which then draw exactly as a freshly built grid.
 
     A run shows the same validation samples every epoch, so most cells come out as they were:
@@ -605,8 +599,7 @@ def sample_grid_cells(count: int, image_hw: tuple[int, int]) -> tuple[list[Sampl
 class _Pixels(Artist):
     """An RGBA array drawn pixel for pixel from the figure's top-left corner, under the texts.
 
-    ``figimage`` would resample it and build a masked copy first, about 50 ms for a 16-thumbnail
-    grid; the renderer can blit it as it is. Meant for figures drawn at FIGURE_DPI.
+    ``figimage`` would resample it and build a masked copy first; the renderer can blit it as it is. Meant for figures drawn at FIGURE_DPI.
     """
 
     zorder = 0
@@ -663,7 +656,7 @@ def _paint_frame(mosaic: np.ndarray, cell: SampleCell, color: str) -> None:
     mosaic[top:bottom, right - _BORDER_PX:right] = rgb
 
 
-@functools.lru_cache(maxsize=4096)  # measuring a title costs about 0.5 ms; names recur every epoch
+@functools.lru_cache(maxsize=4096)  # measuring a title's text is slow, and names recur every epoch
 def _sample_title(true_name: str, pred_name: str) -> str:
     one_line = f"True: {true_name} / Pred: {pred_name}"
     width, _, _ = text_to_path.get_text_width_height_descent(

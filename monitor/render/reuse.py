@@ -2,9 +2,8 @@
 building it again.
 
 A run's figures keep their layout from epoch to epoch (the same classes, series and thumbnail
-size); only their data change. Building a figure (Axes, ticks, colour bar, text artists) cost about
-half of what drawing it did on the 2-vCPU project machine (bench/render_costs.py), and that CPU
-time is taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor, an
+size); only their data change, so building the Axes, ticks and text artists again would be wasted
+CPU, taken from the trainer. A plot class here has a `layout_of(*args)`, a constructor, an
 `update(*args)`, a `draw(canvas)` (which may keep pixels that do not change from draw to draw) and
 an `nbytes` (what it holds in memory), and an updated plot draws the same bytes as a new one
 (tests/test_reuse.py).

@@ -21,9 +21,7 @@ from matplotlib.figure import Figure
 from monitor.render.figures import FIGURE_DPI
 
 PNG_DPI = FIGURE_DPI
-# zlib level for the PNGs. Figures are mostly flat colour, so level 1 packs them well: on the
-# project machine Pillow encoded the demo's sample grid in 30 ms against 50 ms at level 6, for a
-# file 1.7 times larger (47 against 28 kB).
+# zlib level for the PNGs: figures are mostly flat colour, which level 1 already packs well.
 PNG_COMPRESS_LEVEL = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_FILTER_UP = 2
@@ -57,18 +55,15 @@ def save_figure(fig: Figure, path: pathlib.Path,
 
 
 def encode_png(rgba: np.ndarray, dpi: int) -> bytes:
-    """An 8-bit RGB PNG of an H×W×4 array (alpha dropped), every row with the "Up" filter.
+    """An 8-bit RGB PNG of an H×W×4 array (alpha dropped), written without trying filters.
 
-    Pillow's encoder picks a filter for each row by trying them all, which cost as much as the
-    compression itself: 20 to 40 ms for the 10-class confusion matrix on the project machine.
-    Figures are mostly flat colour, which the Up filter (each byte minus the byte above it) turns
-    into runs of zeros: 0.5 to 0.7 of Pillow's time for every figure, and files from 13 % smaller
-    to 26 % larger (bench/render_costs.py). The chunks are IHDR, pHYs (the resolution), IDAT and
-    IEND only: no text chunk, so the bytes depend only on the pixels.
+    Every row has the "Up" filter (each byte minus the byte above it), which turns flat colour into
+    runs of zeros, and is compressed at PNG_COMPRESS_LEVEL. The chunks are IHDR, pHYs (``dpi``),
+    IDAT and IEND only: no text chunk, so the bytes depend only on the pixels.
     """
     height, width = rgba.shape[:2]
-    # Drop alpha by copying each pixel's first three bytes as one 3-byte item: half the time of
-    # numpy's byte-by-byte copy of ``rgba[..., :3]`` (5 against 10 ms for the 10-class matrix).
+    # Drop alpha by copying each pixel's first three bytes as one 3-byte item, faster than numpy's
+    # byte-by-byte copy of ``rgba[..., :3]``.
     rgb = np.ascontiguousarray(np.ascontiguousarray(rgba, dtype=np.uint8).view(_RGB_OF_RGBA)["rgb"])
     rgb = rgb.view(np.uint8).reshape(height, width * 3)
     rows = np.empty((height, 1 + width * 3), dtype=np.uint8)

@@ -32,9 +32,8 @@ class ConfusionJob:
     title: str
 
     def __reduce__(self):
-        # Pickled for the render worker with the GIL held the whole time: a 1,000-class matrix as int64
-        # is 8 MB and held it up to 10 ms, one of the receive loop's longest pauses (118 ms at 4,096
-        # classes; bench/confusion_handoff.py). Packed, the same matrix is 117 kB.
+        # Pickled for the render worker with the GIL held, which the receive loop then waits for: the
+        # counts travel packed (`pack_counts`), a many-class matrix being mostly zeros.
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         counts = self.counts
         state["counts"] = pack_sparse(counts) if isinstance(counts, SparseCounts) else pack_counts(counts)
@@ -79,6 +78,7 @@ def pack_sparse(counts: SparseCounts) -> tuple:
 
 
 def unpack_counts(packed: tuple) -> np.ndarray:
+    """The matrix `pack_counts` packed, as int64 (or as it was, for what travelled as is)."""
     if packed[0] == "as is":
         return packed[1]
     if packed[0] == "sparse":
@@ -95,6 +95,8 @@ def _unpacked_confusion_job(cls: type, state: dict) -> ConfusionJob:
 
 @dataclass(frozen=True)
 class HistoryJob:
+    """The loss and accuracy curves of a run, `<folder>/<kind>_history.png`."""
+
     folder: Path
     history: Mapping[int, Mapping[str, float]]
 
@@ -110,6 +112,8 @@ class HistoryJob:
 
 @dataclass(frozen=True)
 class SampleGridJob:
+    """An epoch's sample grid: thumbnails with their true and predicted class names."""
+
     png: Path
     images: np.ndarray
     labels: np.ndarray

@@ -41,6 +41,11 @@ class LogReport:
 
 
 def inspect_log(path: Path, *, skip_corrupt: bool) -> LogReport:
+    """What the log at `path` holds, read through once (see `LogReport`).
+
+    Raises:
+        CorruptLogError: a damaged record, unless `skip_corrupt`.
+    """
     report = LogReport(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncatedLogWarning)
@@ -100,6 +105,11 @@ def report_tables(report: LogReport) -> list[Table]:
 
 
 def inspect_logs(paths: list[Path], *, skip_corrupt: bool, console: Console) -> int:
+    """Prints the report tables of each log; returns the exit status (0).
+
+    Raises:
+        FileNotFoundError: a path is not a file.
+    """
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no such log file: {path}")

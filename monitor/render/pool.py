@@ -11,7 +11,7 @@ import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, TimeoutError
 from typing import Callable
 
-from monitor.jobs import ConfusionJob, HistoryJob, TableJob, run_job
+from monitor.render.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
 
@@ -46,12 +46,17 @@ class InlineRenderer:
         for job in held.values():
             self._run(job)
 
-    def close(self) -> None:
+    def stop_by(self, deadline: float) -> None:
+        """Nothing to bound: every job is drawn in the caller's thread."""
+
+    def close(self) -> int:
+        """Draws what `submit` held back; returns 0 (nothing is ever abandoned inline)."""
         self.drain()
+        return 0
 
 
 # Which lane runs a job: the confusion matrix is the slowest figure, so it gets a worker of its own
-# and the grid and history curves no longer queue behind it (bench/monitor_render.py). A file always
+# and the grid and history curves do not queue behind it. A file always
 # goes to the same lane, so jobs for one file still run in submission order and the last one wins.
 CONFUSION_LANE, FIGURE_LANE = 0, 1
 LANES = 2
@@ -89,7 +94,7 @@ class ProcessRenderer:
         self._abandoning = False  # set by `close` when it kills the workers: their jobs' errors are expected
         for lane in self._lanes:
             lane.submit(_warm_up)  # import matplotlib now, not when the first epoch is due
-        # Tables are pure-Python work too (a demo epoch's: ~30 ms of CPU): a third worker draws them at
+        # Tables are pure-Python work too: a third worker draws them at
         # the same priority, so the monitor's own process does next to nothing when an epoch ends.
         self._tables = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_worker,
                                            initargs=(priority,))
