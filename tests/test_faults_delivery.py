@@ -60,6 +60,12 @@ def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "trainer_side" and r.levelno >= logging.WARNING]
 
 
+def frozen(pid: int) -> bool:
+    """Every thread of the process is stopped (state T), not only signalled."""
+    states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in Path(f"/proc/{pid}/task").iterdir()]
+    return all(state == "T" for state in states)
+
+
 def figures(what: str, sent: int, logged: int, reported: int) -> None:
     print(f"\n{what}: sent {sent}, in the monitor's log {logged}, reported as not delivered {reported}")
 
@@ -157,6 +163,7 @@ def test_monitor_frozen_while_training_ends_the_unconfirmed_messages_are_reporte
         log = out / "frozen" / "messages.mlog"
         wait_for(lambda: len(frames_of(log)) == 7, "the first epochs in the monitor's log", timeout=120)
         monitor.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: frozen(monitor.proc.pid), "every thread of the monitor stopped", timeout=60)
         with caplog.at_level(logging.WARNING, logger="trainer_side"):
             send_epochs(emitter, range(2, 40), start=False, end=True)
             report = emitter.close()
