@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import Monitor, PullSink, add_common_args, free_port, median, print_table, quantile, write_json
+from bench.common import PullSink, add_common_args, median, print_table, quantile, write_json
+from bench.harness import MonitorProcess, free_port
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import Emitter
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = {}
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
         memory["absent"] = memory_bound(f"tcp://127.0.0.1:{free_port()}", pile, checkpoints)
-        with Monitor(Path(tmp) / "stopped") as monitor:
+        with MonitorProcess(Path(tmp) / "stopped") as monitor:
             monitor.sigstop()
             memory["sigstopped"] = memory_bound(monitor.endpoint, pile, checkpoints)
     print_table(f"Trainer memory while {pile:,} thumbnail messages (196,608-byte images each) find no reader "

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Monitor, add_common_args, median, print_table, write_json
+from bench.common import add_common_args, median, print_table, write_json
+from bench.harness import MonitorProcess
 
 PER_BATCH_HOOKS = ("on_validation_batch_end", "on_validation_epoch_start", "on_train_epoch_end", "on_validation_end")
 EPOCH_COPY_HOOKS = ("on_validation_epoch_end",)  # where the one host copy per epoch is designed to happen
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs, rounds = (2, 2) if args.quick else (3, 5)
     times: dict[str, list[float]] = {"a": [], "b": [], "e": []}
     sync_errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, Monitor(Path(tmp) / "monitor") as monitor:
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, MonitorProcess(Path(tmp) / "monitor") as monitor:
         monitor.wait_idle()
         fit("b", monitor.endpoint, Path(tmp) / "sync", 2, sync_errors)
         for round_index in range(rounds + 1):  # round 0 warms up CUDA and cuDNN

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from bench.common import PYTHON, ROOT, Monitor, add_common_args, print_table, write_json
+from bench.common import add_common_args, print_table, write_json
+from bench.harness import PYTHON, ROOT, MonitorProcess
 from trainer_side import protocol
 from trainer_side.protocol import make_message
 
@@ -63,7 +64,7 @@ def _start(run: str, classes: int) -> bytes:
 def long_run(tree: Path, out: Path, epochs: int, classes: int, samples: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     dtype = protocol.smallest_label_dtype(classes)
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
         start, _ = rss_mb(monitor.proc.pid)
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
@@ -97,7 +98,7 @@ def long_run(tree: Path, out: Path, epochs: int, classes: int, samples: int) -> 
 
 
 def flood(tree: Path, out: Path, frames: int, samples: int) -> dict[str, float]:
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
         start, _ = rss_mb(monitor.proc.pid)
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
@@ -137,7 +138,7 @@ def world_claim(tree: Path, out: Path, epochs: int) -> list[float]:
         return protocol.encode(make_message(kind, run, 0, size, seq, body, time=0.0))
 
     delays = []
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, machine_info
+from bench.common import machine_info
+from bench.harness import PYTHON, ROOT
 
 PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "monitor_ingest", "monitor_render",
             "confusion_handoff", "monitor_cpu", "monitor_startup",
