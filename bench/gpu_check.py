@@ -59,7 +59,7 @@ def fit(config: str, endpoint: str | None, out: Path, epochs: int, sync_errors: 
     datamodule = DigitsDataModule(batch_size=64, seed=0)
     callbacks = []
     if config == "b":
-        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}"))
+        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}", spool=str(out / "spool")))
         if sync_errors is not None:
             strict_sync(callbacks[0], sync_errors)
     elif config == "e":
