@@ -2,7 +2,7 @@
 #   make demo   set up, then run the Procfile (monitor + demo trainer); ends by itself, artifacts in outputs/
 #   make test   set up, then run the test suite
 # and, while developing:
-#   make check  the fast unit layer: every test but those marked slow (they start monitors or trainers)
+#   make check  the fast unit layer: every test but those marked slow (they start processes or run a fit)
 # Both create ./.venv on first use and install the project with everything it needs into it.
 
 PYTHON ?= python3

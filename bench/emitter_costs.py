@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import Monitor, PullSink, add_common_args, free_port, median, print_table, quantile, write_json
+from bench.common import PullSink, add_common_args, median, print_table, quantile, write_json
+from bench.harness import MonitorProcess, free_port
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import Emitter
@@ -38,7 +41,7 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def hook_costs(epochs: int) -> dict[str, list[float]]:
+def hook_costs(epochs: int, spool: Path) -> dict[str, list[float]]:
     import lightning as L
 
     from trainer_side import EmitterCallback
@@ -47,7 +50,7 @@ def hook_costs(epochs: int) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {name: [] for name in HOOKS}
     sink = PullSink()
     try:
-        callback = EmitterCallback(endpoint=sink.endpoint, run="hook-costs")
+        callback = EmitterCallback(endpoint=sink.endpoint, run="hook-costs", spool=str(spool))
         for name in HOOKS:
             original = getattr(callback, name)
 
@@ -73,7 +76,7 @@ def hook_costs(epochs: int) -> dict[str, list[float]]:
     return timings
 
 
-def send_costs(repeats: int) -> dict[str, list[float]]:
+def send_costs(repeats: int, spool: Path) -> dict[str, list[float]]:
     rng = np.random.default_rng(0)
     bodies = {
         "preds (350 samples, u1)": ("preds", {"epoch": 1, "step": 10, "preds": rng.integers(0, 10, 350, dtype=np.uint8),
@@ -89,7 +92,7 @@ def send_costs(repeats: int) -> dict[str, list[float]]:
     }
     timings: dict[str, list[float]] = {}
     sink = PullSink()
-    emitter = Emitter(sink.endpoint, run="send-costs", queue_size=100_000)
+    emitter = Emitter(sink.endpoint, run="send-costs", queue_size=100_000, spool=str(spool))
     try:
         emitter.send("metrics", bodies["metrics (5 values)"][1])  # opens the socket
         for label, (kind, body) in bodies.items():
@@ -133,11 +136,11 @@ def thumbnail_frame_bytes(side: int, count: int = 16) -> int:
     return len(protocol.encode(message))
 
 
-def memory_bound(endpoint: str, messages: int, checkpoints: list[int]) -> dict[str, Any]:
+def memory_bound(endpoint: str, messages: int, checkpoints: list[int], spool: Path) -> dict[str, Any]:
     """RSS growth while 64-px thumbnail messages pile up with nobody draining them."""
     images = np.random.default_rng(0).integers(0, 255, (16, 64, 64, 3), dtype=np.uint8)
     body = {"epoch": 0, "images": images, "labels": np.zeros(16, np.uint8), "preds": np.zeros(16, np.uint8)}
-    emitter = Emitter(endpoint, run="memory-bound", linger_ms=2000)
+    emitter = Emitter(endpoint, run="memory-bound", linger_ms=2000, spool=str(spool))
     before = rss_mb()
     growth = {}
     send_times = []
@@ -162,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("trainer_side").setLevel(logging.ERROR)  # the drop warnings are expected in section 4
     epochs, repeats, pile = (3, 300, 1500) if args.quick else (12, 2000, 3000)
 
-    hooks = hook_costs(epochs)
+    work = Path(tempfile.mkdtemp(prefix="bench-emitter-"))  # the emitters' spools (on, as users run them)
+    atexit.register(shutil.rmtree, work, True)
+    hooks = hook_costs(epochs, work / "hooks")
     print_table("EmitterCallback hooks in a demo fit (µs; sink: bare PULL socket in another process)",
                 ["hook", "calls", "median µs", "p99 µs", "max µs"],
                 [[name, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99), 1e6 * max(t)] for name, t in hooks.items() if t])
 
-    sends = send_costs(repeats)
+    sends = send_costs(repeats, work / "sends")
     print_table("Emitter.send per message (encode + non-blocking send), µs",
                 ["message", "calls", "median µs", "p99 µs"],
                 [[label, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)] for label, t in sends.items()])
@@ -190,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = [500, 1000, pile]
     memory = {}
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
-        memory["absent"] = memory_bound(f"tcp://127.0.0.1:{free_port()}", pile, checkpoints)
-        with Monitor(Path(tmp) / "stopped") as monitor:
+        memory["absent"] = memory_bound(f"tcp://127.0.0.1:{free_port()}", pile, checkpoints, work / "absent")
+        with MonitorProcess(Path(tmp) / "stopped") as monitor:
             monitor.sigstop()
-            memory["sigstopped"] = memory_bound(monitor.endpoint, pile, checkpoints)
+            memory["sigstopped"] = memory_bound(monitor.endpoint, pile, checkpoints, work / "sigstopped")
     print_table(f"Trainer memory while {pile:,} thumbnail messages (196,608-byte images each) find no reader "
                 "(queue_size=1000, linger_ms=2000)",
                 ["monitor", *(f"RSS +MB after {n:,}" for n in checkpoints), "sent", "dropped", "send p99 µs",

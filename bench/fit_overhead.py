@@ -3,8 +3,7 @@
     (a) no observability                     (b) EmitterCallback, live `monitor serve`
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
     (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
-    (n) optional: (b) with `monitor serve --render-priority normal` (renders not at idle priority)
-    (y) optional: (b) with the monitor's own process under SCHED_IDLE too (an experiment)
+    (n) (b) with `monitor serve --render-priority normal` (renders not at idle priority)
     (z) A/A control: (a) again. What it measures is the noise floor of this method on this
         machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
@@ -32,7 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, Monitor, add_common_args, free_port, median, print_table, write_json
+from bench.common import add_common_args, median, print_table, write_json
+from bench.harness import PYTHON, ROOT, MonitorProcess, free_port
 
 CONFIGS = {
     "a": "no observability",
@@ -41,16 +41,10 @@ CONFIGS = {
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
-    "y": "(b), monitor process at idle priority too",
     "z": "A/A control: (a) again",
-    "p": "(b), the monitor of --compare DIR",
 }
-# The trainer side of each configuration (n and y differ from b only in how the monitor runs).
-WORKER_CONFIG = {"n": "b", "y": "b", "z": "a", "p": "b"}
-# (y): the monitor's own process, not only its workers, at the lowest share there is: its session at
-# autogroup nice 19, the process under SCHED_IDLE (an experiment; `monitor serve` does not do this).
-YIELDING_MONITOR = ["sh", "-c", 'echo 19 > /proc/self/autogroup && exec chrt --idle 0 "$@"', "sh",
-                    PYTHON, "-m", "monitor", "serve"]
+# The trainer side of each configuration (n differs from b only in how the monitor runs).
+WORKER_CONFIG = {"n": "b", "z": "a"}
 
 
 class Worker:
@@ -90,24 +84,17 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
 
     ensure_digits_imagefolder(default_cache_dir() / "digits_imagefolder")  # before any worker needs it
     configs = [c for c in args.configs]
-    monitors: dict[str, Monitor] = {}
+    monitors: dict[str, MonitorProcess] = {}
     workers: dict[str, Worker] = {}
     results: dict[str, list[dict]] = {c: [] for c in configs}
     closing_run: dict | None = None
     try:
-        prefix = (["nice", "-n", str(args.monitor_nice)] if args.monitor_nice else []) + \
-            (["chrt", "--idle", "0"] if args.monitor_idle else [])
         if "b" in configs:
-            monitors["b"] = Monitor(work / "monitor_live",
-                                    command=[*prefix, PYTHON, "-m", "monitor", "serve"] if prefix else None)
+            monitors["b"] = MonitorProcess(work / "monitor_live")
         if "d" in configs:
-            monitors["d"] = Monitor(work / "monitor_stopped")
+            monitors["d"] = MonitorProcess(work / "monitor_stopped")
         if "n" in configs:
-            monitors["n"] = Monitor(work / "monitor_normal", "--render-priority", "normal")
-        if "y" in configs:
-            monitors["y"] = Monitor(work / "monitor_yielding", command=YIELDING_MONITOR)
-        if "p" in configs:
-            monitors["p"] = Monitor(work / "monitor_compare", cwd=args.compare)
+            monitors["n"] = MonitorProcess(work / "monitor_normal", "--render-priority", "normal")
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
         if args.separate_processes:
             workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
@@ -239,10 +226,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="each training epoch draws N times the demo's training set (default 1): longer epochs, "
                              "the same validation and monitor work per epoch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the trainers (0: torch's default)")
-    parser.add_argument("--monitor-nice", type=int, default=0,
-                        help="start the live monitor under `nice -n N` (an experiment: 0 = as users run it)")
-    parser.add_argument("--monitor-idle", action="store_true",
-                        help="start the live monitor under `chrt --idle 0` (SCHED_IDLE; an experiment)")
     parser.add_argument("--order", choices=("shuffled", "fixed"), default="shuffled",
                         help="the order of the configurations after (a) in each round: a new seeded shuffle each "
                              "round (default) or always as --configs lists them")
@@ -251,14 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="azbcden",
                         help="configurations to run, (a) first (default azbcden; z = the A/A control, n = (b) "
                              "with the monitor's --render-priority normal, for comparison)")
-    parser.add_argument("--compare", type=Path, default=None,
-                        help="a checkout of this project whose monitor config (p) runs, beside this checkout's in (b): "
-                             "before and after a change in one run")
     args = parser.parse_args(argv)
-    if ("p" in args.configs) != (args.compare is not None):
-        parser.error("config p and --compare DIR go together")
-    if args.compare is not None and not (args.compare / "monitor" / "serve.py").is_file():
-        parser.error(f"--compare {args.compare}: no monitor/serve.py there (expected a checkout of this project)")
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.rounds = args.rounds or (2 if args.quick else 7)
     args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
@@ -272,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(measured["results"], measured["closing_a"])
     print_table(f"Fit wall time, demo digits{f' (epochs x{args.epoch_scale} longer)' if args.epoch_scale > 1 else ''}, "
                 f"{args.epochs} epochs, validation every epoch, "
-                f"median of {args.rounds} interleaved runs, torch threads {measured['torch_threads']}"
-                + (f", live monitor under nice -n {args.monitor_nice}" if args.monitor_nice else "")
-                + (", live monitor under SCHED_IDLE" if args.monitor_idle else ""),
+                f"median of {args.rounds} interleaved runs, torch threads {measured['torch_threads']}",
                 ["config", "fit s", "ratio to (a)", "95 % interval", "min..max", "fastest s", "ratio of fastest",
                  "teardown s", "CPU-time ratio", "load avg"],
                 [[f"({c}) {CONFIGS[c]}", s["fit_s_median"], s["ratio_median"],
@@ -306,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    for config in ("b", "n", "y"):
+    for config in ("b", "n"):
         if config in summary:
             s = summary[config]
             print(f"\n({config}) live monitor CPU per fit (render workers included), median: "

@@ -111,7 +111,9 @@ def observability(config: str, request: dict, datamodule: DigitsDataModule) -> l
     if config in "bcd":
         from trainer_side import EmitterCallback
 
-        return [EmitterCallback(endpoint=request["endpoint"], run=request.get("run"))]
+        # The spool stays on, as users run it, in the benchmark's temporary folder.
+        return [EmitterCallback(endpoint=request["endpoint"], run=request.get("run"),
+                                spool=str(Path(request["out"]) / "spool"))]
     if config == "e":
         from bench.inprocess_baseline import InProcessObservability
 

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Monitor, add_common_args, median, print_table, write_json
+from bench.common import add_common_args, median, print_table, write_json
+from bench.harness import MonitorProcess
 
 PER_BATCH_HOOKS = ("on_validation_batch_end", "on_validation_epoch_start", "on_train_epoch_end", "on_validation_end")
 EPOCH_COPY_HOOKS = ("on_validation_epoch_end",)  # where the one host copy per epoch is designed to happen
@@ -58,7 +59,7 @@ def fit(config: str, endpoint: str | None, out: Path, epochs: int, sync_errors: 
     datamodule = DigitsDataModule(batch_size=64, seed=0)
     callbacks = []
     if config == "b":
-        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}"))
+        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}", spool=str(out / "spool")))
         if sync_errors is not None:
             strict_sync(callbacks[0], sync_errors)
     elif config == "e":
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs, rounds = (2, 2) if args.quick else (3, 5)
     times: dict[str, list[float]] = {"a": [], "b": [], "e": []}
     sync_errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, Monitor(Path(tmp) / "monitor") as monitor:
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, MonitorProcess(Path(tmp) / "monitor") as monitor:
         monitor.wait_idle()
         fit("b", monitor.endpoint, Path(tmp) / "sync", 2, sync_errors)
         for round_index in range(rounds + 1):  # round 0 warms up CUDA and cuDNN

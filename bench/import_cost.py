@@ -15,7 +15,8 @@ import json
 import subprocess
 import sys
 
-from bench.common import PYTHON, ROOT, add_common_args, median, print_table, write_json
+from bench.common import add_common_args, median, print_table, write_json
+from bench.harness import PYTHON, ROOT
 
 HEAVY = ("matplotlib", "rich", "torchmetrics", "watchdog", "torchvision", "PIL", "sklearn", "scipy", "pandas", "monitor")
 

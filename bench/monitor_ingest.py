@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import PYTHON, ROOT, Monitor, add_common_args, print_table, write_json
+from bench.common import add_common_args, print_table, write_json
+from bench.harness import PYTHON, ROOT, MonitorProcess
 from trainer_side import protocol
 
 CLASSES = 43
@@ -45,7 +46,7 @@ def frames_for(run: str, kind: str, count: int, samples: int) -> list[tuple[floa
             for seq, (k, body) in enumerate(bodies)]
 
 
-def ingest(monitor: Monitor, work: Path, run: str, kind: str, count: int, samples: int) -> dict:
+def ingest(monitor: MonitorProcess, work: Path, run: str, kind: str, count: int, samples: int) -> dict:
     schedule = frames_for(run, kind, count, samples)
     plan = work / f"{run}.pickle"
     plan.write_bytes(pickle.dumps(schedule))
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     small, preds = (20_000, 300) if args.quick else (200_000, 3_000)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        with Monitor(Path(tmp) / "out") as monitor:
+        with MonitorProcess(Path(tmp) / "out") as monitor:
             results["metrics"] = ingest(monitor, Path(tmp), "ingest-metrics", "metrics", small, 0)
             results["preds"] = ingest(monitor, Path(tmp), "ingest-preds", "preds", preds, 1_000)
             code = monitor.close()

@@ -4,19 +4,22 @@ sender's claims add to another run's artifacts.
 - long run: one trainer's run of 60 epochs at 1,000 classes, each epoch a preds frame of 10,000
   validation samples (70 % right, the rest spread over every class), a 16-image thumbnail grid,
   metrics and its epoch end; the next epoch is sent once the previous one's confusion matrix is on
-  disk, as a trainer slower than the monitor would. RSS is read from /proc at start (listening,
-  nothing received), at the end (last matrix written) and its peak (VmHWM).
+  disk, as a trainer slower than the monitor would. RSS is read from /proc when it listens, once it
+  has loaded everything and is idle (nothing received: the start of the growth), at the end (last
+  matrix written) and its peak (VmHWM).
 - flood: one sender pushes 1,200 frames of 2 MB (preds of 1,000,000 samples) as fast as ZeroMQ
   takes them (waiting up to 30 s a frame, so every buffer on the way stays full), while the
-  monitor's pipeline falls behind. Prints the
-  peak RSS beside the ceiling the monitor states: its RSS at start, plus the hand-off queue's
-  capacity, one receive batch and RCVHWM frames per sender (monitor/handoff.py).
+  monitor's pipeline falls behind. Prints the peak RSS beside the ceiling the monitor states: its
+  RSS once loaded, plus the hand-off queue's capacity, one receive batch and RCVHWM frames per
+  sender (monitor/handoff.py).
 - world claim: a sender claims a world of 2**20 ranks and sends 50 epochs from rank 0 alone (the
   other ranks never end them); then a normal run sends three epochs, and the seconds from each of
   its epoch ends to its confusion matrix on disk are printed.
 
 The figures are the monitor process's own; its render workers are separate processes.
-With `--checkout DIR` the monitor of another checkout is measured instead (e.g. today's main).
+`monitor serve` listens before it imports torch and matplotlib, so its RSS when listening is far
+below its RSS once loaded; growth and ceiling count from the latter.
+With `--checkout DIR` the monitor of another checkout is measured instead.
 
     python -m bench.monitor_memory [--quick] [--epochs N] [--classes N] [--checkout DIR] [--json FILE]
 """
@@ -32,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from bench.common import PYTHON, ROOT, Monitor, add_common_args, print_table, write_json
+from bench.common import add_common_args, print_table, write_json
+from bench.harness import PYTHON, ROOT, MonitorProcess
 from trainer_side import protocol
 from trainer_side.protocol import make_message
 
@@ -63,7 +67,9 @@ def _start(run: str, classes: int) -> bytes:
 def long_run(tree: Path, out: Path, epochs: int, classes: int, samples: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     dtype = protocol.smallest_label_dtype(classes)
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
+        listening, _ = rss_mb(monitor.proc.pid)
+        monitor.wait_idle()  # its imports, pipeline and render workers are up
         start, _ = rss_mb(monitor.proc.pid)
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
@@ -93,11 +99,13 @@ def long_run(tree: Path, out: Path, epochs: int, classes: int, samples: int) -> 
         elapsed = time.monotonic() - began
         push.close()
         context.term()
-    return {"start_mb": start, "end_mb": end, "peak_mb": peak, "growth_mb": end - start, "seconds": elapsed}
+    return {"listening_mb": listening, "start_mb": start, "end_mb": end, "peak_mb": peak, "growth_mb": end - start,
+            "seconds": elapsed}
 
 
 def flood(tree: Path, out: Path, frames: int, samples: int) -> dict[str, float]:
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
+        monitor.wait_idle()  # loaded: the ceiling counts from here
         start, _ = rss_mb(monitor.proc.pid)
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
@@ -137,7 +145,7 @@ def world_claim(tree: Path, out: Path, epochs: int) -> list[float]:
         return protocol.encode(make_message(kind, run, 0, size, seq, body, time=0.0))
 
     delays = []
-    with Monitor(out, cwd=tree) as monitor:
+    with MonitorProcess(out, cwd=tree) as monitor:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
@@ -160,7 +168,7 @@ def world_claim(tree: Path, out: Path, epochs: int) -> list[float]:
             delays.append(time.monotonic() - began)
         push.close()
         context.term()
-        monitor.close(timeout=10)  # a monitor of today's main may take minutes to stop here
+        monitor.close(timeout=10)
     return delays
 
 
@@ -200,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             results["world claim"] = {f"epoch {i} s": d for i, d in enumerate(delays)}
     long = results["long run"]
     print_table(f"monitor RSS (MiB), {epochs} epochs x {args.classes:,} classes, {args.checkout}",
-                ["start", "end", "peak", "growth", "seconds"],
-                [[round(long["start_mb"]), round(long["end_mb"]), round(long["peak_mb"]), round(long["growth_mb"]),
-                  round(long["seconds"])]])
+                ["listening", "loaded (start)", "end", "peak", "growth from start", "seconds"],
+                [[round(long["listening_mb"]), round(long["start_mb"]), round(long["end_mb"]), round(long["peak_mb"]),
+                  round(long["growth_mb"]), round(long["seconds"])]])
     if "flood" in results:
         f = results["flood"]
         ceiling = ceiling_mb(f["start_mb"], f["frame_mb"], FLOOD_SAMPLES) if args.checkout == ROOT else None
         print_table(f"monitor RSS (MiB) under a flood of {frames:,} frames of {f['frame_mb']:.1f} MiB",
-                    ["start", "peak", "stated ceiling", "sent", "dropped by the sender"],
+                    ["loaded (start)", "peak", "stated ceiling", "sent", "dropped by the sender"],
                     [[round(f["start_mb"]), round(f["peak_mb"]), "-" if ceiling is None else round(ceiling),
                       int(f["sent"]), int(f["dropped"])]])
         f["ceiling_mb"] = ceiling

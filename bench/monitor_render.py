@@ -3,10 +3,11 @@
 For 43 and 1,000 classes, a sender process (bench/sender.py) plays a run whose epochs arrive as the
 EmitterCallback sends them (preds, samples, val metrics, sampled, train metrics, epoch_end), several
 seconds apart, while it also sends a small probe message every 2 ms. The monitor is `monitor serve`
-with a timestamp on every accepted frame (bench/probe_serve.py). A probe accepted L ms after it was
+with a timestamp on every accepted frame (`probed_serve` below, which this program starts as
+`python -m bench.monitor_render --probed-serve RECORD serve ...`). A probe accepted L ms after it was
 sent means the receive loop was away for about L ms. Artifact times are the files' modification times.
 
-    python -m bench.monitor_render [--quick] [--json FILE]
+    python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import PYTHON, ROOT, Monitor, add_common_args, median, print_table, quantile, write_json
+from bench.common import add_common_args, median, print_table, quantile, write_json
+from bench.harness import PYTHON, ROOT, MonitorProcess
 from monitor.logbook import run_dir
 from trainer_side import protocol
 
@@ -81,9 +83,40 @@ def watch_mtimes(paths: list[Path], until: subprocess.Popen) -> dict[str, list[f
         time.sleep(0.01)
 
 
-def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bool = False,
-            tree: Path = ROOT) -> dict:
-    """One run of `classes` classes served by the monitor of the checkout at `tree`."""
+def probed_serve(record_path: Path, argv: list[str]) -> int:
+    """Runs the monitor command line (`argv`), noting for every accepted frame (received wall time,
+    sent wall time, run, kind, seq); writes them to `record_path` as JSON when it exits. Hooks
+    `Intake.accept_many` and `Intake.accept`, which the receiver calls right after taking frames from
+    the socket."""
+    from monitor import cli
+    from monitor.intake import Intake
+
+    arrivals: list[tuple[float, float, str, str, int]] = []
+    accept, accept_many = Intake.accept, Intake.accept_many
+
+    def timed_accept(self: Intake, frame: bytes):
+        received = time.time()
+        message = accept(self, frame)
+        if message is not None:
+            arrivals.append((received, message.time, message.run, message.kind, message.seq))
+        return message
+
+    def timed_accept_many(self: Intake, frames: list[bytes]):
+        received = time.time()  # a batch is taken from the socket at once, then handed over
+        accepted = accept_many(self, frames)
+        arrivals.extend((received, message.time, message.run, message.kind, message.seq) for message, _ in accepted)
+        return accepted
+
+    Intake.accept = timed_accept  # type: ignore[method-assign]
+    Intake.accept_many = timed_accept_many  # type: ignore[method-assign]
+    try:
+        return cli.main(argv)
+    finally:
+        record_path.write_text(json.dumps(arrivals))
+
+
+def measure(classes: int, epochs: int, spacing: float, work: Path) -> dict:
+    """One run of `classes` classes served by a probed `monitor serve`."""
     run = f"render-{classes}"
     schedule = epoch_schedule(run, classes, epochs, spacing)
     plan = work / f"{run}.pickle"
@@ -93,8 +126,8 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bo
     folder = run_dir(out, run)
     paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in EPOCH_FILES]
     paths += [folder / name for name in RUN_FILES]
-    with Monitor(out, command=[PYTHON, "-m", "bench.probe_serve", str(record),
-                                           *(["--gc-freeze"] if gc_freeze else []), "serve"], cwd=tree) as monitor:
+    with MonitorProcess(out, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
+                                      "serve"]) as monitor:
         monitor.wait_idle()
         sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
                                    "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
@@ -132,41 +165,32 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, gc_freeze: bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probed-serve"]:
+        return probed_serve(Path(argv[1]), argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--classes", type=int, nargs="*", default=[43, 1000], help="class counts (default 43 1000)")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="experiment: gc.freeze() in the monitor after its imports (a proposed fix)")
     parser.add_argument("--rounds", type=int, default=1, help="serve every class count this many times (default 1)")
-    parser.add_argument("--compare", type=Path, default=None,
-                        help="another checkout whose monitor serves the same runs, alternately with this one's")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    trees = {"this checkout": ROOT}
-    if args.compare is not None:
-        if not (args.compare / "bench" / "probe_serve.py").is_file():
-            parser.error(f"--compare {args.compare}: no bench/probe_serve.py there (expected a checkout of this project)")
-        trees[str(args.compare)] = args.compare.resolve()
     epochs = 2 if args.quick else 3
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
         for round_ in range(args.rounds):
             for classes in args.classes:
                 spacing = 4.0 if classes <= 100 else 8.0
-                for name, tree in trees.items():
-                    print(f"  round {round_ + 1}/{args.rounds}, {classes} classes, monitor of {name}: {epochs} epochs, "
-                          f"{spacing:.0f} s apart, probe every {PROBE_MS:g} ms"
-                          + (", monitor with gc.freeze()" if args.gc_freeze else ""), flush=True)
-                    work = Path(tmp) / f"{len(results)}"
-                    work.mkdir()
-                    result = measure(classes, epochs, spacing, work, args.gc_freeze, tree)
-                    results.append({**result, "monitor": name, "round": round_ + 1})
-    grouped = len(trees) > 1 or args.rounds > 1  # then each row says which monitor and round it is of
-    first = ["monitor", "round"] if grouped else []
+                print(f"  round {round_ + 1}/{args.rounds}, {classes} classes: {epochs} epochs, "
+                      f"{spacing:.0f} s apart, probe every {PROBE_MS:g} ms", flush=True)
+                work = Path(tmp) / f"{len(results)}"
+                work.mkdir()
+                results.append({**measure(classes, epochs, spacing, work), "round": round_ + 1})
+    grouped = args.rounds > 1  # then each row says which round it is of
+    first = ["round"] if grouped else []
 
     def label(result: dict) -> list:
-        return [result["monitor"], result["round"]] if grouped else []
+        return [result["round"]] if grouped else []
 
     print_table(f"Receive loop while epochs render (probe every {PROBE_MS:g} ms; window: epoch's first message -> "
                 "its last artifact)",
@@ -181,19 +205,19 @@ def main(argv: list[str] | None = None) -> int:
                   max(e["ready_by_file_s"], key=e["ready_by_file_s"].get) if e["ready_by_file_s"] else "-",
                   1.5 if r["classes"] <= 100 else 5.0] for r in results for e in r["epochs"]])
     if grouped:
-        print_table("Longest pause of each run (its worst epoch), ms, by monitor and class count (target: 20 ms)",
-                    ["monitor", "classes", "each round", "median", "worst"],
-                    [[name, classes, ", ".join(f"{w:.1f}" for w in worst), median(worst), max(worst)]
-                     for name in trees for classes in args.classes
+        print_table("Longest pause of each run (its worst epoch), ms, by class count (target: 20 ms)",
+                    ["classes", "each round", "median", "worst"],
+                    [[classes, ", ".join(f"{w:.1f}" for w in worst), median(worst), max(worst)]
+                     for classes in args.classes
                      for worst in [[max(e["probe_latency_ms"]["max"] for e in r["epochs"]) for r in results
-                                    if r["monitor"] == name and r["classes"] == classes]]])
+                                    if r["classes"] == classes]]])
     print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
           f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}")
     write_json(args.json, {"render": results})
     lost = [r["classes"] for r in results if r["probes_received"] < r["probes_sent"]]
     if lost:
         print(f"FAILED: the monitor recorded fewer probes than were sent ({lost} classes); "
-              "bench/probe_serve.py may no longer hook the receive path", file=sys.stderr)
+              "probed_serve may no longer hook the receive path", file=sys.stderr)
         return 1
     return 0
 

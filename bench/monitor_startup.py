@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from bench.common import ROOT, Monitor, add_common_args, median, print_table, write_json
+from bench.common import add_common_args, median, print_table, write_json
+from bench.harness import ROOT, MonitorProcess
 from trainer_side import protocol
 from trainer_side.protocol import make_message
 
@@ -37,7 +38,7 @@ def _first_message() -> bytes:
 def _time_start(out: Path, tree: Path, timeout: float = 120.0) -> tuple[float, float]:
     """Seconds from the command to listening, and to the first message's labels_mapping.json."""
     started = time.monotonic()
-    monitor = Monitor(out, cwd=tree)
+    monitor = MonitorProcess(out, cwd=tree)
     listening = time.monotonic() - started
     context = zmq.Context()
     push = context.socket(zmq.PUSH)

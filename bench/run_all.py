@@ -1,9 +1,9 @@
 """Runs every benchmark in turn, prints their tables, and keeps each one's raw numbers and output.
 
-    python -m bench.run_all [--quick] [--out bench/results]
+    python -m bench.run_all [--quick] [--out outputs/bench] [--only NAME ...]
 
-Writes <out>/<name>.json and <out>/<name>.txt for each program, and <out>/machine.json. The full set
-takes about 30 minutes on the 2-core project machine; --quick about 5.
+Writes <out>/<name>.json and <out>/<name>.txt for each program, and <out>/machine.json (outputs/ is
+not tracked by git: the figures that matter go to BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, machine_info
+from bench.common import machine_info
+from bench.harness import PYTHON, ROOT
 
-PROGRAMS = ("import_cost", "emitter_costs", "render_costs", "monitor_ingest", "monitor_render",
-            "confusion_handoff", "monitor_cpu", "monitor_startup",
-            "fit_overhead", "gpu_check")
+PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render",
+            "monitor_memory", "fit_overhead", "gpu_check")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run of every program")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for JSON and text output")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench"), help="folder for JSON and text output")
     parser.add_argument("--only", nargs="*", choices=PROGRAMS, help="run only these programs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

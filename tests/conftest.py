@@ -1,87 +1,33 @@
-"""Shared fixtures: a real `monitor serve` process on a free loopback port, and the tiny trainer.
+"""Shared fixtures: a real `monitor serve` process on a free loopback port (bench/harness.py, shared
+with the benchmarks), and the tiny trainer.
 
 Every Emitter a test makes is closed after the test, passed or failed (`close_emitters`): an open one
-keeps a ZeroMQ context that can hold the interpreter at exit. Tests that start monitor or trainer
-processes are marked `slow`; `pytest -m "not slow"` (make check) runs the rest.
+keeps a ZeroMQ context that can hold the interpreter at exit. Tests that start processes or run a
+Lightning fit are marked `slow`; `pytest -m "not slow"` (make check) runs the rest.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.harness import ROOT, MonitorProcess, free_port, wait_for
+
+__all__ = ["ROOT", "TINY", "MonitorProcess", "free_port", "wait_for", "tree_bytes", "children_of", "alive", "run_tiny"]
+
 TINY = ROOT / "tests" / "tiny_training.py"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def tree_bytes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file under `folder` (relative path -> bytes), for byte-for-byte comparisons."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and str(p.relative_to(folder)) not in skip}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MonitorProcess:
-    """`monitor serve` in a session of its own, as honcho and systemd start it (`own_session=False`: in
-    the test's session, as from a terminal)."""
-
-    def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = True) -> None:
-        self.out = out
-        self.port = port or free_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        ready = out.parent / f"ready-{self.port}"
-        ready.unlink(missing_ok=True)
-        self.log = open(out.parent / f"monitor-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", self.endpoint, "--out",
-                                      str(out), "--ready-file", str(ready), *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=own_session)
-        # Listening comes first; tests wait for the pipeline too, so that a stop soon after processes
-        # what they sent (a stop during start-up only keeps the logs).
-        deadline = time.monotonic() + 120
-        while not (ready.exists() and ready.read_text().endswith("started\n")):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"monitor did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return (self.out.parent / f"monitor-{self.port}.log").read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.log.close()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log.close()
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +52,10 @@ def close_emitters(monkeypatch, tmp_path_factory):
         emitter.close()
 
 
-# What a test names (or a fixture it uses) that starts monitor, render-worker or trainer processes.
-SLOW_NAMES = {"MonitorProcess", "run_tiny", "subprocess", "ProcessRenderer", "start_monitor", "served_run"}
+# What a test names (or a fixture it uses) that starts monitor, render-worker or trainer processes,
+# forks, or runs a Lightning fit (an integration test of the callback, seconds each).
+SLOW_NAMES = {"MonitorProcess", "run_tiny", "subprocess", "ProcessRenderer", "start_monitor", "served_run",
+              "fork", "Trainer"}
 SLOW_TIMEOUT_S = 600  # a slow test's own timeout (the others get pyproject's): a DDP trainer alone may take 400 s
 
 
