@@ -284,7 +284,7 @@ def test_confusion_figure_rejects_bad_input(counts, names):
 
 
 def test_thousand_class_confusion_saves_the_diagonal_visibly(tmp_path):
-    # How long it takes is bench/render_costs.py's business, not a test's.
+    # Timing is a benchmark's business, not a test's.
     rng = np.random.default_rng(0)
     counts = rng.poisson(0.05, (1000, 1000)).astype(np.int64) + np.diag(np.full(1000, 40))
     figure = confusion_figure(counts, [f"c{i}" for i in range(1000)], "1000")

@@ -13,8 +13,8 @@ from rich.text import Text
 from monitor.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
-# Above this many classes the terminal gets a shortened table (console.txt always has every row): a
-# 1,000-row table scrolls the screen away, and rendering it twice cost the monitor 0.4 s per epoch.
+# Above this many classes the terminal gets a shortened table: a 1,000-row table scrolls the screen
+# away, and drawing it takes time in proportion to its rows.
 TERMINAL_MAX_CLASS_ROWS = 30
 # console.txt gets at most this many class rows per table, chosen the same way (the run's JSON files keep
 # every class): drawing takes time in proportion to the rows, and tables are drawn one at a time.
