@@ -166,18 +166,25 @@ if _gate:
 '''
 
 
-@pytest.mark.slow
-def test_frames_sent_while_serve_is_still_importing_are_logged_then_processed(tmp_path, push):
+def serve_with_torch_held(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path, Path, Path]:
+    """`monitor serve` whose `import torch` waits until the returned gate file exists; also returns
+    its ready file and output folder. Output goes to tmp_path/monitor.log."""
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "sitecustomize.py").write_text(GATE)
     gate, ready, out = tmp_path / "release", tmp_path / "ready", tmp_path / "out"
     env = {**os.environ, "TORCH_GATE": str(gate),
            "PYTHONPATH": os.pathsep.join([str(tmp_path / "gate"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    port = free_port()
     with open(tmp_path / "monitor.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", f"tcp://127.0.0.1:{port}",
                                  "--out", str(out), "--ready-file", str(ready)], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, gate, ready, out
+
+
+@pytest.mark.slow
+def test_frames_sent_while_serve_is_still_importing_are_logged_then_processed(tmp_path, push):
+    port = free_port()
+    proc, gate, ready, out = serve_with_torch_held(tmp_path, port)
     try:
         # torch cannot load until the gate opens, so the monitor must listen without it.
         wait_for(lambda: ready.exists() or proc.poll() is not None, "listening before torch is imported", 60)
@@ -382,15 +389,7 @@ def test_slow_tests_are_marked_so_the_unit_layer_runs_without_them():
 def test_a_stop_during_start_up_keeps_every_frame_that_arrived_and_writes_the_stats(tmp_path, push):
     """SIGTERM while serve is still importing torch: it does not start the pipeline and the workers
     only to stop them; what arrived is in the log for `monitor replay`, and the numbers are said."""
-    (tmp_path / "gate").mkdir()
-    (tmp_path / "gate" / "sitecustomize.py").write_text(GATE)
-    gate, ready, out = tmp_path / "release", tmp_path / "ready", tmp_path / "out"
-    env = {**os.environ, "TORCH_GATE": str(gate),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "gate"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    with open(tmp_path / "monitor.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", f"tcp://127.0.0.1:{free_port()}",
-                                 "--out", str(out), "--ready-file", str(ready)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, gate, ready, out = serve_with_torch_held(tmp_path, free_port())
     try:
         wait_for(lambda: ready.exists() or proc.poll() is not None, "listening", 60)
         sender = push(ready.read_text().splitlines()[0])
