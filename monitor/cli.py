@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "renders what is left of the time and abandons the rest (`monitor replay` "
                                        "redraws them from the log), writes summary.json.")
     serve.add_argument("--bind", default=DEFAULT_BIND,
-                       help=f"ZeroMQ endpoint to listen on (default {DEFAULT_BIND}; port 0 picks a free port)")
+                       help=f"ZeroMQ endpoint to listen on (default {DEFAULT_BIND}; port 0 picks a free port). The "
+                            "next port is bound too: trainers ask it what reached the log (forward both "
+                            "through a tunnel)")
     serve.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow binding a non-loopback address (other machines can then send)")
