@@ -10,6 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from monitor import analysis
+from monitor.confusion import SparseCounts
 from monitor.console import MonitorConsole
 from monitor.render.jobs import ConfusionJob, HistoryJob, SampleGridJob
 from monitor.logbook import LogBook, run_dir
@@ -230,6 +232,7 @@ class Pipeline:
         if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
             self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
                                               counts, names, f"Confusion matrix — epoch {number}"))
+            self._write_analysis(folder, epoch_dir, number, counts, names)
         if epoch.samples is not None:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
@@ -254,6 +257,25 @@ class Pipeline:
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
+
+    def _write_analysis(self, folder: Path, epoch_dir: Path, number: int, counts: SparseCounts,
+                        names: list[str]) -> None:
+        """per_class_metrics.csv and top_confusions.csv, and their console tables."""
+        metrics = analysis.per_class_metrics(counts, names)
+        fraction = analysis.format_fraction
+        write_csv(epoch_dir / "per_class_metrics.csv", ["class", "index", "precision", "recall", "f1", "support"],
+                  ([r.name, "" if r.index is None else r.index, fraction(r.precision), fraction(r.recall),
+                    fraction(r.f1), r.support] for r in metrics))
+        confusions = analysis.top_confusions(counts, names)
+        write_csv(epoch_dir / "top_confusions.csv", ["true", "pred", "count", "share_of_true"],
+                  ([r.true, r.pred, r.count, fraction(r.share_of_true)] for r in confusions.rows))
+        self.console.table(folder, partial(tables.worst_classes_table, analysis.worst_by_f1(metrics),
+                                           metrics[-2:], counts.classes, number))
+        if confusions.rows:
+            self.console.table(folder, partial(tables.top_confusions_table, confusions.rows[:10],
+                                               confusions.total_cells, number))
+        else:
+            self.console.line(folder, f"epoch {number}: no confusions (every validation prediction was right)")
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)

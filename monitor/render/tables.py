@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from monitor.analysis import ClassMetricsRow, ConfusionRow
 from monitor.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
@@ -183,6 +184,47 @@ def _ratio(sampled: int, expected: float) -> float | None:
 
 def _format_ratio(ratio: float | None) -> str:
     return MISSING if ratio is None else f"{ratio:.2f}"
+
+
+# ---------------------------------------------------------------------------- per-class analysis
+
+
+def worst_classes_table(worst: Sequence[ClassMetricsRow], averages: Sequence[ClassMetricsRow], classes: int,
+                        epoch: int) -> Table:
+    """The classes with the lowest F1 (`worst`, from `monitor.analysis.worst_by_f1`), then the
+    average rows; the caption says where every class is."""
+    table = Table(title=f"Worst classes by F1 — epoch {epoch}",
+                  caption=Text(f"{len(worst)} of {classes:,} classes shown; every class is in "
+                               f"epoch_{epoch:03d}/per_class_metrics.csv") if classes > len(worst) else None)
+    table.add_column("Class Name")
+    table.add_column("Index", justify="right")
+    for column in ("Precision", "Recall", "F1", "Support"):
+        table.add_column(column, justify="right")
+    for row in worst:
+        _add_metrics_row(table, display_name(row.name), str(row.index), row)
+    table.add_section()
+    for row in averages:
+        _add_metrics_row(table, Text(row.name.capitalize()), "", row)
+    return table
+
+
+def _add_metrics_row(table: Table, name: Text, index: str, row: ClassMetricsRow) -> None:
+    table.add_row(name, index, f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", f"{row.support:,}")
+
+
+def top_confusions_table(confusions: Sequence[ConfusionRow], total_cells: int, epoch: int) -> Table:
+    """The largest off-diagonal cells (`confusions`, largest first) of `total_cells` nonzero ones."""
+    table = Table(title=f"Top confusions — epoch {epoch}",
+                  caption=Text(f"{len(confusions)} of {total_cells:,} confused pairs shown; more are in "
+                               f"epoch_{epoch:03d}/top_confusions.csv") if total_cells > len(confusions) else None)
+    table.add_column("True Class")
+    table.add_column("Predicted As")
+    table.add_column("Count", justify="right")
+    table.add_column("Share of True", justify="right")
+    for row in confusions:
+        table.add_row(display_name(row.true), display_name(row.pred), f"{row.count:,}",
+                      f"{100.0 * row.share_of_true:.1f}%")
+    return table
 
 
 # ---------------------------------------------------------------------------- epoch summary
