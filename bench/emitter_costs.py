@@ -3,9 +3,11 @@
 1. Hooks: a real demo fit (batch 16, so 22 validation batches per epoch; 2 training batches per epoch)
    with every EmitterCallback hook timed, sending to a bare PULL socket in another process.
 2. Emitter.send per message kind (encode + non-blocking send), many repetitions.
-3. Bytes per validation sample (preds + labels, through ValidationCollector and the wire codec) for
-   10, 43, 1,000 and 70,000 classes, and bytes per thumbnail batch (16 thumbnails).
-4. Memory bound: trainer RSS while thumbnail messages pile up for an absent or a SIGSTOPped monitor.
+3. Bytes per validation sample (preds + labels + confidence, through ValidationCollector and the wire
+   codec) for 10, 43, 1,000 and 70,000 classes, and bytes per thumbnail batch (16 thumbnails).
+4. The trainer's time per validation batch in ValidationCollector.add (what on_validation_batch_end
+   does on the device) with confidence and hardest mistakes off, confidence only, and both on.
+5. Memory bound: trainer RSS while thumbnail messages pile up for an absent or a SIGSTOPped monitor.
 
     python -m bench.emitter_costs [--quick] [--json FILE]
 """
@@ -41,7 +43,7 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def hook_costs(epochs: int, spool: Path) -> dict[str, list[float]]:
+def hook_costs(epochs: int, spool: Path, **callback_kwargs: Any) -> dict[str, list[float]]:
     import lightning as L
 
     from trainer_side import EmitterCallback
@@ -50,7 +52,7 @@ def hook_costs(epochs: int, spool: Path) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {name: [] for name in HOOKS}
     sink = PullSink()
     try:
-        callback = EmitterCallback(endpoint=sink.endpoint, run="hook-costs", spool=str(spool))
+        callback = EmitterCallback(endpoint=sink.endpoint, run="hook-costs", spool=str(spool), **callback_kwargs)
         for name in HOOKS:
             original = getattr(callback, name)
 
@@ -118,10 +120,38 @@ def preds_frame_bytes(num_classes: int, samples: int, batch: int = 100) -> int:
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         collector.add(logits[:n], torch.randint(0, num_classes, (n,), generator=generator))
-    preds, labels = collector.take_chunk()
+    preds, labels, confidence = collector.take_chunk()
     message = protocol.make_message("preds", "run-20240101-120000-abcd", 0, 1, 123,
-                                    {"epoch": 12, "step": 12345, "preds": preds, "labels": labels})
+                                    {"epoch": 12, "step": 12345, "preds": preds, "labels": labels,
+                                     "confidence": confidence})
     return len(protocol.encode(message))
+
+
+COLLECTOR_SETTINGS = {"confidence off, mistakes off (1.1)": {"confidence": False, "num_mistakes": 0},
+                      "confidence on, mistakes off": {"confidence": True, "num_mistakes": 0},
+                      "confidence on, mistakes 16": {"confidence": True, "num_mistakes": 16}}
+
+
+def collector_costs(batches: int, batch: int, classes: int, image_side: int) -> dict[str, list[float]]:
+    """Seconds per ValidationCollector.add of one batch (logits, labels, N×3×S×S images), per setting;
+    the settings take turns batch by batch, so that the machine's load falls on each alike."""
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randn(batch, classes, generator=generator) * 3
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    images = torch.randn(batch, 3, image_side, image_side, generator=generator)
+    collectors = {name: ValidationCollector(classes, num_thumbnails=0, thumbnail_size=64, chunk_size=10**9,
+                                            normalization=NORMALIZATION, **kwargs)
+                  for name, kwargs in COLLECTOR_SETTINGS.items()}
+    times: dict[str, list[float]] = {name: [] for name in collectors}
+    for index in range(batches + 20):
+        for name, collector in collectors.items():
+            if index % 50 == 0:
+                collector.reset()  # a new epoch: bounded state
+            started = time.perf_counter()
+            collector.add(logits, labels, images)
+            if index >= 20:  # warm-up batches are not counted
+                times[name].append(time.perf_counter() - started)
+    return times
 
 
 def thumbnail_frame_bytes(side: int, count: int = 16) -> int:
@@ -163,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("trainer_side").setLevel(logging.ERROR)  # the drop warnings are expected in section 4
-    epochs, repeats, pile = (3, 300, 1500) if args.quick else (12, 2000, 3000)
+    epochs, repeats, pile, batches = (3, 300, 1500, 200) if args.quick else (12, 2000, 3000, 1000)
 
     work = Path(tempfile.mkdtemp(prefix="bench-emitter-"))  # the emitters' spools (on, as users run them)
     atexit.register(shutil.rmtree, work, True)
@@ -182,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         small, large = preds_frame_bytes(classes, 350), preds_frame_bytes(classes, 10_000)
         sizes[classes] = {"frame_350": small, "frame_10000": large, "per_sample_10000": large / 10_000,
                           "per_sample_marginal": (large - small) / (10_000 - 350)}
-    targets = {10: "<= 2.1", 43: "<= 2.1", 1000: "<= 4.1", 70000: "(none; > 65,536 classes)"}
-    print_table("Bytes on the wire per validation sample (one preds message: predictions + labels)",
+    targets = {10: "<= 4.1", 43: "<= 4.1", 1000: "(none; > 256 classes)", 70000: "(none; > 65,536 classes)"}
+    print_table("Bytes on the wire per validation sample (one preds message: predictions + labels + "
+                "float16 confidence)",
                 ["classes", "frame, 350 samples", "frame, 10,000", "per sample @10,000", "marginal per sample", "target"],
                 [[c, s["frame_350"], s["frame_10000"], s["per_sample_10000"], s["per_sample_marginal"], targets[c]]
                  for c, s in sizes.items()])
@@ -191,6 +222,21 @@ def main(argv: list[str] | None = None) -> int:
               "224x224 input (resized to 64 px)": thumbnail_frame_bytes(224)}
     print_table("Bytes per thumbnail batch (one samples message, 16 thumbnails, uint8 HxWx3)",
                 ["input", "frame bytes", "bytes per thumbnail"], [[k, v, v / 16] for k, v in thumbs.items()])
+
+    collector_times = {}
+    for label, shape in (("batch 64, 10 classes, 3x32x32", (64, 10, 32)),
+                         ("batch 64, 1,000 classes, 3x224x224", (64, 1000, 224))):
+        collector_times[label] = collector_costs(batches, *shape)
+    print_table("Trainer time per validation batch in ValidationCollector.add (CPU; µs)",
+                ["batch", "setting", "batches", "median µs", "p99 µs"],
+                [[label, name, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)]
+                 for label, by_setting in collector_times.items() for name, t in by_setting.items()])
+    hooks_off = hook_costs(epochs, work / "hooks-off", num_mistakes=0)
+    batch_hooks = {"num_mistakes=16 (default)": hooks["on_validation_batch_end"],
+                   "num_mistakes=0": hooks_off["on_validation_batch_end"]}
+    print_table("on_validation_batch_end in the demo fit, hardest mistakes on vs off (µs; confidence on in both)",
+                ["setting", "calls", "median µs", "p99 µs"],
+                [[name, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)] for name, t in batch_hooks.items()])
 
     checkpoints = [500, 1000, pile]
     memory = {}
@@ -206,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 [[name, *(m["rss_growth_mb"][n] for n in checkpoints), m["sent"], m["dropped"], m["send_us_p99"],
                   m["close_s"], m["after_close_mb"]] for name, m in memory.items()])
     write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "thumbnail_bytes": thumbs,
-                           "memory": memory})
+                           "collector_add_s": collector_times, "batch_hook_s": batch_hooks, "memory": memory})
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 from monitor import analysis
 from monitor.confusion import SparseCounts
 from monitor.console import MonitorConsole
-from monitor.render.jobs import ConfusionJob, HistoryJob, SampleGridJob
+from monitor.render.jobs import ConfusionJob, HistoryJob, ReliabilityJob, SampleGridJob
 from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
@@ -145,6 +145,8 @@ class Pipeline:
             run.on_preds(message)
         elif kind == "samples":
             run.on_samples(message)
+        elif kind == "mistakes":
+            run.on_mistakes(message)
         elif kind == "sampled":
             run.on_sampled(message)
         elif kind == "epoch_end":
@@ -237,6 +239,7 @@ class Pipeline:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
                                                s["preds"], names))
+        self._submit_calibration(run, number, epoch_dir)
         sampler = run.sampler_counts(number)
         if sampler is not None:
             rows = tables.sampler_rows(names, [int(c) for c in sampler[0]], [float(e) for e in sampler[1]])
@@ -257,6 +260,16 @@ class Pipeline:
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
+
+    def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path) -> None:
+        """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2)."""
+        bins, mistakes = run.calibration(number), run.hardest_mistakes(number)
+        if bins is not None and bins.total:
+            self.renderer.submit(ReliabilityJob(epoch_dir / "reliability_diagram.png", bins,
+                                                f"Reliability diagram — epoch {number}"))
+        if mistakes is not None:
+            self.renderer.submit(SampleGridJob(epoch_dir / "misclassified.png", mistakes.images, mistakes.labels,
+                                               mistakes.preds, run.class_names, mistakes.confidence))
 
     def _write_analysis(self, folder: Path, epoch_dir: Path, number: int, counts: SparseCounts,
                         names: list[str]) -> None:

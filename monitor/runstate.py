@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
 from monitor.confusion import MAX_CONFUSION_CLASSES, SparseCounts
 from monitor.sequence import SequenceGaps
 from trainer_side.protocol import Message
@@ -48,13 +49,30 @@ class EpochState:
 
     # rank -> (source, counts): chunks of the same pass add up, a pass from another source replaces them
     confusion: dict[int, tuple[Source, SparseCounts]] = field(default_factory=dict)
+    calibration: dict[int, tuple[Source, CalibrationBins]] = field(default_factory=dict)  # the same rule
     samples: Message | None = None
+    mistakes: dict[int, Message] = field(default_factory=dict)  # rank -> its hardest mistakes
     sampled: dict[int, np.ndarray] = field(default_factory=dict)  # rank -> drawn indices
     ended_ranks: set[int] = field(default_factory=set)
     senders: set[str] = field(default_factory=set)  # who sent its preds, samples, draws or epoch ends
     first_end_at: float | None = None  # monotonic time of the first epoch_end, for the timeout only
     released: bool = False
     accuracy: float | None = None  # from the confusion counts, kept when they are freed
+
+
+def _add_pass(per_rank: dict, rank: int, source: Source, part: Any, add: Any) -> None:
+    """Chunks of one validation pass add up (`add`); a later pass within the same epoch
+    (val_check_interval < 1), or the same epoch from another sender, replaces what the rank sent
+    before. A `part` of None (nothing of this kind in the chunk) adds nothing."""
+    earlier = per_rank.get(rank)
+    if earlier is not None and earlier[0] == source:
+        if part is not None:
+            per_rank[rank] = (source, add(earlier[1], part))
+        return
+    if part is None:
+        per_rank.pop(rank, None)
+    else:
+        per_rank[rank] = (source, part)
 
 
 class LateData(RejectedMessage):
@@ -227,20 +245,35 @@ class RunState:
         self._set_ended(message.rank, None)  # a run resumed under the same id is running again
 
     def on_preds(self, message: Message) -> EpochState:
-        preds, labels = message["preds"], message["labels"]
+        preds, labels, confidence = message["preds"], message["labels"], message.get("confidence")
         self._check_labels(message, preds, labels)
+        why = None if confidence is None else check_confidence(confidence)
+        if why is not None:
+            raise RejectedMessage(f"preds: {why}")
         count = self.num_classes
         if count > MAX_CONFUSION_CLASSES:
             raise RejectedMessage(f"{count} classes exceed the {MAX_CONFUSION_CLASSES}-class confusion limit")
         epoch = self._open_epoch(message)
         counts = SparseCounts.of(preds, labels, count)
         rank, source = message.rank, (getattr(message, "sender", ""), message["step"])
-        # Chunks of one validation pass add up; a later pass within the same epoch (val_check_interval
-        # < 1), or the same epoch from another sender, replaces what the rank sent before.
-        earlier = epoch.confusion.get(rank)
-        if earlier is not None and earlier[0] == source:
-            counts = SparseCounts.total([earlier[1], counts])
-        epoch.confusion[rank] = (source, counts)
+        _add_pass(epoch.confusion, rank, source, counts, lambda a, b: SparseCounts.total([a, b]))
+        bins = None if confidence is None else CalibrationBins.of(confidence, preds, labels)
+        _add_pass(epoch.calibration, rank, source, bins, CalibrationBins.__add__)
+        return epoch
+
+    def on_mistakes(self, message: Message) -> EpochState:
+        self._check_labels(message, message["labels"], message["preds"])
+        why = check_confidence(message["confidence"])
+        if why is not None:
+            raise RejectedMessage(f"mistakes: {why}")
+        epoch = self._open_epoch(message)
+        size = message["images"].shape[1:]
+        for rank, other in epoch.mistakes.items():
+            if rank != message.rank and len(other["images"]) and len(message["images"]) \
+                    and other["images"].shape[1:] != size:
+                raise RejectedMessage(f"mistakes: thumbnails of {size[0]}×{size[1]} px, but rank {rank} sent "
+                                      f"{other['images'].shape[1]}×{other['images'].shape[2]} px for this epoch")
+        epoch.mistakes[message.rank] = message
         return epoch
 
     def on_samples(self, message: Message) -> EpochState:
@@ -330,7 +363,11 @@ class RunState:
         return ready
 
     def drawn(self, number: int) -> None:
-        """Notes that the epoch was just drawn with everything it holds."""
+        """Notes that the epoch was just drawn with everything it holds, and puts its calibration
+        errors (`val/ece`, `val/mce`) in its history row."""
+        bins = self.calibration(number)
+        if bins is not None and bins.total:
+            self.history.setdefault(number, {}).update({"val/ece": bins.ece(), "val/mce": bins.mce()})
         self.dirty.discard(number)
         self.rendered.add(number)
 
@@ -344,7 +381,9 @@ class RunState:
         total = self.confusion(number)
         epoch.accuracy = None if total is None else total.accuracy()
         epoch.confusion.clear()
+        epoch.calibration.clear()
         epoch.samples = None
+        epoch.mistakes.clear()
         epoch.sampled.clear()
         epoch.ended_ranks.clear()
         epoch.released = True
@@ -357,6 +396,19 @@ class RunState:
         if epoch is None or not epoch.confusion:
             return None
         return SparseCounts.total([epoch.confusion[rank][1] for rank in sorted(epoch.confusion)])
+
+    def calibration(self, number: int) -> CalibrationBins | None:
+        """The epoch's calibration bins summed over ranks; None without confidences (or once released)."""
+        epoch = self.epochs.get(number)
+        if epoch is None or not epoch.calibration:
+            return None
+        parts = [epoch.calibration[rank][1] for rank in sorted(epoch.calibration)]
+        return sum(parts[1:], parts[0])
+
+    def hardest_mistakes(self, number: int) -> MergedMistakes | None:
+        """The epoch's most confident mistakes over every rank; None without any (or once released)."""
+        epoch = self.epochs.get(number)
+        return None if epoch is None or not epoch.mistakes else merge_mistakes(epoch.mistakes)
 
     def class_counts(self) -> np.ndarray | None:
         if self.start is None:

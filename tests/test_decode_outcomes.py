@@ -45,9 +45,12 @@ BODIES: dict[str, dict[str, Any]] = {
                   "train_targets": U1, "class_counts": array("<i8", [3]),
                   "sampler": {"type": "W", "num_samples": 4, "weights_per_class": array("<f8", [3])},
                   "hparams": {"lr": 0.1, "name": "x", "n": 3, "flag": True, "none": None}, "num_samples": 4},
-    "preds": {"epoch": 0, "step": 1, "preds": U1, "labels": array("|u1", [3], bytes([2, 1, 0]))},
+    "preds": {"epoch": 0, "step": 1, "preds": U1, "labels": array("|u1", [3], bytes([2, 1, 0])),
+              "confidence": array("<f2", [3], bytes([0, 0x38, 0, 0x3c, 0x66, 0x36]))},
     "samples": {"epoch": 0, "images": array("|u1", [2, 2, 2, 3]), "labels": array("|u1", [2]),
                 "preds": array("|u1", [2])},
+    "mistakes": {"epoch": 0, "top_k": 2, "images": array("|u1", [2, 2, 2, 3]), "labels": array("|u1", [2]),
+                 "preds": array("|u1", [2], bytes([1, 0])), "confidence": array("<f2", [2])},
     "sampled": {"epoch": 0, "indices": array("<u4", [2])},
     "metrics": {"epoch": 0, "stage": "val", "step": 0, "values": {"val/loss": 0.5, "acc": NAN, "n": 1}},
     "epoch_end": {"epoch": 0, "sent": 1, "dropped": 0},
@@ -79,8 +82,12 @@ MAPS = [{"mean": [0.5, 0.5], "std": [0.25]}, {"mean": [], "std": []}, {"mean": [
         {"lr": [0.1]}, {"lr": {"a": 1}}, {"lr": b"x"}, {"a": INF, "b": -0.0, "c": 2**64 - 1}]
 
 
+# Float16 arrays (confidences, protocol 1.2), after the older cases so that their numbers stay.
+HALF_ARRAYS = [array("<f2", [3]), array("<f2", [2]), array("<f2", [2, 1])]
+
+
 def values_for(valid: Any) -> list:
-    return SCALARS + CONTAINERS + (ARRAYS + MAPS if isinstance(valid, dict) else [])
+    return SCALARS + CONTAINERS + (ARRAYS + MAPS + HALF_ARRAYS if isinstance(valid, dict) else [])
 
 
 def mutations() -> Iterator[tuple[str, dict]]:

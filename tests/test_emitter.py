@@ -290,3 +290,68 @@ def test_a_callback_that_cannot_work_turns_itself_off_and_the_fit_goes_on(pull, 
     # The monitor learns that the run is over, and why, instead of waiting for a run_end for ever.
     assert kinds[-1] == "run_end" and kinds.count("run_end") == 1
     assert messages[-1]["status"] == "failed" and "monitoring turned off" in messages[-1]["error"]
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return {"image": image, "label": label}
+
+
+class DictData(TinyData):
+    """TinyData whose batches are dicts, as many datasets yield them."""
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(_Dicts(self.train_set), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(_Dicts(self.val_set), batch_size=self.batch_size)
+
+
+class DictNet(TinyNet):
+    def training_step(self, batch, batch_idx):
+        return super().training_step((batch["image"], batch["label"]), batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step((batch["image"], batch["label"]), batch_idx)
+
+
+def test_a_fit_with_dict_batches_ships_confidences_and_its_hardest_mistakes(pull):
+    model = DictNet()
+    callback = EmitterCallback(pull.endpoint, run="dicts", batch_keys=("image", "label"), num_mistakes=5)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    data = DictData(batch_size=8)
+    trainer.fit(model, datamodule=data)
+    messages = pull.receive_all()
+    kinds = [m.kind for m in messages]
+    assert kinds.index("mistakes") < kinds.index("epoch_end")  # shipped once, before the epoch ends
+    assert kinds.count("mistakes") == 1
+    # The same model, after the fit, gives the logits the validation saw (validation ran last).
+    x, y = data.val_set.tensors
+    with torch.no_grad():
+        logits = model.eval()(x).double()
+    confidence = torch.softmax(logits, dim=1).max(dim=1).values.numpy().astype(np.float16)
+    preds = logits.argmax(dim=1).numpy()
+    sent = next(m for m in messages if m.kind == "preds")
+    np.testing.assert_array_equal(sent["confidence"], confidence)
+    wrong = sorted(np.flatnonzero(preds != y.numpy()), key=lambda i: (-float(confidence[i]), i))[:5]
+    mistakes = next(m for m in messages if m.kind == "mistakes")
+    assert mistakes["top_k"] == 5 and len(wrong) == 5
+    np.testing.assert_array_equal(mistakes["confidence"], confidence[wrong])
+    assert mistakes["labels"].tolist() == y.numpy()[wrong].tolist()
+    assert mistakes["preds"].tolist() == preds[wrong].tolist()
+    assert mistakes["images"].shape == (5, 12, 12, 3)
+
+
+def test_num_mistakes_is_checked_at_once():
+    with pytest.raises(ValueError, match="num_mistakes must be a non-negative integer, got -1"):
+        EmitterCallback(num_mistakes=-1)

@@ -74,6 +74,8 @@ def test_replay_of_the_served_log_reproduces_every_file_byte_for_byte(served_run
     original, replayed = tree_bytes(served), tree_bytes(tmp / "replayed" / "e2e")
     assert sorted(original) == sorted(replayed)
     assert len(original) >= 15
+    assert {"epoch_001/reliability_diagram.png", "epoch_001/misclassified.png",
+            "training_history/calibration_history.png"} <= set(original)
     different = [name for name in original if original[name] != replayed[name]]
     assert different == []
 
@@ -144,3 +146,30 @@ def test_no_trainer_side_module_imports_a_monitor_library():
 def test_the_import_probe_can_see_a_heavy_import():
     # Guards the probes above: the same check does notice a monitor-side module when one is loaded.
     assert "matplotlib" in _loaded_heavy("import monitor.render.figures")
+
+
+def test_calibration_and_hardest_mistakes_match_the_recorded_logits(served_run):
+    from PIL import Image
+
+    from monitor.render.figures import WRONG_COLOR, sample_grid_cells
+    from test_calibration import reference_ece_mce
+
+    tmp, record = served_run
+    run = tmp / "outputs" / "e2e"
+    with open(run / "history.csv", newline="") as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+    red = np.array([int(WRONG_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    for epoch in (0, 1):
+        preds, labels, confidence = (record[f"{k}_{epoch}"] for k in ("preds", "labels", "confidence"))
+        ece, mce = reference_ece_mce(confidence, preds == labels)
+        assert float(rows[epoch]["val/ece"]) == pytest.approx(ece, abs=1e-12)
+        assert float(rows[epoch]["val/mce"]) == pytest.approx(mce, abs=1e-12)
+        folder = run / f"epoch_{epoch:03d}"
+        assert Image.open(folder / "reliability_diagram.png").size == (700, 750)
+        shown = min(16, int((preds != labels).sum()))
+        assert shown > 0
+        image = np.array(Image.open(folder / "misclassified.png").convert("RGB")).astype(int)
+        cells, (width, height) = sample_grid_cells(shown, (12, 12))
+        assert image.shape[:2] == (height, width)
+        for cell in cells:
+            assert np.abs(image[cell.top + cell.height // 2, cell.left] - red).max() <= 40

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from conftest import MonitorProcess, run_tiny
 from monitor.console import MonitorConsole
 from monitor.pipeline import Pipeline
 from monitor.render.pool import InlineRenderer
+from test_calibration import reference_ece_mce
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
 from trainer_side.protocol import make_message
@@ -29,6 +32,8 @@ def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
     run = tmp_path / "out" / "ddp"
     records = [np.load(tmp_path / f"rec.rank{rank}.npz") for rank in (0, 1)]
     targets = np.array(__import__("tiny_training").TinyData().train_set.targets)
+    with open(run / "history.csv", newline="") as f:
+        history = {int(row["epoch"]): {k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)}
     for epoch in (0, 1):
         _, counts = read_confusion_csv(run / f"epoch_{epoch:03d}" / "confusion_matrix.csv")
         per_rank = [independent_confusion(r[f"preds_{epoch}"], r[f"labels_{epoch}"], 4) for r in records]
@@ -38,6 +43,12 @@ def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
         seen = sum(np.bincount(r[f"train_labels_{epoch}"], minlength=4) for r in records)
         assert [c["sampled"] for c in sampler["classes"]] == seen.tolist()
         assert sampler["draws"] == len(targets)
+        # Calibration over both ranks' confidences, and one grid of both ranks' hardest mistakes.
+        confidence = np.concatenate([r[f"confidence_{epoch}"] for r in records])
+        right = np.concatenate([r[f"preds_{epoch}"] == r[f"labels_{epoch}"] for r in records])
+        ece, _ = reference_ece_mce(confidence, right)
+        assert history[epoch]["val/ece"] == pytest.approx(ece, abs=1e-12)
+        assert (run / f"epoch_{epoch:03d}" / "misclassified.png").exists() == (not right.all())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world"] == 2 and sorted(summary["ranks"]) == ["0", "1"]
     assert summary["status"] == "completed"

@@ -125,3 +125,17 @@ def test_sample_grid_borders_are_green_when_right_and_red_when_wrong(replayed):
         y, x = cell.top + cell.height // 2, cell.left  # on the left frame line
         colour = _rgb(CORRECT_COLOR if labels[i] == preds[i] else WRONG_COLOR)
         assert np.abs(image[y, x] - colour).max() <= 40, (i, image[y, x], colour)
+
+
+def test_a_log_from_before_confidences_replays_without_calibration_artifacts(replayed):
+    from trainer_side.msglog import iter_frames
+    from trainer_side.protocol import decode
+
+    run, _ = replayed
+    versions = {decode(frame).version for frame in iter_frames(DATA / "tiny_run.mlog")}
+    assert max(versions) < (1, 2)  # the fixture stays a log from before confidences and mistakes
+    for epoch in EPOCHS:
+        folder = run / f"epoch_{epoch:03d}"
+        assert (folder / "confusion_matrix.png").exists()
+        assert not (folder / "reliability_diagram.png").exists() and not (folder / "misclassified.png").exists()
+    assert not (run / "training_history" / "calibration_history.png").exists()

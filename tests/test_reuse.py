@@ -37,6 +37,8 @@ def history_epochs(kind: str) -> list[tuple]:
                           "val/acc_top1": 0.2 * epoch, "val/acc_top5": float("nan") if epoch == 2 else 0.9}
         if epoch >= 3:
             history[epoch]["train/acc_top1"] = 0.5  # a series that appears later: another layout
+        if epoch >= 1:
+            history[epoch].update({"val/ece": 0.3 / epoch, "val/mce": float("nan") if epoch == 2 else 0.5})
         epochs.append(({e: dict(m) for e, m in history.items()}, kind))
     return epochs
 
@@ -65,6 +67,11 @@ def grid_epochs() -> list[tuple]:
     flipped = list(preds)
     flipped[5] = (labels[5] + 1) % 10 if preds[5] == labels[5] else labels[5]  # one frame turns colour
     epochs.append((changed, labels, flipped, names))
+    # The hardest mistakes: the same layout with confidences in the titles, and back.
+    wrong = [(label + 1) % 10 for label in labels]
+    for scale in (1.0, 0.5):
+        epochs.append((changed, labels, wrong, long_names, [scale * (1 - i / 20) for i in range(16)]))
+    epochs.append((changed, labels, wrong, names))
     return epochs
 
 
@@ -88,6 +95,7 @@ CASES = {
     "confusion": (ConfusionPlot, confusion_epochs()),
     "loss": (HistoryPlot, history_epochs("loss") + sparse_history_epochs("loss")),
     "accuracy": (HistoryPlot, history_epochs("accuracy") + sparse_history_epochs("accuracy")),
+    "calibration": (HistoryPlot, history_epochs("calibration")),
     "grid": (SampleGridPlot, grid_epochs()),
 }
 

@@ -4,8 +4,9 @@ Run as a program it is an independent trainer process, as a user's would be:
 
     python tests/tiny_training.py --endpoint tcp://127.0.0.1:5555 --run demo --epochs 2 --record preds.npz
 
-`--record` saves, independently of the emitter, every epoch's validation argmax and labels (taken from
-the logits validation_step returns), so tests can count the confusion matrix themselves.
+`--record` saves, independently of the emitter, every epoch's validation argmax, labels, softmax
+maximum and inputs (taken from the logits validation_step returns and the batches), so tests can count
+the confusion matrix and the calibration themselves.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class Pacer(L.Callback):
 
 
 class PredictionRecorder(L.Callback):
-    """Independent of the emitter: keeps each epoch's argmax and labels from the returned logits."""
+    """Independent of the emitter: keeps each epoch's argmax, labels, confidences (softmax maximum, as
+    float16) and inputs from the returned logits and the batches."""
 
     def __init__(self) -> None:
         self.epochs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -134,8 +136,9 @@ class PredictionRecorder(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
+            confidence = torch.softmax(outputs.double(), dim=1).max(dim=1).values.numpy().astype(np.float16)
             self.epochs.setdefault(trainer.current_epoch, []).append(
-                (outputs.argmax(1).numpy(), batch[1].numpy()))
+                (outputs.argmax(1).numpy(), batch[1].numpy(), confidence, batch[0].numpy()))
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.metrics[trainer.current_epoch] = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -143,8 +146,10 @@ class PredictionRecorder(L.Callback):
     def save(self, path: Path, rank: int) -> None:
         arrays = {}
         for epoch, parts in self.epochs.items():
-            arrays[f"preds_{epoch}"] = np.concatenate([p for p, _ in parts])
-            arrays[f"labels_{epoch}"] = np.concatenate([y for _, y in parts])
+            arrays[f"preds_{epoch}"] = np.concatenate([part[0] for part in parts])
+            arrays[f"labels_{epoch}"] = np.concatenate([part[1] for part in parts])
+            arrays[f"confidence_{epoch}"] = np.concatenate([part[2] for part in parts])
+            arrays[f"inputs_{epoch}"] = np.concatenate([part[3] for part in parts])
         for epoch, labels in self.train_labels.items():
             arrays[f"train_labels_{epoch}"] = np.concatenate(labels)
         for epoch, values in self.metrics.items():

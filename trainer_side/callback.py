@@ -33,6 +33,8 @@ class EmitterCallback(Callback):
             `datamodule.normalization`, else ImageNet's.
         num_thumbnails: how many of the first validation samples to show each epoch (0: none).
         thumbnail_size: longest side of a thumbnail in pixels.
+        num_mistakes: how many of each epoch's most confident wrong predictions to show as thumbnails,
+            kept on the device by every rank and merged by the monitor (0: none).
         spool: a local copy of every message, as a message log that `monitor replay` and `monitor watch`
             read (`<spool>/<run>/rank<N>.mlog`). True (default): `<trainer.default_root_dir>/monitor_spool`;
             False: none.
@@ -53,7 +55,7 @@ class EmitterCallback(Callback):
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
                  class_names: Sequence[str] | None = None, normalization: Mapping[str, Sequence[float]] | None = None,
-                 num_thumbnails: int = 16, thumbnail_size: int = 64, spool: str | os.PathLike | bool = True,
+                 num_thumbnails: int = 16, thumbnail_size: int = 64, num_mistakes: int = 16, spool: str | os.PathLike | bool = True,
                  queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
                  batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
@@ -64,6 +66,7 @@ class EmitterCallback(Callback):
         self.normalization = None if normalization is None else options.check_normalization(normalization)
         self.num_thumbnails = options.check_nonneg_int(num_thumbnails, "num_thumbnails")
         self.thumbnail_size = options.check_positive_int(thumbnail_size, "thumbnail_size")
+        self.num_mistakes = options.check_nonneg_int(num_mistakes, "num_mistakes")
         self.chunk_size = options.check_positive_int(chunk_size, "chunk_size")
         self.batch_keys = options.check_batch_keys(batch_keys)
         self._reset()
@@ -174,7 +177,8 @@ class EmitterCallback(Callback):
         normalization = runinfo.discover_normalization(self.normalization, sources)
         self._collector = ValidationCollector(len(names), num_thumbnails=self.num_thumbnails if trainer.global_rank == 0
                                               else 0, thumbnail_size=self.thumbnail_size,
-                                              chunk_size=self.chunk_size, normalization=normalization)
+                                              chunk_size=self.chunk_size, normalization=normalization,
+                                              num_mistakes=self.num_mistakes)
         sampler = find_tracking_sampler(train_loader)
         sampler_info = None
         if sampler is not None and targets is not None and len(targets) == len(sampler.weights):
@@ -193,7 +197,8 @@ class EmitterCallback(Callback):
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
             logits = self._fallback_forward(pl_module, inputs)
-        self._collector.add(logits, labels, inputs if self._collector.wants_thumbnails else None)
+        images = inputs if isinstance(inputs, torch.Tensor) and self._collector.wants_images else None
+        self._collector.add(logits, labels, images)
         if self._collector.chunk_ready:
             self._send_preds_chunk(trainer)
 
@@ -208,7 +213,8 @@ class EmitterCallback(Callback):
     def _send_preds_chunk(self, trainer: Trainer) -> None:
         chunk = self._collector.take_chunk()
         if chunk is not None:
-            self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step)
+            self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step,
+                               confidence=chunk[2])
 
     @never_raises
     def _send_validation(self, trainer: Trainer) -> None:
@@ -216,6 +222,10 @@ class EmitterCallback(Callback):
         thumbs = self._collector.take_thumbnails()
         if thumbs is not None:
             self.emitter.samples(trainer.current_epoch, thumbs.images, thumbs.labels, thumbs.preds)
+        mistakes = self._collector.take_mistakes()
+        if mistakes is not None:
+            self.emitter.mistakes(trainer.current_epoch, mistakes.images, mistakes.labels, mistakes.preds,
+                                  mistakes.confidence, top_k=self.num_mistakes)
 
     @never_raises
     def _send_metrics(self, trainer: Trainer, stage: str) -> None:

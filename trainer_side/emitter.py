@@ -250,10 +250,23 @@ class Emitter:
         return self._send("run_start", body)
 
     @never_raises
-    def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0) -> bool:
-        """Validation predictions (argmax) and labels, as non-negative integer arrays of equal length."""
-        return self._send("preds", {"epoch": epoch, "step": step, "preds": _unsigned(preds),
-                                    "labels": _unsigned(labels)})
+    def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0,
+              confidence: np.ndarray | None = None) -> bool:
+        """Validation predictions (argmax) and labels, as non-negative integer arrays of equal length,
+        and optionally each prediction's top-1 confidence (softmax maximum; sent as float16)."""
+        body = {"epoch": epoch, "step": step, "preds": _unsigned(preds), "labels": _unsigned(labels)}
+        if confidence is not None:
+            body["confidence"] = _half(confidence)
+        return self._send("preds", body)
+
+    @never_raises
+    def mistakes(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+                 confidence: np.ndarray, top_k: int) -> bool:
+        """The epoch's most confident wrong predictions on this rank, at most `top_k`, most confident
+        first: thumbnails (uint8 N×H×W×3), true classes, predictions and their confidences."""
+        return self._send("mistakes", {"epoch": epoch, "top_k": top_k, "images": images,
+                                       "labels": _unsigned(labels), "preds": _unsigned(preds),
+                                       "confidence": _half(confidence)})
 
     @never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
@@ -393,6 +406,11 @@ def _unsigned(array: np.ndarray) -> np.ndarray:
     if array.size and int(array.min()) < 0:
         raise ValueError(f"class indices must be non-negative, got {int(array.min())}")
     return array.astype(protocol.smallest_label_dtype(int(array.max()) + 1 if array.size else 1))
+
+
+def _half(confidence: np.ndarray) -> np.ndarray:
+    """Confidences as the protocol carries them: float16."""
+    return np.asarray(confidence).astype(np.float16, copy=False)
 
 
 def resolve_spool(spool: str | os.PathLike | bool | None, root: Path) -> Path | None:

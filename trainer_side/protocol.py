@@ -1,4 +1,4 @@
-"""Wire codec, protocol v1: a `Message` to one msgpack frame and back (pure: no sockets, no files).
+"""Wire codec, protocol v1 (1.2): a `Message` to one msgpack frame and back (pure: no sockets, no files).
 
 The field list of every kind lives in docs/protocol.md; the `SCHEMA` below is its executable form.
 The monitor imports this module too, so both ends validate with the same rules.
@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 1)
+PROTOCOL_VERSION = (1, 2)
 
 # Little-endian integer and float types only: no object, string or big-endian dtypes ever decode.
 ARRAY_DTYPES = frozenset({"|u1", "<u2", "<u4", "<u8", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
@@ -234,6 +234,14 @@ def _label_array(value: Any, name: str) -> np.ndarray:
     return _array(value, name, ndim=1, kind="u")
 
 
+def _confidence_array(value: Any, name: str) -> np.ndarray:
+    """Top-1 confidences (protocol 1.2): float16 only, so that a sample costs 2 bytes on the wire."""
+    confidence = _array(value, name, ndim=1)
+    if confidence.dtype != np.float16:
+        raise InvalidArrayError(f"{name}: expected float16 ('<f2') confidences, got {confidence.dtype.str}")
+    return confidence
+
+
 def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     def checker(value: Any, name: str) -> Any:
         return None if value is None else check(value, name)
@@ -266,12 +274,21 @@ SCHEMA: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "step": _nonneg_int,
         "preds": _label_array,
         "labels": _label_array,
+        "confidence": _optional(_confidence_array),
     },
     "samples": {
         "epoch": _nonneg_int,
         "images": _images,
         "labels": _label_array,
         "preds": _label_array,
+    },
+    "mistakes": {
+        "epoch": _nonneg_int,
+        "top_k": _nonneg_int,
+        "images": _images,
+        "labels": _label_array,
+        "preds": _label_array,
+        "confidence": _confidence_array,
     },
     "sampled": {
         "epoch": _nonneg_int,
@@ -309,6 +326,14 @@ def _check_relations(kind: str, body: dict[str, Any]) -> None:
     """Cross-field rules that a single field's checker cannot see."""
     if kind == "preds" and len(body["preds"]) != len(body["labels"]):
         raise InvalidFieldError(f"preds: {len(body['preds'])} predictions but {len(body['labels'])} labels")
+    if kind == "preds" and body["confidence"] is not None and len(body["confidence"]) != len(body["preds"]):
+        raise InvalidFieldError(f"preds: {len(body['preds'])} predictions but {len(body['confidence'])} confidences")
+    if kind == "mistakes":
+        n = body["images"].shape[0]
+        if len(body["labels"]) != n or len(body["preds"]) != n or len(body["confidence"]) != n:
+            raise InvalidFieldError(f"mistakes: {n} images need {n} labels, predictions and confidences")
+        if n > body["top_k"]:
+            raise InvalidFieldError(f"mistakes: {n} images but top_k is {body['top_k']}")
     if kind == "samples":
         n = body["images"].shape[0]
         if len(body["labels"]) != n or len(body["preds"]) != n:

@@ -324,18 +324,22 @@ def _digit_outlines() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float, 
 
 
 # Each history figure: its series, title and y label; the kind names its file (<kind>_history.png).
-_HISTORY = {"loss": (_LOSS_SERIES, "Loss", "Loss"), "accuracy": (_ACCURACY_SERIES, "Accuracy", "Accuracy")}
+_CALIBRATION_SERIES = (("ECE", ("val/ece",)), ("MCE", ("val/mce",)))
+_HISTORY = {"loss": (_LOSS_SERIES, "Loss", "Loss"), "accuracy": (_ACCURACY_SERIES, "Accuracy", "Accuracy"),
+            "calibration": (_CALIBRATION_SERIES, "Calibration error (validation)", "|accuracy − confidence|")}
 HISTORY_KINDS = tuple(_HISTORY)
+# Drawn only once the history holds one of their series (a trainer before protocol 1.2 sends no
+# confidences, so its runs have no calibration errors).
+OPTIONAL_HISTORY_KINDS = frozenset({"calibration"})
 
 
 def history_figures(history: Mapping[int, Mapping[str, float]]) -> tuple[Figure, Figure]:
     """Loss and accuracy curves against epoch; missing or non-finite values are gaps."""
-    loss, accuracy = (HistoryPlot(history, kind).figure for kind in HISTORY_KINDS)
-    return loss, accuracy
+    return HistoryPlot(history, "loss").figure, HistoryPlot(history, "accuracy").figure
 
 
 class HistoryPlot:
-    """One history figure ("loss" or "accuracy"), and its curves.
+    """One history figure ("loss", "accuracy" or "calibration"), and its curves.
 
     `update` gives the curves a longer history; a figure whose `layout` (which series it has) stays
     the same then draws exactly as a freshly built one, ticks and limits included, for a fraction of
@@ -439,13 +443,15 @@ class SampleCell:
 
 
 def sample_grid_figure(images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
-                       class_names: Sequence[str]) -> Figure:
-    """Thumbnails with true and predicted names, framed green when right and red when wrong."""
-    return SampleGridPlot(images, labels, preds, class_names).figure
+                       class_names: Sequence[str], confidences: Sequence[float] | None = None) -> Figure:
+    """Thumbnails with true and predicted names (and the prediction's confidence, when given),
+    framed green when right and red when wrong."""
+    return SampleGridPlot(images, labels, preds, class_names, confidences).figure
 
 
 class SampleGridPlot:
-    """The sample grid: thumbnails with true and predicted names, framed green or red.
+    """The sample grid: thumbnails with true and predicted names, framed green or red; with
+    `confidences`, each prediction's confidence follows its name (the hardest-mistakes grid).
 
     The thumbnails and frames are composed into one RGBA array, placed pixel for pixel with
     one artist instead of an Axes per thumbnail; only the titles are text artists. Its pixels are
@@ -459,8 +465,8 @@ class SampleGridPlot:
     """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
-                 class_names: Sequence[str]) -> None:
-        self.layout = self.layout_of(images, labels, preds, class_names)
+                 class_names: Sequence[str], confidences: Sequence[float] | None = None) -> None:
+        self.layout = self.layout_of(images, labels, preds, class_names, confidences)
         _, count, image_hw = self.layout
         self._titles: list[Artist] = []
         if count == 0:
@@ -484,11 +490,11 @@ class SampleGridPlot:
         self._shown: list[tuple[np.ndarray, str] | None] = [None] * count
         self._changed = set(range(count))
         self._drawn_on: object | None = None
-        self.update(images, labels, preds, class_names)
+        self.update(images, labels, preds, class_names, confidences)
 
     @staticmethod
     def layout_of(images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
-                  class_names: Sequence[str]) -> tuple:
+                  class_names: Sequence[str], confidences: Sequence[float] | None = None) -> tuple:
         """The thumbnail count and size. Raises ValueError for inputs that do not match."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -497,6 +503,8 @@ class SampleGridPlot:
         if len(labels) != count or len(preds) != count:
             raise ValueError(f"expected {count} labels and predictions, "
                              f"got {len(labels)} and {len(preds)}")
+        if confidences is not None and len(confidences) != count:
+            raise ValueError(f"expected {count} confidences, got {len(confidences)}")
         return "samples", count, tuple(images.shape[1:3])
 
     @property
@@ -505,9 +513,9 @@ class SampleGridPlot:
         return (self._mosaic.nbytes if self._titles else 0) + _pixel_bytes(self.figure)
 
     def update(self, images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
-               class_names: Sequence[str]) -> None:
+               class_names: Sequence[str], confidences: Sequence[float] | None = None) -> None:
         """Draw these samples instead, for a grid of this plot's layout."""
-        if self.layout_of(images, labels, preds, class_names) != self.layout:
+        if self.layout_of(images, labels, preds, class_names, confidences) != self.layout:
             raise ValueError("these samples need a grid of another layout; build a new SampleGridPlot")
         if not self._titles:
             return
@@ -522,7 +530,8 @@ class SampleGridPlot:
                 _paint_frame(self._mosaic, cell, color)
                 self._shown[index] = (thumbnail.copy(), color)
                 self._changed.add(index)
-            text = _sample_title(_class_name(class_names, label), _class_name(class_names, pred))
+            text = _sample_title(_class_name(class_names, label), _class_name(class_names, pred),
+                                 "" if confidences is None else _confidence_text(confidences[index]))
             if text != title.get_text() or color != title.get_color():
                 title.set_text(text)
                 title.set_color(color)
@@ -657,14 +666,20 @@ def _paint_frame(mosaic: np.ndarray, cell: SampleCell, color: str) -> None:
 
 
 @functools.lru_cache(maxsize=4096)  # measuring a title's text is slow, and names recur every epoch
-def _sample_title(true_name: str, pred_name: str) -> str:
-    one_line = f"True: {true_name} / Pred: {pred_name}"
+def _sample_title(true_name: str, pred_name: str, confidence: str = "") -> str:
+    pred = f"{pred_name} ({confidence})" if confidence else pred_name
+    one_line = f"True: {true_name} / Pred: {pred}"
     width, _, _ = text_to_path.get_text_width_height_descent(
         one_line, FontProperties(size=_SAMPLE_TITLE_POINTS), ismath=False)
     # A wider title would run over its neighbours' titles.
     if width <= _SAMPLE_TITLE_MAX_POINTS:
         return one_line
-    return f"True: {true_name}\nPred: {pred_name}"
+    return f"True: {true_name}\nPred: {pred}"
+
+
+def _confidence_text(confidence: float) -> str:
+    confidence = float(confidence)
+    return f"{confidence:.1%}" if math.isfinite(confidence) else "n/a"
 
 
 def _class_name(class_names: Sequence[str], index: int) -> str:

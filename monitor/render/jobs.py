@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
+from monitor.calibration import CalibrationBins
 from monitor.confusion import SparseCounts
 
 if TYPE_CHECKING:
@@ -95,39 +96,60 @@ def _unpacked_confusion_job(cls: type, state: dict) -> ConfusionJob:
 
 @dataclass(frozen=True)
 class HistoryJob:
-    """The loss and accuracy curves of a run, `<folder>/<kind>_history.png`."""
+    """The loss, accuracy and calibration-error curves of a run, `<folder>/<kind>_history.png` (no
+    calibration_history.png before the run has calibration errors)."""
 
     folder: Path
     history: Mapping[int, Mapping[str, float]]
 
     def run(self) -> None:
-        from monitor.render.figures import HISTORY_KINDS, HistoryPlot
+        from monitor.render.figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
         from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure
 
         for kind in HISTORY_KINDS:
+            if kind in OPTIONAL_HISTORY_KINDS and not HistoryPlot.layout_of(self.history, kind)[2]:
+                continue
             with plot_of(HistoryPlot, self.history, kind) as plot:
                 save_figure(plot.figure, self.folder / f"{kind}_history.png", plot.draw)
 
 
 @dataclass(frozen=True)
 class SampleGridJob:
-    """An epoch's sample grid: thumbnails with their true and predicted class names."""
+    """An epoch's sample grid: thumbnails with their true and predicted class names, and with
+    `confidences` each prediction's confidence (the hardest mistakes)."""
 
     png: Path
     images: np.ndarray
     labels: np.ndarray
     preds: np.ndarray
     class_names: Sequence[str]
+    confidences: np.ndarray | None = None
 
     def run(self) -> None:
         from monitor.render.figures import SampleGridPlot
         from monitor.render.reuse import plot_of
         from monitor.render.save import save_figure
 
+        confidences = None if self.confidences is None else [float(c) for c in self.confidences]
         with plot_of(SampleGridPlot, np.asarray(self.images), [int(x) for x in self.labels],
-                     [int(x) for x in self.preds], self.class_names) as plot:
+                     [int(x) for x in self.preds], self.class_names, confidences) as plot:
             save_figure(plot.figure, self.png, plot.draw)
+
+
+@dataclass(frozen=True)
+class ReliabilityJob:
+    """An epoch's reliability diagram (accuracy against confidence per bin, with the counts)."""
+
+    png: Path
+    bins: CalibrationBins
+    title: str
+
+    def run(self) -> None:
+        from monitor.render.calibration_figures import reliability_figure
+        from monitor.render.save import save_figure
+
+        save_figure(reliability_figure(self.bins, self.title), self.png)
 
 
 @dataclass(frozen=True)
@@ -151,7 +173,7 @@ class TableJob:
         return table_text(record), terminal_text(record if self.terminal is None else self.terminal(), self.view)
 
 
-def run_job(job: ConfusionJob | HistoryJob | SampleGridJob) -> str:
+def run_job(job: ConfusionJob | HistoryJob | SampleGridJob | ReliabilityJob) -> str:
     """Entry point in a worker process; returns what it wrote, for the dashboard."""
     job.run()
     return str(getattr(job, "png", None) or getattr(job, "folder"))
