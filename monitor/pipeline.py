@@ -43,6 +43,7 @@ class Pipeline:
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
         self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
         self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
+        self._without_confidence: set[str] = set()  # runs told that their trainer sends no confidences
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
 
@@ -239,7 +240,7 @@ class Pipeline:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
                                                s["preds"], names))
-        self._submit_calibration(run, number, epoch_dir)
+        self._submit_calibration(run, number, epoch_dir, has_preds=counts is not None)
         sampler = run.sampler_counts(number)
         if sampler is not None:
             rows = tables.sampler_rows(names, [int(c) for c in sampler[0]], [float(e) for e in sampler[1]])
@@ -261,9 +262,14 @@ class Pipeline:
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
 
-    def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path) -> None:
-        """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2)."""
+    def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path, *, has_preds: bool) -> None:
+        """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2);
+        for one that did not, a line once per run."""
         bins, mistakes = run.calibration(number), run.hardest_mistakes(number)
+        if bins is None and has_preds and run.run not in self._without_confidence:
+            self._without_confidence.add(run.run)
+            self.console.line(epoch_dir.parent, f"run {run.run}: its trainer sends no confidences (protocol before "
+                                                 "1.2), so there is no reliability diagram, ECE or MCE")
         if bins is not None and bins.total:
             self.renderer.submit(ReliabilityJob(epoch_dir / "reliability_diagram.png", bins,
                                                 f"Reliability diagram — epoch {number}"))

@@ -159,6 +159,7 @@ def test_calibration_and_hardest_mistakes_match_the_recorded_logits(served_run):
     with open(run / "history.csv", newline="") as f:
         rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
     red = np.array([int(WRONG_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    assert "sends no confidences" not in (run / "console.txt").read_text()
     for epoch in (0, 1):
         preds, labels, confidence = (record[f"{k}_{epoch}"] for k in ("preds", "labels", "confidence"))
         ece, mce = reference_ece_mce(confidence, preds == labels)

@@ -139,3 +139,5 @@ def test_a_log_from_before_confidences_replays_without_calibration_artifacts(rep
         assert (folder / "confusion_matrix.png").exists()
         assert not (folder / "reliability_diagram.png").exists() and not (folder / "misclassified.png").exists()
     assert not (run / "training_history" / "calibration_history.png").exists()
+    console = (run / "console.txt").read_text()
+    assert console.count("its trainer sends no confidences (protocol before 1.2)") == 1
