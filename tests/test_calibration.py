@@ -143,6 +143,10 @@ def test_no_images_or_no_image_tensors_keep_no_mistakes_and_raise_nothing():
     for logits, labels, _ in _batches(3, [8, 8]):
         collector.add(logits, labels, torch.randn(8, 20))  # token features, not images
     assert collector.take_mistakes() is None and collector.take_thumbnails() is None
+    collector.reset()
+    for logits, labels, images in _batches(3, [8, 8]):
+        collector.add(logits, labels, images[:5])  # not one input per label
+    assert collector.take_mistakes() is None
     preds, labels, confidence = collector.take_chunk()
     assert len(preds) == len(confidence) == 16 and confidence.dtype == np.float16
 

@@ -59,6 +59,9 @@ class HardestMistakes:
         count = min(self.top_k, labels.shape[0])
         if not self.wanted or count == 0:
             return
+        if images.ndim == 0 or images.shape[0] != labels.shape[0]:
+            self.failed = True  # not one input per label: nothing to show
+            return
         wrong = (preds != labels) & ~torch.isnan(confidence)
         scores = torch.where(wrong, confidence.float(), NOT_A_MISTAKE)
         order = torch.sort(scores, descending=True, stable=True).indices[:count]
