@@ -112,7 +112,11 @@ def merge_mistakes(by_rank: Mapping[int, Message]) -> MergedMistakes | None:
     # NaN confidences never come from the emitter; if sent, they go last.
     key = np.nan_to_num(confidence.astype(np.float64), nan=-1.0)
     order = np.lexsort((places, ranks, -key))[:limit]
-    return MergedMistakes(images=np.concatenate([m["images"] for m in messages])[order],
+    # Only the shown thumbnails are copied, however many ranks sent theirs.
+    starts = np.cumsum([0] + [len(m["labels"]) for m in messages])
+    which = np.searchsorted(starts, order, side="right") - 1
+    images = np.stack([messages[w]["images"][i - starts[w]] for w, i in zip(which, order)])
+    return MergedMistakes(images=images,
                           labels=np.concatenate([m["labels"].astype(np.int64) for m in messages])[order],
                           preds=np.concatenate([m["preds"].astype(np.int64) for m in messages])[order],
                           confidence=confidence[order], ranks=ranks[order])
