@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class EpochState:
     accuracy: float | None = None  # from the confusion counts, kept when they are freed
 
 
-def _add_pass(per_rank: dict, rank: int, source: Source, part: Any, add: Any) -> None:
+def _add_pass(per_rank: dict, rank: int, source: Source, part: Any, add: Callable[[Any, Any], Any]) -> None:
     """Chunks of one validation pass add up (`add`); a later pass within the same epoch
     (val_check_interval < 1), or the same epoch from another sender, replaces what the rank sent
     before. A `part` of None (nothing of this kind in the chunk) adds nothing."""

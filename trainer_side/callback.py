@@ -55,8 +55,8 @@ class EmitterCallback(Callback):
 
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
                  class_names: Sequence[str] | None = None, normalization: Mapping[str, Sequence[float]] | None = None,
-                 num_thumbnails: int = 16, thumbnail_size: int = 64, num_mistakes: int = 16, spool: str | os.PathLike | bool = True,
-                 queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
+                 num_thumbnails: int = 16, thumbnail_size: int = 64, num_mistakes: int = 16,
+                 spool: str | os.PathLike | bool = True, queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
                  batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
         super().__init__()
