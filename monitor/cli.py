@@ -59,9 +59,9 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-runs", type=_positive_int, default=default.max_runs,
                        help=f"runs this monitor takes (default {default.max_runs:,})")
     group.add_argument("--max-run-gb", type=_positive_float, default=default.max_run_bytes / GB,
-                       help=f"GB of frames logged per run (default {default.max_run_bytes / GB:g})")
+                       help=f"GiB (2**30 bytes) of frames logged per run (default {default.max_run_bytes / GB:g})")
     group.add_argument("--max-total-gb", type=_positive_float, default=default.max_total_bytes / GB,
-                       help=f"GB of frames logged by this monitor, all runs together "
+                       help=f"GiB of frames logged by this monitor, all runs together "
                             f"(default {default.max_total_bytes / GB:g})")
     group.add_argument("--max-classes", type=_positive_int, default=default.max_classes,
                        help=f"class names in a run_start (default {default.max_classes:,})")

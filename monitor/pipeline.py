@@ -201,10 +201,12 @@ class Pipeline:
             self.console.table(folder, *_shortened(partial(tables.class_distribution_table, rows), rows,
                                                    tables.smallest_and_largest))
         else:
-            self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
-                                      "no dataset class distribution")
+            reason = start.get("targets_missing") or "the trainer sent no train targets or class counts"
+            self.console.line(folder, f"run {run.run}: no dataset class distribution: {reason}")
         self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
-        if start["sampler"] is None:
+        if start["sampler"] is None and start["train_targets"] is None:
+            self.console.line(folder, f"run {run.run}: no sampler distribution tables: they need the train targets")
+        elif start["sampler"] is None:
             self.console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; "
                                       "no sampler distribution tables")
 

@@ -539,7 +539,7 @@ def test_model_info_table_rows():
     assert table_line(text, "Total parameters") == ["Total parameters", "11,689,512"]
     assert table_line(text, "Trainable parameters") == ["Trainable parameters", "11,000,000"]
     assert table_line(text, "Non-trainable parameters") == ["Non-trainable parameters", "689,512"]
-    assert table_line(text, "Size (MB)") == ["Size (MB)", "44.59"]
+    assert table_line(text, "Size (MB = 10⁶ bytes)") == ["Size (MB = 10⁶ bytes)", "44.59"]
     with pytest.raises(ValueError, match="missing size_mb"):
         model_info_table({"class": "Net", "total_params": 1, "trainable_params": 1})
 

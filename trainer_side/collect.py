@@ -75,7 +75,7 @@ class ValidationCollector:
             self._add_thumbnails(images, labels, preds)
 
     def _add_thumbnails(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] not in (1, len(self._mean)):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, len(self._mean)):
             self.thumbnails_failed = True  # not N×C×H×W images this callback can show
             return
         need = self.num_thumbnails - self._thumb_count
