@@ -157,7 +157,7 @@ class TensorBoardWriter:
     # --- called by the pipeline and the render pool ---------------------------------------------
 
     def figure(self, path: str | Path) -> None:
-        """A finished artifact: when it is in an epoch folder, that folder's known figures are logged."""
+        """A finished artifact: when it is an epoch folder or in one, that folder's known figures are logged."""
         self._put(("figures", Path(path)))
 
     def epoch(self, run_folder: str, number: int, history: Mapping[str, float],
@@ -233,10 +233,14 @@ class TensorBoardWriter:
                 self._queue.task_done()
 
     def _figure_events(self, path: Path) -> list[tuple[str, bytes]]:
+        """Events for the known figures of the epoch folder that `path` is (or is in)."""
         try:
-            run_folder, epoch_folder, _ = path.relative_to(self.out).parts
-        except ValueError:  # not under out, or not a file in an epoch folder
+            parts = path.relative_to(self.out).parts
+        except ValueError:
             return []
+        if len(parts) not in (2, 3):
+            return []
+        run_folder, epoch_folder = parts[:2]
         match = _EPOCH_FOLDER.fullmatch(epoch_folder)
         if match is None:
             return []

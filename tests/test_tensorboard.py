@@ -181,16 +181,18 @@ def test_a_live_writer_never_waits_it_drops_and_counts_and_close_keeps_its_deadl
         writer.close()
 
 
-def test_identical_redraws_are_logged_once_and_a_changed_figure_again(tmp_path):
+def test_an_epoch_figure_is_logged_once_per_content_and_only_from_its_epoch_folder(tmp_path):
     out = tmp_path / "out"
     figure = out / "run" / "epoch_004" / "sample_predictions.png"
     figure.parent.mkdir(parents=True)
-    pngs = [_png(1, 2), _png(3, 1)]
+    pngs = [_png(1, 2), _png(3, 1), _png(2, 2)]
     writer = TensorBoardWriter(TensorBoardOptions(tmp_path / "tb"), out, wait=True)
-    for png in (pngs[0], pngs[0], pngs[1]):
+    # A job may name the file it wrote or the epoch folder; anything else is no figure of an epoch.
+    for png, written in ((pngs[0], figure), (pngs[0], figure.parent), (pngs[1], figure.parent),
+                         (pngs[2], out / "run"), (pngs[2], out / "run" / "training_history" / "x.png")):
         figure.write_bytes(png)
         os.utime(figure, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new file, as a redraw makes
-        writer.figure(figure)
+        writer.figure(written)
         writer._queue.join()  # handled before the file changes again
     assert writer.close() == 0
     events = EventAccumulator(str(tmp_path / "tb" / "run"), size_guidance={"images": 0})
