@@ -49,6 +49,34 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
 
 
+def _add_tensorboard(parser: argparse.ArgumentParser) -> None:
+    """--tensorboard (monitor/tensorboard_events.py), the same on serve, watch and replay."""
+    from monitor.tensorboard_events import DEFAULT_MAX_CLASSES, INSTALL_HINT
+
+    group = parser.add_argument_group("TensorBoard", f"optional; needs the tensorboard extra: {INSTALL_HINT}")
+    group.add_argument("--tensorboard", type=Path, metavar="DIR",
+                       help="also write each run's epoch figures (confusion matrices, sample grids, ...) as images "
+                            "and its per-class and history metrics as scalars, as TensorBoard events in "
+                            "DIR/<run>/, step = epoch number. Give Lightning TensorBoardLogger's save_dir to see "
+                            "them beside its runs (`tensorboard --logdir DIR`)")
+    group.add_argument("--tensorboard-max-classes", type=_positive_int, default=DEFAULT_MAX_CLASSES, metavar="N",
+                       help="per-class precision, recall and F1 scalars only for runs with at most N classes; "
+                            f"larger runs get the macro and weighted averages only (default {DEFAULT_MAX_CLASSES})")
+
+
+def _tensorboard(args: argparse.Namespace):
+    """The --tensorboard options (None without it); fails at once when tensorboard is not installed."""
+    if args.tensorboard is None:
+        return None
+    from monitor.tensorboard_events import TensorBoardMissing, TensorBoardOptions, check_available
+
+    try:
+        check_available()
+    except TensorBoardMissing as exc:
+        raise UsageError(str(exc)) from None
+    return TensorBoardOptions(args.tensorboard, args.tensorboard_max_classes)
+
+
 def _add_limits(parser: argparse.ArgumentParser) -> None:
     """What senders may claim (monitor/quotas.py): a frame over a limit is refused, counted, not logged."""
     from monitor.quotas import GB, Limits
@@ -117,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the bound endpoint to FILE once listening, and a second line 'started' once "
                             "the pipeline and the render workers are up (for scripts and tests)")
     _add_render_priority(serve)
+    _add_tensorboard(serve)
     _add_limits(serve)
 
     replay = sub.add_parser("replay", help="regenerate every artifact from saved message logs",
@@ -128,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--skip-corrupt", action="store_true",
                         help="resume at the next whole record after a damaged one, and report what was skipped")
     replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
+    _add_tensorboard(replay)
     _add_limits(replay)
 
     watch = sub.add_parser("watch", help="follow emitter spool logs in a folder and render live",
@@ -146,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--polling", action="store_true",
                        help="poll the folder instead of using file-system events (for network filesystems)")
     _add_render_priority(watch)
+    _add_tensorboard(watch)
     _add_limits(watch)
 
     inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
@@ -189,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    tensorboard = _tensorboard(args) if args.command in ("serve", "watch", "replay") else None
     if args.command in ("serve", "watch"):
         # Bad arguments are reported at once, before anything heavy is imported.
         curve = _check_serve_args(args) if args.command == "serve" else _check_watch_args(args)
@@ -202,12 +234,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
                      stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args))
+                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard)
     if args.command == "replay":
         from monitor.replay import replay
 
         pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
-                                     show_tables=not args.quiet, limits=_limits(args))
+                                     show_tables=not args.quiet, limits=_limits(args), tensorboard=tensorboard)
         rejected = intake.rejected + pipeline.rejected
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
                       f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
@@ -218,7 +250,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, stale_after=args.stale_after,
                      skip_corrupt=args.skip_corrupt,
                      polling=args.polling, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args))
+                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard)
     if args.command == "inspect":
         from monitor.loginspect import inspect_logs
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from monitor import analysis
 from monitor.confusion import SparseCounts
@@ -20,6 +20,9 @@ from monitor.render import tables
 from monitor.render.save import write_csv, write_json
 from monitor.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
+
+if TYPE_CHECKING:
+    from monitor.tensorboard_events import TensorBoardWriter
 
 log = logging.getLogger("monitor")
 
@@ -45,6 +48,7 @@ class Pipeline:
         self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
+        self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: figures and scalars as events too
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -92,8 +96,11 @@ class Pipeline:
             self.console.note(text)
 
     def record_artifact(self, path: str | Path) -> None:
-        """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
+        """Notes a finished artifact for the dashboard and TensorBoard (called from the renderer's
+        completion thread)."""
         path = Path(path)
+        if self.tensorboard is not None:
+            self.tensorboard.figure(path)
         try:
             folder = path.relative_to(self.out).parts[0]
         except (ValueError, IndexError):
@@ -231,10 +238,11 @@ class Pipeline:
         epoch_dir = folder / f"epoch_{number:03d}"
         names = run.class_names
         counts = run.confusion(number)
+        per_class = None
         if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
             self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
                                               counts, names, f"Confusion matrix — epoch {number}"))
-            self._write_analysis(folder, epoch_dir, number, counts, names)
+            per_class = self._write_analysis(folder, epoch_dir, number, counts, names)
         if epoch.samples is not None:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
@@ -259,10 +267,13 @@ class Pipeline:
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(folder.name, number, run.finite_metrics(number), per_class)
 
     def _write_analysis(self, folder: Path, epoch_dir: Path, number: int, counts: SparseCounts,
-                        names: list[str]) -> None:
-        """per_class_metrics.csv and top_confusions.csv, and their console tables."""
+                        names: list[str]) -> list[analysis.ClassMetricsRow]:
+        """per_class_metrics.csv and top_confusions.csv, and their console tables; returns the
+        per-class rows."""
         metrics = analysis.per_class_metrics(counts, names)
         fraction = analysis.format_fraction
         write_csv(epoch_dir / "per_class_metrics.csv", ["class", "index", "precision", "recall", "f1", "support"],
@@ -278,6 +289,7 @@ class Pipeline:
                                                confusions.total_cells, number))
         else:
             self.console.line(folder, f"epoch {number}: no confusions (every validation prediction was right)")
+        return metrics
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)

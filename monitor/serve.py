@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from monitor.pipeline import Pipeline
+    from monitor.tensorboard_events import TensorBoardOptions
 
 
 class SocketSource(Source):
@@ -69,7 +70,8 @@ class SocketSource(Source):
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None) -> int:
+          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None,
+          tensorboard: TensorBoardOptions | None = None) -> int:
     """Serves until `stop` (or SIGINT/SIGTERM).
 
     Returns:
@@ -91,7 +93,8 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
                   highlight=False)
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n")
-    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority)
+    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority,
+                        tensorboard=tensorboard)
     outcome = drive(SocketSource(receiver), out, console, settings=settings, stop=stop,
                     on_started=None if ready_file is None else lambda: _append_line(ready_file, "started"))
     return 1 if outcome.not_logged else 0
