@@ -1,5 +1,5 @@
 """What `--tensorboard` costs the monitor process per epoch figure: the record checksum (TensorBoard's
-own pure-Python CRC-32C against monitor/crc32c.py) and the writer thread's whole work for one
+own pure-Python CRC-32C against google-crc32c's, which the monitor uses) and the writer thread's whole work for one
 figure (read the PNG, encode the event, checksum, append), on real confusion-matrix PNGs.
 
     python -m bench.tensorboard_events [--quick] [--classes N ...] [--json FILE]
@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import add_common_args, median, print_table, write_json
-from monitor.crc32c import masked_crc32c
 from monitor.render.jobs import ConfusionJob
-from monitor.tensorboard_events import TensorBoardOptions, TensorBoardWriter
+from monitor.tensorboard_events import TensorBoardOptions, TensorBoardWriter, masked_crc32c
 
 
 def confusion_png(classes: int, folder: Path) -> Path:
