@@ -100,7 +100,8 @@ class SpoolSource(Source):
         """Reads what is new in each of `paths` and feeds it to the pipeline; stops between files at
         the monotonic `until`. Returns the number of frames read."""
         frames = 0
-        for path in sorted(paths):
+        # Change events name paths as the folder was given, the rescan as resolved: one key per file.
+        for path in sorted({path.resolve() for path in paths}):
             if until is not None and time.monotonic() >= until:
                 break
             if not self._is_spool(path) or path in self.failed:
