@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import logging
 import os
 import re
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass  # stderr has no file descriptor (in-process use, notebooks): no stack dumps, that is all
     # Everything the monitor prints quotes keys, paths, endpoints or names from the wire, and none of it
     # is rich markup: a Z85 key holding "[g3i!]" must print as it is, not lose it as a style tag.
-    console = Console(markup=False, emoji=False)
+    console = Console(file=ReaderMayLeave(sys.stdout), markup=False, emoji=False)
     try:
         return _run(args, console)
     except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
@@ -217,6 +218,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+class ReaderMayLeave(io.TextIOBase):
+    """stdout that goes quiet instead of raising once its reader has gone (`monitor replay LOG | head`):
+    the artifacts and console.txt are the product, the terminal copy is not."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.stream = stream
+        self.gone = False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self.gone = True
+        try:  # what Python still holds for stdout must not fail again at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:

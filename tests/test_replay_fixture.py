@@ -125,3 +125,21 @@ def test_sample_grid_borders_are_green_when_right_and_red_when_wrong(replayed):
         y, x = cell.top + cell.height // 2, cell.left  # on the left frame line
         colour = _rgb(CORRECT_COLOR if labels[i] == preds[i] else WRONG_COLOR)
         assert np.abs(image[y, x] - colour).max() <= 40, (i, image[y, x], colour)
+
+
+def test_a_replay_whose_stdout_reader_has_gone_still_writes_every_artifact(tmp_path, replayed):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "monitor", "replay", str(DATA / "tiny_run.mlog"), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    child.stdout.close()  # `monitor replay LOG | head -0`: the first table printed meets a closed pipe
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    assert err == b""
+    run, _ = replayed
+    for epoch in EPOCHS:
+        for name in ("confusion_matrix.png", "confusion_matrix.csv", "sample_predictions.png"):
+            assert (out / run.name / f"epoch_{epoch:03d}" / name).read_bytes() == \
+                (run / f"epoch_{epoch:03d}" / name).read_bytes()
