@@ -184,7 +184,7 @@ class Pipeline:
         except OSError as exc:
             log.error("cannot write %s (%s)", path, exc.strerror or exc)
             return
-        self.reports.write_run(path.parent)
+        self.reports.write_run(path.parent, summary)
 
     # --- run start ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -110,6 +111,11 @@ def check_run_page(page, folder: Path) -> None:  # type: ignore[no-untyped-def]
     assert table_rows(page, "per-class") == sorted(rows, key=lambda r: float(r[3]), reverse=True)
     page.click("#per-class th:text-is('class')")
     assert table_rows(page, "per-class") == sorted(rows, key=lambda r: r[0])
+    dataset = folder / "dataset_statistics.json"
+    if dataset.is_file():
+        page.wait_for_selector("#dataset tbody tr")
+        names = [c["name"] for c in json.loads(dataset.read_text())["classes"]]
+        assert [row[0] for row in table_rows(page, "dataset")] == names[:1000]
     if page.locator("#sampler th").count():
         page.click("#sampler th:text-is('ratio')")
         ratios = [float(r[4]) for r in table_rows(page, "sampler")]

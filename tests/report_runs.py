@@ -18,13 +18,14 @@ CLASSES = ["cat", "dog", HOSTILE_CLASS, "bird & fish"]
 
 
 def write_spool(spool: Path, run: str, *, classes: Sequence[str] = CLASSES, epochs: int = 3, seed: int = 0,
-                skill: float = 0.5) -> list[Path]:
-    """One run's spool: per epoch, predictions right with probability rising from `skill`,
-    metrics, 16 thumbnails and the sampler's draws. Returns the spool's logs."""
+                skill: float = 0.5, endpoint: str | None = None) -> list[Path]:
+    """One run's spool (and sent to `endpoint`, if given): per epoch, predictions right with
+    probability rising from `skill`, metrics, 16 thumbnails and the sampler's draws. Returns the
+    spool's logs."""
     rng = np.random.default_rng(seed)
     k, n, train = len(classes), 120, 200
     targets = rng.integers(0, k, train).astype(np.uint8)
-    emitter = Emitter(None, run=run, spool=str(spool))
+    emitter = Emitter(endpoint, run=run, spool=str(spool))
     weights = np.ones(train)
     emitter.run_start(classes, model={"class": "TinyNet", "total_params": 740, "trainable_params": 740,
                                       "size_mb": 0.003}, train_targets=targets,

@@ -17,7 +17,7 @@ import pytest
 from monitor.cli import main
 from monitor.endpoint import BindError, check_http
 from monitor.logbook import run_dir
-from monitor.report.folder import EPOCH_DATA, epoch_figures, read_run
+from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
 from monitor.report.http import ReportServer
 from monitor.report.index import index_page, run_entry
 from monitor.report.page import run_page
@@ -81,10 +81,12 @@ def test_markup_in_run_ids_and_class_names_is_text_on_the_page_never_markup(swee
         assert "&lt;script&gt;alert(&quot;r&quot;)&lt;/script&gt;&amp;&#x27;x&#x27;" in html
     html = (run_dir(out, HOSTILE_RUN) / "index.html").read_text()
     data = json.loads(parse(html).scripts[0])  # the page's data survives its escaping whole
-    assert HOSTILE_CLASS in [row[0] for row in data["dataset"]["rows"]]
-    assert "<" not in parse(html).scripts[0] and "&" not in parse(html).scripts[0]
+    assert data["dataset"] == DATASET_DATA and "<" not in parse(html).scripts[0]
+    # The data files hold the names whole, with no character that could end a script or start markup.
+    dataset = (run_dir(out, HOSTILE_RUN) / DATASET_DATA).read_text()
     epoch_data = (run_dir(out, HOSTILE_RUN) / "epoch_002" / EPOCH_DATA).read_text()
-    assert "<" not in epoch_data and "&" not in epoch_data
+    assert not set("<>&") & set(dataset + epoch_data)
+    assert HOSTILE_CLASS in [row[0] for row in json.loads(dataset[len("reportDataset("):-len(");\n")])["rows"]]
     tables = json.loads(epoch_data[len("reportEpoch("):-len(");\n")])
     assert HOSTILE_CLASS in [row[0] for row in tables["per_class"]["rows"]]
 
@@ -166,6 +168,7 @@ def test_replaying_a_log_twice_writes_the_same_pages_byte_for_byte(sweep, tmp_pa
     again = tmp_path / "again"
     replay_into(again, [log for run_logs in logs.values() for log in run_logs])
     for page in [Path("index.html"), *(p.relative_to(out) for p in out.glob("*/index.html")),
+                 *(p.relative_to(out) for p in out.glob(f"*/{DATASET_DATA}")),
                  *(p.relative_to(out) for p in out.glob(f"*/epoch_*/{EPOCH_DATA}"))]:
         assert (again / page).read_bytes() == (out / page).read_bytes(), page
 
@@ -174,7 +177,7 @@ def test_monitor_report_without_logs_rebuilds_the_pages_replay_wrote(sweep, tmp_
     out, logs = sweep
     copy = tmp_path / "copy"
     replay_into(copy, [log for run_logs in logs.values() for log in run_logs])
-    pages = [p for p in copy.rglob("*") if p.name in ("index.html", EPOCH_DATA)]
+    pages = [p for p in copy.rglob("*") if p.name in ("index.html", EPOCH_DATA, DATASET_DATA)]
     before = {p: p.read_bytes() for p in pages}
     for page in pages:
         page.unlink()
@@ -200,7 +203,59 @@ def test_pages_are_replaced_whole_never_written_in_place(sweep, tmp_path, monkey
     monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(dst).name), real(src, dst)))
     written = Reports(out).write_all()
     assert written == 3 and renamed.count("index.html") == 4 and renamed.count(EPOCH_DATA) == 9
+    assert renamed.count(DATASET_DATA) == 3
     assert not [p for p in out.rglob(".*.tmp")]
+
+
+def test_serve_writes_the_pages_a_replay_of_its_logs_writes_and_serves_them_over_http(tmp_path):
+    from conftest import MonitorProcess, free_port, wait_for
+
+    port = free_port()
+    out = tmp_path / "out"
+    monitor = MonitorProcess(out, "--http", f"127.0.0.1:{port}", "--render-priority", "normal")
+    try:
+        for seed, run in enumerate(["served-a", HOSTILE_RUN]):
+            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.endpoint)
+        wait_for(lambda: all(_status(run_dir(out, run)) == "completed" for run in ["served-a", HOSTILE_RUN]),
+                 "both runs completed", 60)
+        status, body, _ = _get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"served-a/index.html" in body
+        assert _get(f"http://127.0.0.1:{port}/served-a/epoch_002/{EPOCH_DATA}")[0] == 200
+        assert monitor.stop() == 0, monitor.output()
+    finally:
+        monitor.kill()
+    assert f"report pages at http://127.0.0.1:{port}/" in monitor.output()
+    replay_into(tmp_path / "replayed", [run_dir(out, run) / "messages.mlog" for run in ["served-a", HOSTILE_RUN]])
+    pages = [p.relative_to(out) for p in out.rglob("*") if p.name in ("index.html", EPOCH_DATA, DATASET_DATA)]
+    assert len(pages) == 1 + 2 * (1 + 1 + 3)
+    for page in pages:
+        assert (tmp_path / "replayed" / page).read_bytes() == (out / page).read_bytes(), page
+
+
+def _status(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "summary.json").read_text())["status"]
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_page_is_rewritten_only_when_its_summary_changed_or_an_epoch_was_drawn(sweep, tmp_path, monkeypatch):
+    import monitor.report.writer as writer_module
+
+    out, _ = sweep
+    folder = run_dir(out, "lr-0.01")
+    written: list[str] = []
+    real = writer_module.write_text
+    monkeypatch.setattr(writer_module, "write_text", lambda path, text: (written.append(path.name), real(path, text)))
+    reports, summary = Reports(out, every_s=0.0), json.loads((folder / "summary.json").read_text())
+    reports.write_run(folder, summary)
+    reports.write_run(folder, dict(summary))
+    assert written.count("index.html") == 2  # the run's page and the index, once
+    reports.drawn(folder, 2)
+    reports.write_run(folder, dict(summary))
+    assert written.count("index.html") == 4 and written.count(EPOCH_DATA) == 1
+    reports.write_run(folder, {**summary, "status": "running"})
+    assert written.count("index.html") == 6
 
 
 # --- HTTP --------------------------------------------------------------------------------------

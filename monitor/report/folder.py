@@ -44,6 +44,7 @@ class RunFolder:
     history_figures: list[Figure]
     epochs: dict[int, list[Figure]]  # epoch -> its figures that exist
     epoch_data: list[int] = field(default_factory=list)  # epochs whose report data file exists
+    dataset_data: bool = False  # whether DATASET_DATA exists
 
     @property
     def run(self) -> str:
@@ -67,11 +68,15 @@ class EpochTables:
     sampler: dict[str, Any] | None
 
 
-def read_run(folder: Path) -> RunFolder | None:
-    """The run in `folder`; None when it holds no summary.json (not a run folder, or not yet one)."""
+def read_run(folder: Path, *, figures: bool = True) -> RunFolder | None:
+    """The run in `folder`; None when it holds no summary.json (not a run folder, or not yet one).
+    `figures=False` reads only summary.json and history.csv (what the runs index needs)."""
     summary = _json(folder / "summary.json")
     if not isinstance(summary, dict):
         return None
+    if not figures:
+        return RunFolder(folder=folder.name, summary=summary, labels=None, model=None, dataset=None,
+                         history=read_history(folder / "history.csv"), history_figures=[], epochs={})
     epochs = {}
     for number, path in epoch_folders(folder):
         epochs[number] = epoch_figures(path, f"epoch_{number:03d}")
@@ -83,10 +88,12 @@ def read_run(folder: Path) -> RunFolder | None:
         model=_dict(folder / "model_info.json"), dataset=_dict(folder / "dataset_statistics.json"),
         history=read_history(folder / "history.csv"),
         history_figures=[Figure(f"training_history/{n}", _title(n)) for n in ordered], epochs=epochs,
-        epoch_data=[n for n, path in epoch_folders(folder) if (path / EPOCH_DATA).is_file()])
+        epoch_data=[n for n, path in epoch_folders(folder) if (path / EPOCH_DATA).is_file()],
+        dataset_data=(folder / DATASET_DATA).is_file())
 
 
 EPOCH_DATA = "report_data.js"  # each epoch folder's tables for the page, loaded when that epoch is shown
+DATASET_DATA = "report_dataset.js"  # the run's class distribution for the page, loaded with it
 
 
 def epoch_folders(folder: Path) -> list[tuple[int, Path]]:

@@ -1,10 +1,11 @@
 """The run page, `<out>/<run>/index.html`, and each epoch's tables for it: pure builders from a
 run folder's contents (monitor/report/folder.py) to text.
 
-The page holds what every epoch shares (status, history curves, model, dataset) and, per epoch, only
-the list of its figures; an epoch's tables (per-class metrics, top confusions, sampler balance) are
-in `epoch_NNN/report_data.js`, which the page loads when that epoch is shown. So the page grows with
-the number of epochs and each data file with the number of classes, never with both.
+The page holds what every epoch shares (status, history curves, model) and, per epoch, only the list
+of its figures; an epoch's tables (per-class metrics, top confusions, sampler balance) are in
+`epoch_NNN/report_data.js`, which the page loads when that epoch is shown, and the class
+distribution in `report_dataset.js`. So the page grows with the number of epochs and each data file
+with the number of classes, never with both.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from monitor.report.folder import EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
+from monitor.report.folder import DATASET_DATA, EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
 from monitor.report.html import (REFRESH_S, asset, document, href, json_script, key_value_table, script_json,
                                  status_badge, text)
 
@@ -45,7 +46,7 @@ def run_page(run: RunFolder) -> str:
     data = {
         "live": live, "refresh_s": REFRESH_S, "max_rows": MAX_TABLE_ROWS, "selected": selected,
         "epochs": [_epoch_entry(run, number) for number in epochs],
-        "dataset": _dataset(run.dataset),
+        "dataset": href(DATASET_DATA) if run.dataset_data else None,
     }
     body = "\n".join(sections) + "\n" + json_script("report-data", data)
     return document(f"{run.run} — training report", body, script=asset("report.js"))
@@ -60,6 +61,12 @@ def epoch_script(tables: EpochTables) -> str:
         "sampler": _sampler(tables.sampler),
     }
     return f"reportEpoch({script_json(data)});\n"
+
+
+def dataset_script(dataset: dict[str, Any]) -> str | None:
+    """The run's `report_dataset.js`: its class distribution as a table; None without one."""
+    table = _dataset(dataset)
+    return None if table is None else f"reportDataset({script_json(table)});\n"
 
 
 def format_time(seconds: object) -> str:

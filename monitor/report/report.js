@@ -1,6 +1,7 @@
 /* The run page's script, inlined into the page: the epoch selector, sortable tables, live refresh.
-   Reads the page's JSON (#report-data) and each epoch's tables from <epoch>/report_data.js, loaded
-   with a script element (works from file://, where fetch does not). Text goes in with textContent
+   Reads the page's JSON (#report-data), each epoch's tables from <epoch>/report_data.js and the class
+   distribution from report_dataset.js, each loaded with a script element (works from file://, where
+   fetch does not). Text goes in with textContent
    only, never as HTML. */
 (function () {
   "use strict";
@@ -169,6 +170,13 @@
     show(start, start === page.selected);
     select.addEventListener("change", function () { show(+select.value, false); });
   }
-  if (page.dataset) dataTable(document.getElementById("dataset"), page.dataset, page.max_rows, "dataset_statistics.json");
+  window.reportDataset = function (table) {
+    dataTable(document.getElementById("dataset"), table, page.max_rows, "dataset_statistics.json");
+  };
+  if (page.dataset) {
+    var script = el("script");
+    script.src = page.dataset;
+    document.head.appendChild(script);
+  }
   if (page.live) setTimeout(function () { location.reload(); }, page.refresh_s * 1000);
 })();

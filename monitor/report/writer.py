@@ -10,6 +10,7 @@ per `every_s`, except `at_once`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.render.save import write_text
-from monitor.report.folder import EPOCH_DATA, read_epoch, read_run, epoch_folders
+from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_folders, read_epoch, read_run
 from monitor.report.index import RunEntry, index_page, run_entry
-from monitor.report.page import CONFUSION_ROWS, epoch_script, run_page
+from monitor.report.page import CONFUSION_ROWS, dataset_script, epoch_script, run_page
 
 log = logging.getLogger("monitor")
 
@@ -41,6 +42,8 @@ class Reports:
         self._index_due = False
         self._index_written = -math.inf
         self._entries: dict[str, tuple[tuple, RunEntry]] = {}  # run folder -> (files' stat, entry)
+        self._datasets: set[str] = set()  # run folders whose DATASET_DATA is written (it never changes)
+        self._summaries: dict[str, dict | None] = {}  # run folder -> the summary its page was last written with
 
     def drawn(self, folder: Path, epoch: int) -> None:
         """Epoch `epoch` of the run in `folder` was drawn: its tables go to the page with the next write."""
@@ -50,9 +53,14 @@ class Reports:
         """A figure of the run folder `folder` was saved; safe from any thread."""
         self._figures.put(folder)
 
-    def write_run(self, folder: Path) -> None:
-        """Writes the epoch data drawn since the last call and the run's page; the index when due."""
-        self._write_run(folder.name, self._drawn.pop(folder.name, set()))
+    def write_run(self, folder: Path, summary: dict | None = None) -> None:
+        """Writes the epoch data drawn since the last call and the run's page, unless `summary` (what
+        summary.json now holds) is the one of the last write and no epoch was drawn since; then the
+        index when due."""
+        drawn = self._drawn.pop(folder.name, set())
+        if summary is None or drawn or summary != self._summaries.get(folder.name):
+            self._summaries[folder.name] = summary
+            self._write_run(folder.name, drawn)
         self._index(at_once=False)
 
     def write_pending(self, *, at_once: bool = False) -> None:
@@ -93,6 +101,12 @@ class Reports:
             run = read_run(folder)
             if run is None:
                 return 0
+            if run.dataset is not None and name not in self._datasets:
+                script = dataset_script(run.dataset)
+                if script is not None:
+                    write_text(folder / DATASET_DATA, script)
+                    run = dataclasses.replace(run, dataset_data=True)
+                self._datasets.add(name)
             write_text(folder / PAGE, run_page(run))
         except OSError as exc:
             log.error("cannot write the report page of %s (%s)", folder, exc.strerror or exc)
@@ -121,7 +135,7 @@ class Reports:
             key = _stat_key(path)
             cached = self._entries.get(path.name)
             if cached is None or cached[0] != key:
-                run = read_run(path)
+                run = read_run(path, figures=False)
                 if run is None:
                     continue
                 cached = self._entries[path.name] = (key, run_entry(run))
