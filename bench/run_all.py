@@ -19,7 +19,7 @@ from bench.common import machine_info
 from bench.harness import PYTHON, ROOT
 
 PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render",
-            "monitor_memory", "fit_overhead", "gpu_check")
+            "monitor_memory", "report_pages", "fit_overhead", "gpu_check")
 
 
 def main(argv: list[str] | None = None) -> int:

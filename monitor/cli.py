@@ -127,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "through a tunnel)")
     serve.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow binding a non-loopback address (other machines can then send)")
+                       help="allow binding a non-loopback address (other machines can then send), for --bind and "
+                            "--http")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve the HTML report under --out, read-only, at http://HOST:PORT/ (e.g. "
+                            "127.0.0.1:8765; loopback only unless --allow-remote). The pages are files: opening "
+                            "<out>/index.html works without it")
     serve.add_argument("--max-message-mb", type=_positive_float, default=256.0,
                        help="largest accepted frame in MiB; a larger frame drops its sender's connection (default 256)")
     serve.add_argument("--stale-after", type=_positive_float, default=3600.0, metavar="SECONDS",
@@ -143,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of allowed client public-key files (with --curve-secret); default any client "
                             "holding the server's public key")
     serve.add_argument("--ready-file", type=Path, metavar="FILE",
-                       help="write the bound endpoint to FILE once listening, and a second line 'started' once "
-                            "the pipeline and the render workers are up (for scripts and tests)")
+                       help="write the bound endpoint to FILE once listening (then 'http URL' with --http), and a "
+                            "last line 'started' once the pipeline and the render workers are up (for scripts "
+                            "and tests)")
     _add_render_priority(serve)
     _add_tensorboard(serve)
     _add_limits(serve)
@@ -160,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
     _add_tensorboard(replay)
     _add_limits(replay)
+
+    report = sub.add_parser("report", help="build the HTML report pages offline",
+                            description="Write <out>/<run>/index.html for every run and <out>/index.html listing "
+                                        "them. With LOGs, replays them into --out first (as `monitor replay "
+                                        "--quiet`, which writes the pages too); without, builds the pages from "
+                                        "the run folders already in --out.")
+    report.add_argument("logs", nargs="*", type=Path, metavar="LOG", help="message log(s) or spools to replay first")
+    report.add_argument("--out", type=Path, required=True, help="output folder holding (or to hold) the runs")
+    report.add_argument("--skip-corrupt", action="store_true",
+                        help="resume at the next whole record after a damaged one, and report what was skipped")
+    _add_limits(report)
 
     watch = sub.add_parser("watch", help="follow emitter spool logs in a folder and render live",
                            description="Follow the spool logs that trainers write with EmitterCallback(spool=DIR) "
@@ -268,6 +285,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.command in ("serve", "watch"):
         # Bad arguments are reported at once, before anything heavy is imported.
         curve = _check_serve_args(args) if args.command == "serve" else _check_watch_args(args)
+        http = _check_http(args) if args.command == "serve" else None
         from monitor.signals import stop_on_signals
 
         stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
@@ -278,7 +296,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
                      stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard)
+                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard,
+                     http=http)
+    if args.command == "report":
+        return _report(args, console)
     if args.command == "replay":
         from monitor.replay import replay
 
@@ -310,6 +331,32 @@ def _check_serve_args(args: argparse.Namespace):
 
     check_bind(args.bind, args.allow_remote)
     return _curve_keys(args)
+
+
+def _check_http(args: argparse.Namespace) -> tuple[str, int] | None:
+    from monitor.endpoint import check_http
+
+    return None if args.http is None else check_http(args.http, args.allow_remote)
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    """`monitor report`: replays the logs (which writes the pages), or builds the pages from --out."""
+    if args.logs:
+        from monitor.replay import replay
+
+        pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
+                                     show_tables=False, limits=_limits(args))
+        runs = len(pipeline.runs)
+    else:
+        if not args.out.is_dir():
+            raise FileNotFoundError(f"no such folder: {args.out} (give LOGs to replay into it)")
+        from monitor.report.writer import Reports
+
+        runs = Reports(args.out).write_all()
+        if not runs:
+            raise UsageError(f"{args.out} holds no run folder (one with a summary.json); give LOGs to replay")
+    console.print(f"monitor report: {runs} run(s); open {args.out / 'index.html'}", highlight=False)
+    return 0
 
 
 def _check_watch_args(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
 from monitor.render.save import write_csv, write_json
+from monitor.report.writer import Reports
 from monitor.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
 
@@ -49,6 +50,7 @@ class Pipeline:
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
         self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: figures and scalars as events too
+        self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class Pipeline:
             if run_dir(self.out, run.run).name == folder:
                 run.artifacts.append(str(path.relative_to(self.out)))
                 del run.artifacts[:-5]
+        self.reports.figure_done(folder)
 
     def tick(self) -> None:
         """Renders epochs whose missing ranks timed out and marks silent runs stale; call it
@@ -126,6 +129,7 @@ class Pipeline:
                 self._write_summary(run, at_once=True)
             elif run.run in self._summaries_due:
                 self._write_summary(run)
+        self.reports.write_pending()
         self.console.flush()
 
     def finish(self) -> None:
@@ -135,6 +139,7 @@ class Pipeline:
             self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
+        self.reports.write_pending(at_once=True)  # the pages again, with the figures drawn meanwhile
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -185,6 +190,8 @@ class Pipeline:
             write_json(path, summary)
         except OSError as exc:
             log.error("cannot write %s (%s)", path, exc.strerror or exc)
+            return
+        self.reports.write_run(path.parent, summary)
 
     # --- run start ----------------------------------------------------------------------------
 
@@ -225,6 +232,7 @@ class Pipeline:
                 self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
                                   f"{describe_ranks(missing, named)} (no epoch_end from them)")
             self._render_epoch(run, number)
+            self.reports.drawn(run_dir(self.out, run.run), number)
             if not missing and run.start is not None:
                 run.release(number)
 

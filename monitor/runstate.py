@@ -95,6 +95,7 @@ class RunState:
         self.superseded: set[tuple[int, str]] = set()  # (rank, sender) taken over before its run_end
         self.refused: dict[tuple[int, str], str] = {}  # (rank, sender) -> why its messages are refused
         self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
+        self.last_message_time: float | None = None  # the latest message's own time (the sender's clock)
         self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
 
     # --- identity -----------------------------------------------------------------------------
@@ -148,6 +149,8 @@ class RunState:
             counters = self.ranks[rank] = RankCounters()
         counters.messages += 1
         counters.bytes += size
+        if math.isfinite(message.time) and (self.last_message_time is None or message.time > self.last_message_time):
+            self.last_message_time = message.time
         if message.world > self.world:
             self.world = message.world
         self.owners[rank] = sender
@@ -396,4 +399,5 @@ class RunState:
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
+            "last_message_time": self.last_message_time,
         }
