@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_rgb
+from matplotlib.colors import Normalize, PowerNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch
 from matplotlib.text import Text
@@ -23,7 +23,7 @@ from rich.console import Console
 from monitor.render import save
 from monitor.confusion import SparseCounts
 from monitor.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
-                                    WRONG_COLOR, CellLabel, ConfusionPlot, cell_labels, confusion_figure,
+                                    WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
                                     display_label, history_figures, percent_text, sample_grid_cells,
                                     sample_grid_figure)
 from monitor.render.matrix_views import normalized_view
@@ -214,6 +214,18 @@ def test_normalized_figure_shows_percent_of_each_row_and_an_empty_row_for_an_abs
     patches = count_patches(fig)
     drawn = np.concatenate([patch.get_path().vertices for patch in patches.values()])
     assert not ((drawn[:, 1] > 0.5) & (drawn[:, 1] < 1.5)).any(), "no text in the empty row"
+
+
+def test_a_block_view_colours_on_a_square_root_scale_and_says_what_a_pixel_holds():
+    blocks = MatrixView(np.array([[400, 1], [4, 100]]), (), "blocks", block=20, classes=35)
+    ax, colorbar = ConfusionPlot(blocks).figure.axes
+    norm = ax.images[0].norm
+    assert isinstance(norm, PowerNorm) and (norm.gamma, norm.vmin, norm.vmax) == (0.5, 0, 400)
+    assert norm(4) == pytest.approx(0.1)  # one hundredth of the largest count: a tenth of the colours
+    assert ax.get_xlabel() == "Predicted (class index; each pixel sums 20 × 20 classes)"
+    assert ax.get_xlim() == (-0.5, 34.5) and colorbar.get_ylabel() == "Count in the block"
+    whole = ConfusionPlot(MatrixView(np.array([[400, 1], [4, 100]]), (), "whole")).figure.axes[0]
+    assert type(whole.images[0].norm) is Normalize and whole.get_xlabel() == "Predicted (class index)"
 
 
 def test_confusion_figure_draws_counts_names_and_colorbar():

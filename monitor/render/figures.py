@@ -12,7 +12,7 @@ from matplotlib import colormaps
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize, to_rgba
+from matplotlib.colors import Normalize, PowerNorm, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, findfont, get_font
 from matplotlib.ft2font import LoadFlags
@@ -50,6 +50,7 @@ _CONFUSION_TOP = 0.45
 _COLORBAR_GAP = 0.2
 _COLORBAR_WIDTH = 0.25
 _DIGIT_INCHES = 0.09
+_BLOCK_GAMMA = 0.5
 _CELL_FONT = FontProperties(family="DejaVu Sans")
 _CELL_FONT_MAX_POINTS = 11.0
 # Sample grid geometry in pixels (at FIGURE_DPI): the square slot each thumbnail is scaled into,
@@ -337,6 +338,11 @@ def percent_text(value: float) -> str:
 
 
 def _confusion_norm(view: MatrixView) -> Normalize:
+    """A block view's scale is a square root: most of its blocks hold a mistake or two beside a
+    diagonal of hundreds, and on a linear scale they would be as pale as empty ones."""
+    if view.block > 1:
+        linear = _value_norm(view.values, view.percent)
+        return PowerNorm(_BLOCK_GAMMA, vmin=linear.vmin, vmax=linear.vmax)
     return _value_norm(view.values, view.percent)
 
 
