@@ -50,8 +50,11 @@ def samples_for(classes: int, override: int | None) -> int:
 
 
 def target_s(classes: int) -> float:
-    return next(target for bound, target in sorted(TARGET_S.items()) if classes <= bound) if classes <= 20_000 \
-        else float("nan")
+    """DESIGN.md's target for the nearest class count at or above `classes` (NaN above 20,000)."""
+    for bound, target in sorted(TARGET_S.items()):
+        if classes <= bound:
+            return target
+    return float("nan")
 
 
 def measure(classes: int, samples: int, epochs: int, priority: str, work: Path) -> dict:
