@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.analysis_scale import epoch_files
 from bench.common import add_common_args, median, print_table, quantile, write_json
 from bench.harness import PYTHON, ROOT, MonitorProcess
 from monitor.logbook import run_dir
 from trainer_side import protocol
 
 PROBE_MS = 2.0
-EPOCH_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "sample_predictions.png", "sampler_distribution.json")
+OTHER_EPOCH_FILES = ("sample_predictions.png", "sampler_distribution.json")
 RUN_FILES = ("training_history/loss_history.png", "training_history/accuracy_history.png", "history.csv")
 
 
@@ -126,7 +127,8 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     record = work / f"{run}-arrivals.json"
     out = work / f"out-{classes}"
     folder = run_dir(out, run)
-    paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in EPOCH_FILES]
+    names = [*epoch_files(classes), *OTHER_EPOCH_FILES]
+    paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in names]
     paths += [folder / name for name in RUN_FILES]
     extra = ["--tensorboard", str(work / "tensorboard")] if tensorboard else []
     with MonitorProcess(out, *extra, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
@@ -150,7 +152,7 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     for epoch in range(epochs):
         end_sent = sent[f"epoch_end-{epoch}"]
         ready = {}
-        for path in [folder / f"epoch_{epoch:03d}" / name for name in EPOCH_FILES] + [folder / n for n in RUN_FILES]:
+        for path in [folder / f"epoch_{epoch:03d}" / name for name in names] + [folder / n for n in RUN_FILES]:
             after = [m for m in mtimes[str(path)] if m >= end_sent - 0.001]
             if after:
                 ready[str(path.relative_to(folder))] = after[0] - end_sent

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.common import machine_info
 from bench.harness import PYTHON, ROOT
 
-PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render",
+PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render", "analysis_scale",
             "monitor_memory", "report_pages", "fit_overhead", "gpu_check")
 
 

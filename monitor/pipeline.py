@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from monitor import analysis
 from monitor.confusion import SparseCounts
 from monitor.console import MonitorConsole
-from monitor.render.jobs import ConfusionJob, HistoryJob, SampleGridJob
+from monitor.render.jobs import HistoryJob, SampleGridJob, confusion_jobs
 from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
@@ -248,8 +248,8 @@ class Pipeline:
         counts = run.confusion(number)
         per_class = None
         if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
-            self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
-                                              counts, names, f"Confusion matrix — epoch {number}"))
+            for job in confusion_jobs(epoch_dir, counts, names, number):
+                self.renderer.submit(job)
             per_class = self._write_analysis(folder, epoch_dir, number, counts, names)
         if epoch.samples is not None:
             s = epoch.samples

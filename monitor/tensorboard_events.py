@@ -47,6 +47,7 @@ INSTALL_HINT = "pip install 'lightning-sidecar-monitor[tensorboard]'"
 IMAGE_TAGS = {
     "confusion_matrix.png": "confusion_matrix/counts",
     "confusion_matrix_normalized.png": "confusion_matrix/normalized",
+    "confusion_matrix_top.png": "confusion_matrix/most_confused",
     "reliability_diagram.png": "reliability_diagram",
     "sample_predictions.png": "samples/predictions",
     "misclassified.png": "samples/misclassified",

@@ -132,7 +132,10 @@ def test_a_run_page_lists_each_epochs_figures_and_loads_each_epochs_tables_from_
     assert [e["epoch"] for e in data["epochs"]] == [0, 1, 2] and data["selected"] == 2 and data["live"] is False
     for entry in data["epochs"]:
         assert [f["src"] for f in entry["figures"]] == [f"{entry['folder']}/confusion_matrix.png",
+                                                       f"{entry['folder']}/confusion_matrix_normalized.png",
                                                        f"{entry['folder']}/sample_predictions.png"]
+        assert [f["name"] for f in entry["files"]] == ["per_class_metrics.csv", "top_confusions.csv",
+                                                      "confusion_matrix.csv", "sampler_distribution.json"]
         assert entry["data"] == f"{entry['folder']}/{EPOCH_DATA}"
         script = (folder / entry["data"]).read_text()
         tables = json.loads(script[len("reportEpoch("):-len(");\n")])

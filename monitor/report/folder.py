@@ -21,6 +21,10 @@ EPOCH_FIGURES: tuple[tuple[str, str], ...] = (
     ("sample_predictions.png", "Validation samples (green right, red wrong)"),
     ("misclassified.png", "Hardest mistakes (most confident wrong predictions)"),
 )
+# An epoch's data files the page links to, each where it exists (the whole confusion matrix or, above
+# 1,000 classes, its nonzero cells).
+EPOCH_FILES = ("per_class_metrics.csv", "top_confusions.csv", "confusion_matrix.csv", "confusion_matrix_cells.csv",
+               "sampler_distribution.json")
 HISTORY_FIGURES = ("loss_history.png", "accuracy_history.png")  # first; other training_history PNGs follow
 _EPOCH_DIR = re.compile(r"epoch_(\d{3,})")
 
@@ -43,6 +47,7 @@ class RunFolder:
     history: list[dict[str, str]]  # history.csv rows, as text
     history_figures: list[Figure]
     epochs: dict[int, list[Figure]]  # epoch -> its figures that exist
+    epoch_files: dict[int, list[str]] = field(default_factory=dict)  # epoch -> its EPOCH_FILES that exist
     epoch_data: list[int] = field(default_factory=list)  # epochs whose report data file exists
     dataset_data: bool = False  # whether DATASET_DATA exists
 
@@ -77,9 +82,10 @@ def read_run(folder: Path, *, figures: bool = True) -> RunFolder | None:
     if not figures:
         return RunFolder(folder=folder.name, summary=summary, labels=None, model=None, dataset=None,
                          history=read_history(folder / "history.csv"), history_figures=[], epochs={})
-    epochs = {}
+    epochs, files = {}, {}
     for number, path in epoch_folders(folder):
         epochs[number] = epoch_figures(path, f"epoch_{number:03d}")
+        files[number] = [name for name in EPOCH_FILES if (path / name).is_file()]
     history_dir = folder / "training_history"
     present = sorted(p.name for p in history_dir.glob("*.png")) if history_dir.is_dir() else []
     ordered = [n for n in HISTORY_FIGURES if n in present] + [n for n in present if n not in HISTORY_FIGURES]
@@ -88,6 +94,7 @@ def read_run(folder: Path, *, figures: bool = True) -> RunFolder | None:
         model=_dict(folder / "model_info.json"), dataset=_dict(folder / "dataset_statistics.json"),
         history=read_history(folder / "history.csv"),
         history_figures=[Figure(f"training_history/{n}", _title(n)) for n in ordered], epochs=epochs,
+        epoch_files=files,
         epoch_data=[n for n, path in epoch_folders(folder) if (path / EPOCH_DATA).is_file()],
         dataset_data=(folder / DATASET_DATA).is_file())
 

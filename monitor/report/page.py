@@ -175,8 +175,7 @@ def _dataset_section(run: RunFolder) -> str:
 
 def _epoch_entry(run: RunFolder, number: int) -> dict[str, Any]:
     folder = f"epoch_{number:03d}"
-    files = [(f"{folder}/{name}", name) for name in ("per_class_metrics.csv", "top_confusions.csv",
-                                                     "confusion_matrix.csv", "sampler_distribution.json")]
+    files = [(f"{folder}/{name}", name) for name in run.epoch_files.get(number, [])]
     return {
         "epoch": number, "folder": folder,
         "figures": [{"src": href(f.path), "caption": f.caption} for f in run.epochs[number]],
