@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[demo,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[demo,test,tensorboard]"
 	touch $(STAMP)
 
 demo: $(STAMP)

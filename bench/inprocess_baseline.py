@@ -25,8 +25,9 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from monitor.render import figures, tables
 from monitor.render.save import save_figure, write_csv
 from trainer_side.collect import make_thumbnails
-from trainer_side.runinfo import model_summary, train_targets
+from trainer_side.runinfo import model_summary
 from trainer_side.sampler import find_tracking_sampler
+from trainer_side.targets import find_train_targets
 
 
 class InProcessObservability(Callback):
@@ -42,7 +43,7 @@ class InProcessObservability(Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         self.console = Console(file=open(self.out / "console.txt", "a"), width=100)
         self.confusion = MulticlassConfusionMatrix(len(self.class_names)).to(pl_module.device)
-        self.targets = train_targets(trainer.datamodule.train_set)
+        self.targets = find_train_targets(trainer.datamodule.train_set).labels
         counts = np.bincount(self.targets, minlength=len(self.class_names))
         self.console.print(tables.class_distribution_table(
             tables.class_distribution_rows(self.class_names, [int(c) for c in counts])))

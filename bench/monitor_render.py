@@ -7,7 +7,9 @@ with a timestamp on every accepted frame (`probed_serve` below, which this progr
 `python -m bench.monitor_render --probed-serve RECORD serve ...`). A probe accepted L ms after it was
 sent means the receive loop was away for about L ms. Artifact times are the files' modification times.
 
-    python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--json FILE]
+    python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--tensorboard] [--json FILE]
+
+With --tensorboard the monitor also writes TensorBoard events (`serve --tensorboard`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.analysis_scale import epoch_files
 from bench.common import add_common_args, median, print_table, quantile, write_json
 from bench.harness import PYTHON, ROOT, MonitorProcess
 from monitor.logbook import run_dir
 from trainer_side import protocol
 
 PROBE_MS = 2.0
-EPOCH_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "sample_predictions.png", "sampler_distribution.json")
+OTHER_EPOCH_FILES = ("sample_predictions.png", "sampler_distribution.json")
 RUN_FILES = ("training_history/loss_history.png", "training_history/accuracy_history.png", "history.csv")
 
 
@@ -115,8 +118,8 @@ def probed_serve(record_path: Path, argv: list[str]) -> int:
         record_path.write_text(json.dumps(arrivals))
 
 
-def measure(classes: int, epochs: int, spacing: float, work: Path) -> dict:
-    """One run of `classes` classes served by a probed `monitor serve`."""
+def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: bool = False) -> dict:
+    """One run of `classes` classes served by a probed `monitor serve` (with `--tensorboard`, if asked)."""
     run = f"render-{classes}"
     schedule = epoch_schedule(run, classes, epochs, spacing)
     plan = work / f"{run}.pickle"
@@ -124,10 +127,12 @@ def measure(classes: int, epochs: int, spacing: float, work: Path) -> dict:
     record = work / f"{run}-arrivals.json"
     out = work / f"out-{classes}"
     folder = run_dir(out, run)
-    paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in EPOCH_FILES]
+    names = [*epoch_files(classes), *OTHER_EPOCH_FILES]
+    paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in names]
     paths += [folder / name for name in RUN_FILES]
-    with MonitorProcess(out, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
-                                      "serve"]) as monitor:
+    extra = ["--tensorboard", str(work / "tensorboard")] if tensorboard else []
+    with MonitorProcess(out, *extra, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
+                                              "serve"]) as monitor:
         monitor.wait_idle()
         sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
                                    "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
@@ -139,14 +144,15 @@ def measure(classes: int, epochs: int, spacing: float, work: Path) -> dict:
     arrivals = json.loads(record.read_text())
     probes = [(received, sent_at) for received, sent_at, r, _, _ in arrivals if r == "probe"]
     result = {"classes": classes, "monitor_exit_code": code, "probes_sent": report["probes"],
-              "probes_received": len(probes), "epochs": []}
+              "probes_received": len(probes), "epochs": [],
+              "tensorboard_bytes": sum(f.stat().st_size for f in (work / "tensorboard").rglob("*tfevents*"))}
     quiet_until = sent["first-0"]
     quiet = [1e3 * (rec - snd) for rec, snd in probes if snd < quiet_until]
     result["quiet_latency_ms"] = {"median": median(quiet), "max": max(quiet, default=float("nan"))}
     for epoch in range(epochs):
         end_sent = sent[f"epoch_end-{epoch}"]
         ready = {}
-        for path in [folder / f"epoch_{epoch:03d}" / name for name in EPOCH_FILES] + [folder / n for n in RUN_FILES]:
+        for path in [folder / f"epoch_{epoch:03d}" / name for name in names] + [folder / n for n in RUN_FILES]:
             after = [m for m in mtimes[str(path)] if m >= end_sent - 0.001]
             if after:
                 ready[str(path.relative_to(folder))] = after[0] - end_sent
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--classes", type=int, nargs="*", default=[43, 1000], help="class counts (default 43 1000)")
     parser.add_argument("--rounds", type=int, default=1, help="serve every class count this many times (default 1)")
+    parser.add_argument("--tensorboard", action="store_true", help="serve with --tensorboard (TensorBoard events too)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{spacing:.0f} s apart, probe every {PROBE_MS:g} ms", flush=True)
                 work = Path(tmp) / f"{len(results)}"
                 work.mkdir()
-                results.append({**measure(classes, epochs, spacing, work), "round": round_ + 1})
+                results.append({**measure(classes, epochs, spacing, work, args.tensorboard), "round": round_ + 1})
     grouped = args.rounds > 1  # then each row says which round it is of
     first = ["round"] if grouped else []
 
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                      for worst in [[max(e["probe_latency_ms"]["max"] for e in r["epochs"]) for r in results
                                     if r["classes"] == classes]]])
     print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
-          f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}")
+          f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}"
+          + (f"; TensorBoard event bytes: {[r['tensorboard_bytes'] for r in results]}" if args.tensorboard else ""))
     write_json(args.json, {"render": results})
     lost = [r["classes"] for r in results if r["probes_received"] < r["probes_sent"]]
     if lost:

@@ -18,8 +18,8 @@ from pathlib import Path
 from bench.common import machine_info
 from bench.harness import PYTHON, ROOT
 
-PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render",
-            "monitor_memory", "fit_overhead", "gpu_check")
+PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render", "analysis_scale",
+            "monitor_memory", "report_pages", "fit_overhead", "gpu_check")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Per-class metrics and top confusions of one epoch, computed from its sparse confusion counts.
+"""Per-class metrics, top confusions and the most confused classes of one epoch, computed from its
+sparse confusion counts.
 
 Pure functions: rows in, rows out, no I/O. They read only the nonzero cells of `SparseCounts`, so
 their cost follows the number of samples and classes, never classes squared.
@@ -22,6 +23,9 @@ from monitor.confusion import SparseCounts
 # top_confusions.csv lists at most this many cells; a 20,000-class run can have millions of nonzero
 # off-diagonal cells, and past the first thousands they are single mistakes.
 TOP_CONFUSIONS_MAX_ROWS = 10_000
+# The most-confused view (confusion_matrix_top.png, runs above CELL_TEXT_MAX_CLASSES classes) names
+# this many classes on both axes.
+TOP_MATRIX_CLASSES = 30
 MACRO_AVG = "macro avg"
 WEIGHTED_AVG = "weighted avg"
 
@@ -96,7 +100,7 @@ def top_confusions(counts: SparseCounts, names: Sequence[str],
     at most `limit` of them."""
     classes = counts.classes
     true, pred = np.divmod(counts.cells, classes)
-    support = _sum_by(true, counts.values, classes)
+    support = support_of(counts)
     off = true != pred
     true, pred, values = true[off], pred[off], counts.values[off]
     # Cells are sorted by flat index (true, then pred), so a stable sort by count keeps that order in ties.
@@ -104,6 +108,35 @@ def top_confusions(counts: SparseCounts, names: Sequence[str],
     rows = [ConfusionRow(str(names[t]), str(names[p]), int(t), int(p), int(v), int(v) / int(support[t]))
             for t, p, v in zip(true[order], pred[order], values[order])]
     return TopConfusions(rows, int(off.sum()))
+
+
+def most_confused_classes(counts: SparseCounts, limit: int = TOP_MATRIX_CLASSES) -> np.ndarray:
+    """The `limit` classes (all of them if fewer) most involved in confusions, most first: by their
+    off-diagonal samples as true class plus as predicted class, ties (zero included) by index."""
+    classes = counts.classes
+    true, pred = np.divmod(counts.cells, classes)
+    off = true != pred
+    involvement = _sum_by(true[off], counts.values[off], classes) + _sum_by(pred[off], counts.values[off], classes)
+    return np.argsort(-involvement, kind="stable")[:limit]
+
+
+def confusion_among(counts: SparseCounts, chosen: np.ndarray) -> np.ndarray:
+    """The counts among the `chosen` classes only, as a len(chosen)² int64 matrix in their order
+    (rows = true, columns = predicted), read from the nonzero cells."""
+    classes = counts.classes
+    position = np.full(classes, -1, dtype=np.int64)
+    position[chosen] = np.arange(len(chosen))
+    true, pred = np.divmod(counts.cells, classes)
+    rows, cols = position[true], position[pred]
+    kept = (rows >= 0) & (cols >= 0)
+    among = np.zeros((len(chosen), len(chosen)), dtype=np.int64)
+    among[rows[kept], cols[kept]] = counts.values[kept]
+    return among
+
+
+def support_of(counts: SparseCounts) -> np.ndarray:
+    """Samples per true class (the matrix's row sums), int64."""
+    return _sum_by(counts.cells // counts.classes, counts.values, counts.classes)
 
 
 def format_fraction(value: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import io
 import logging
 import os
 import re
@@ -49,6 +50,34 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
 
 
+def _add_tensorboard(parser: argparse.ArgumentParser) -> None:
+    """--tensorboard (monitor/tensorboard_events.py), the same on serve, watch and replay."""
+    from monitor.tensorboard_events import DEFAULT_MAX_CLASSES, INSTALL_HINT
+
+    group = parser.add_argument_group("TensorBoard", f"optional; needs the tensorboard extra: {INSTALL_HINT}")
+    group.add_argument("--tensorboard", type=Path, metavar="DIR",
+                       help="also write each run's epoch figures (confusion matrices, sample grids, ...) as images "
+                            "and its per-class and history metrics as scalars, as TensorBoard events in "
+                            "DIR/<run>/, step = epoch number. Give Lightning TensorBoardLogger's save_dir to see "
+                            "them beside its runs (`tensorboard --logdir DIR`)")
+    group.add_argument("--tensorboard-max-classes", type=_positive_int, default=DEFAULT_MAX_CLASSES, metavar="N",
+                       help="per-class precision, recall and F1 scalars only for runs with at most N classes; "
+                            f"larger runs get the macro and weighted averages only (default {DEFAULT_MAX_CLASSES})")
+
+
+def _tensorboard(args: argparse.Namespace):
+    """The --tensorboard options (None without it); fails at once when tensorboard is not installed."""
+    if args.tensorboard is None:
+        return None
+    from monitor.tensorboard_events import TensorBoardMissing, TensorBoardOptions, check_available
+
+    try:
+        check_available()
+    except TensorBoardMissing as exc:
+        raise UsageError(str(exc)) from None
+    return TensorBoardOptions(args.tensorboard, args.tensorboard_max_classes)
+
+
 def _add_limits(parser: argparse.ArgumentParser) -> None:
     """What senders may claim (monitor/quotas.py): a frame over a limit is refused, counted, not logged."""
     from monitor.quotas import GB, Limits
@@ -59,9 +88,9 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-runs", type=_positive_int, default=default.max_runs,
                        help=f"runs this monitor takes (default {default.max_runs:,})")
     group.add_argument("--max-run-gb", type=_positive_float, default=default.max_run_bytes / GB,
-                       help=f"GB of frames logged per run (default {default.max_run_bytes / GB:g})")
+                       help=f"GiB (2**30 bytes) of frames logged per run (default {default.max_run_bytes / GB:g})")
     group.add_argument("--max-total-gb", type=_positive_float, default=default.max_total_bytes / GB,
-                       help=f"GB of frames logged by this monitor, all runs together "
+                       help=f"GiB of frames logged by this monitor, all runs together "
                             f"(default {default.max_total_bytes / GB:g})")
     group.add_argument("--max-classes", type=_positive_int, default=default.max_classes,
                        help=f"class names in a run_start (default {default.max_classes:,})")
@@ -98,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "through a tunnel)")
     serve.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default: outputs)")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow binding a non-loopback address (other machines can then send)")
+                       help="allow binding a non-loopback address (other machines can then send), for --bind and "
+                            "--http")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve the HTML report under --out, read-only, at http://HOST:PORT/ (e.g. "
+                            "127.0.0.1:8765; loopback only unless --allow-remote). The pages are files: opening "
+                            "<out>/index.html works without it")
     serve.add_argument("--max-message-mb", type=_positive_float, default=256.0,
                        help="largest accepted frame in MiB; a larger frame drops its sender's connection (default 256)")
     serve.add_argument("--stale-after", type=_positive_float, default=3600.0, metavar="SECONDS",
@@ -114,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of allowed client public-key files (with --curve-secret); default any client "
                             "holding the server's public key")
     serve.add_argument("--ready-file", type=Path, metavar="FILE",
-                       help="write the bound endpoint to FILE once listening, and a second line 'started' once "
-                            "the pipeline and the render workers are up (for scripts and tests)")
+                       help="write the bound endpoint to FILE once listening (then 'http URL' with --http), and a "
+                            "last line 'started' once the pipeline and the render workers are up (for scripts "
+                            "and tests)")
     _add_render_priority(serve)
+    _add_tensorboard(serve)
     _add_limits(serve)
 
     replay = sub.add_parser("replay", help="regenerate every artifact from saved message logs",
@@ -128,7 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--skip-corrupt", action="store_true",
                         help="resume at the next whole record after a damaged one, and report what was skipped")
     replay.add_argument("--quiet", action="store_true", help="do not print the run tables")
+    _add_tensorboard(replay)
     _add_limits(replay)
+
+    report = sub.add_parser("report", help="build the HTML report pages offline",
+                            description="Write <out>/<run>/index.html for every run and <out>/index.html listing "
+                                        "them. With LOGs, replays them into --out first (as `monitor replay "
+                                        "--quiet`, which writes the pages too); without, builds the pages from "
+                                        "the run folders already in --out.")
+    report.add_argument("logs", nargs="*", type=Path, metavar="LOG", help="message log(s) or spools to replay first")
+    report.add_argument("--out", type=Path, required=True, help="output folder holding (or to hold) the runs")
+    report.add_argument("--skip-corrupt", action="store_true",
+                        help="resume at the next whole record after a damaged one, and report what was skipped")
+    _add_limits(report)
 
     watch = sub.add_parser("watch", help="follow emitter spool logs in a folder and render live",
                            description="Follow the spool logs that trainers write with EmitterCallback(spool=DIR) "
@@ -146,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--polling", action="store_true",
                        help="poll the folder instead of using file-system events (for network filesystems)")
     _add_render_priority(watch)
+    _add_tensorboard(watch)
     _add_limits(watch)
 
     inspect = sub.add_parser("inspect", help="summarize a message log: runs, ranks, kinds, sizes, gaps, rejects",
@@ -178,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass  # stderr has no file descriptor (in-process use, notebooks): no stack dumps, that is all
     # Everything the monitor prints quotes keys, paths, endpoints or names from the wire, and none of it
     # is rich markup: a Z85 key holding "[g3i!]" must print as it is, not lose it as a style tag.
-    console = Console(markup=False, emoji=False)
+    console = Console(file=ReaderMayLeave(sys.stdout), markup=False, emoji=False)
     try:
         return _run(args, console)
     except (UsageError, CorruptLogError, LogFormatError, FileNotFoundError, ValueError) as exc:
@@ -188,10 +237,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class ReaderMayLeave(io.TextIOBase):
+    """stdout that goes quiet instead of raising once its reader has gone (`monitor replay LOG | head`):
+    the artifacts and console.txt are the product, the terminal copy is not."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.stream = stream
+        self.gone = False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def isatty(self) -> bool:
+        return not self.gone and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        self.gone = True
+        try:  # what Python still holds for stdout must not fail again at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
+    tensorboard = _tensorboard(args) if args.command in ("serve", "watch", "replay") else None
     if args.command in ("serve", "watch"):
         # Bad arguments are reported at once, before anything heavy is imported.
         curve = _check_serve_args(args) if args.command == "serve" else _check_watch_args(args)
+        http = _check_http(args) if args.command == "serve" else None
         from monitor.signals import stop_on_signals
 
         stop = stop_on_signals()  # first: the imports below start threads, which inherit the signal mask
@@ -202,12 +296,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
                      stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args))
+                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard,
+                     http=http)
+    if args.command == "report":
+        return _report(args, console)
     if args.command == "replay":
         from monitor.replay import replay
 
         pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
-                                     show_tables=not args.quiet, limits=_limits(args))
+                                     show_tables=not args.quiet, limits=_limits(args), tensorboard=tensorboard)
         rejected = intake.rejected + pipeline.rejected
         console.print(f"monitor replay: {intake.frames} frames, {sum(rejected.values())} rejected, "
                       f"{len(pipeline.runs)} run(s) written to {args.out}/", highlight=False)
@@ -218,7 +315,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, stale_after=args.stale_after,
                      skip_corrupt=args.skip_corrupt,
                      polling=args.polling, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args))
+                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard)
     if args.command == "inspect":
         from monitor.loginspect import inspect_logs
 
@@ -234,6 +331,32 @@ def _check_serve_args(args: argparse.Namespace):
 
     check_bind(args.bind, args.allow_remote)
     return _curve_keys(args)
+
+
+def _check_http(args: argparse.Namespace) -> tuple[str, int] | None:
+    from monitor.endpoint import check_http
+
+    return None if args.http is None else check_http(args.http, args.allow_remote)
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    """`monitor report`: replays the logs (which writes the pages), or builds the pages from --out."""
+    if args.logs:
+        from monitor.replay import replay
+
+        pipeline, intake, _ = replay(args.logs, args.out, skip_corrupt=args.skip_corrupt, console=console,
+                                     show_tables=False, limits=_limits(args))
+        runs = len(pipeline.runs)
+    else:
+        if not args.out.is_dir():
+            raise FileNotFoundError(f"no such folder: {args.out} (give LOGs to replay into it)")
+        from monitor.report.writer import Reports
+
+        runs = Reports(args.out).write_all()
+        if not runs:
+            raise UsageError(f"{args.out} holds no run folder (one with a summary.json); give LOGs to replay")
+    console.print(f"monitor report: {runs} run(s); open {args.out / 'index.html'}", highlight=False)
+    return 0
 
 
 def _check_watch_args(args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from monitor.pipeline import Pipeline
+    from monitor.tensorboard_events import TensorBoardOptions
 
 TICK_S = 0.25
 
@@ -88,6 +89,7 @@ class Settings:
     stale_after: float | None = None
     render_priority: str = "idle"
     show_tables: bool = True
+    tensorboard: TensorBoardOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,12 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
     pipeline = Pipeline(out, renderer, run_console, epoch_timeout=settings.epoch_timeout,
                         stale_after=settings.stale_after)
     pipeline.logbook, pipeline.reporter = intake.logbook, reporter
-    renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run
+    renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run, and TensorBoard
+    if settings.tensorboard is not None:
+        from monitor.tensorboard_events import TensorBoardWriter
+
+        # A replay has no sender to keep up with: it waits for the event writer rather than drop.
+        pipeline.tensorboard = TensorBoardWriter(settings.tensorboard, out, wait=not source.live)
     if on_started is not None:
         on_started()
 
@@ -138,7 +145,7 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
                                     render_queue=renderer.pending)
         dashboard.show(dashboard_rows(pipeline.runs.values()), caption, endpoint=source.where, now=now)
 
-    unprocessed, collecting = 0, gc.isenabled()
+    unprocessed, collecting, deadline = 0, gc.isenabled(), None
     with dashboard if dashboard is not None else contextlib.nullcontext():
         try:
             while not stop.is_set() and source.feed(pipeline, time.monotonic() + TICK_S, stop):
@@ -152,10 +159,13 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
                 # would walk with the GIL held; the stop makes few objects, reference counting frees them.
                 gc.disable()
                 unprocessed = source.stop(pipeline, stopping)
-                renderer.stop_by(stopping + STOP_S)
-                run_console.stop_by(stopping + STOP_S)
+                deadline = stopping + STOP_S
+                renderer.stop_by(deadline)
+                run_console.stop_by(deadline)
             pipeline.finish()
             abandoned = renderer.close() + run_console.abandoned
+            if pipeline.tensorboard is not None:
+                pipeline.tensorboard.close(deadline)
             source.close()
             report(final=True)
             refresh(now=True)

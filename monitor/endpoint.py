@@ -43,3 +43,16 @@ class CurveServerKeys:
     public: bytes
     secret: bytes
     allowed_clients: Path | None  # a folder of client public-key certificates; None allows any CURVE client
+
+
+def check_http(address: str, allow_remote: bool) -> tuple[str, int]:
+    """`HOST:PORT` for `--http` (IPv6 as `[::1]:PORT`) as (host, port): loopback only unless remote
+    access was asked for, as for --bind."""
+    host, colon, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise BindError(f"--http needs HOST:PORT (127.0.0.1:8765, or port 0 for any free port), got {address!r}")
+    if not allow_remote and not _is_loopback(host):
+        raise BindError(f"--http {address} is not a loopback address; pass --allow-remote to serve the report "
+                        "to other machines")
+    return host, int(port)

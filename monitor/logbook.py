@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -21,9 +22,17 @@ REJECTED_LOG = Path(".monitor") / "rejected.mlog"
 MAX_REJECTED_LOG_BYTES = 64 << 20
 
 
+# Names of files in `out` itself (the report's runs index): a run id never gets them as its folder.
+RESERVED_NAMES = frozenset({"index.html"})
+
+
 def run_dir(out: Path, run: str) -> Path:
-    """The run's folder: always a direct child of `out`, whatever the run id holds."""
-    return out / safe_component(run)
+    """The run's folder: always a direct child of `out`, whatever the run id holds, and never one of
+    RESERVED_NAMES (compared without case, as some filesystems do)."""
+    name = safe_component(run)
+    if name.lower() in RESERVED_NAMES:
+        name = f"{name}-{hashlib.sha1(run.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return out / name
 
 
 class LogBook:

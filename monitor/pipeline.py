@@ -8,18 +8,22 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from monitor import analysis
 from monitor.confusion import SparseCounts
 from monitor.console import MonitorConsole
-from monitor.render.jobs import ConfusionJob, HistoryJob, ReliabilityJob, SampleGridJob
+from monitor.render.jobs import HistoryJob, ReliabilityJob, SampleGridJob, confusion_jobs
 from monitor.logbook import LogBook, run_dir
 from monitor.rejections import RateLimitedLines, rejection_line
 from monitor.render import tables
 from monitor.render.save import write_csv, write_json
+from monitor.report.writer import Reports
 from monitor.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
+
+if TYPE_CHECKING:
+    from monitor.tensorboard_events import TensorBoardWriter
 
 log = logging.getLogger("monitor")
 
@@ -46,6 +50,8 @@ class Pipeline:
         self._without_confidence: set[str] = set()  # runs told that their trainer sends no confidences
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
+        self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: figures and scalars as events too
+        self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -93,8 +99,11 @@ class Pipeline:
             self.console.note(text)
 
     def record_artifact(self, path: str | Path) -> None:
-        """Notes a finished artifact for the dashboard (called from the renderer's completion thread)."""
+        """Notes a finished artifact for the dashboard and TensorBoard (called from the renderer's
+        completion thread)."""
         path = Path(path)
+        if self.tensorboard is not None:
+            self.tensorboard.figure(path)
         try:
             folder = path.relative_to(self.out).parts[0]
         except (ValueError, IndexError):
@@ -103,6 +112,7 @@ class Pipeline:
             if run_dir(self.out, run.run).name == folder:
                 run.artifacts.append(str(path.relative_to(self.out)))
                 del run.artifacts[:-5]
+        self.reports.figure_done(folder)
 
     def tick(self) -> None:
         """Renders epochs whose missing ranks timed out and marks silent runs stale; call it
@@ -120,6 +130,7 @@ class Pipeline:
                 self._write_summary(run, at_once=True)
             elif run.run in self._summaries_due:
                 self._write_summary(run)
+        self.reports.write_pending()
         self.console.flush()
 
     def finish(self) -> None:
@@ -129,6 +140,7 @@ class Pipeline:
             self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
+        self.reports.write_pending(at_once=True)  # the pages again, with the figures drawn meanwhile
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -181,6 +193,8 @@ class Pipeline:
             write_json(path, summary)
         except OSError as exc:
             log.error("cannot write %s (%s)", path, exc.strerror or exc)
+            return
+        self.reports.write_run(path.parent, summary)
 
     # --- run start ----------------------------------------------------------------------------
 
@@ -204,10 +218,12 @@ class Pipeline:
             self.console.table(folder, *_shortened(partial(tables.class_distribution_table, rows), rows,
                                                    tables.smallest_and_largest))
         else:
-            self.console.line(folder, f"run {run.run}: the trainer sent no train targets; "
-                                      "no dataset class distribution")
+            reason = start.get("targets_missing") or "the trainer sent no train targets or class counts"
+            self.console.line(folder, f"run {run.run}: no dataset class distribution: {reason}")
         self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
-        if start["sampler"] is None:
+        if start["sampler"] is None and start["train_targets"] is None:
+            self.console.line(folder, f"run {run.run}: no sampler distribution tables: they need the train targets")
+        elif start["sampler"] is None:
             self.console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; "
                                       "no sampler distribution tables")
 
@@ -219,6 +235,7 @@ class Pipeline:
                 self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
                                   f"{describe_ranks(missing, named)} (no epoch_end from them)")
             self._render_epoch(run, number)
+            self.reports.drawn(run_dir(self.out, run.run), number)
             if not missing and run.start is not None:
                 run.release(number)
 
@@ -232,10 +249,11 @@ class Pipeline:
         epoch_dir = folder / f"epoch_{number:03d}"
         names = run.class_names
         counts = run.confusion(number)
+        per_class = None
         if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
-            self.renderer.submit(ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / "confusion_matrix.csv",
-                                              counts, names, f"Confusion matrix — epoch {number}"))
-            self._write_analysis(folder, epoch_dir, number, counts, names)
+            for job in confusion_jobs(epoch_dir, counts, names, number):
+                self.renderer.submit(job)
+            per_class = self._write_analysis(folder, epoch_dir, number, counts, names)
         if epoch.samples is not None:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
@@ -261,6 +279,8 @@ class Pipeline:
         self.console.table(folder, partial(
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(folder.name, number, run.finite_metrics(number), per_class)
 
     def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path, *, has_preds: bool) -> None:
         """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2);
@@ -278,8 +298,9 @@ class Pipeline:
                                                mistakes.preds, run.class_names, mistakes.confidence))
 
     def _write_analysis(self, folder: Path, epoch_dir: Path, number: int, counts: SparseCounts,
-                        names: list[str]) -> None:
-        """per_class_metrics.csv and top_confusions.csv, and their console tables."""
+                        names: list[str]) -> list[analysis.ClassMetricsRow]:
+        """per_class_metrics.csv and top_confusions.csv, and their console tables; returns the
+        per-class rows."""
         metrics = analysis.per_class_metrics(counts, names)
         fraction = analysis.format_fraction
         write_csv(epoch_dir / "per_class_metrics.csv", ["class", "index", "precision", "recall", "f1", "support"],
@@ -295,6 +316,7 @@ class Pipeline:
                                                confusions.total_cells, number))
         else:
             self.console.line(folder, f"epoch {number}: no confusions (every validation prediction was right)")
+        return metrics
 
     def _write_run_end(self, run: RunState) -> None:
         folder = run_dir(self.out, run.run)

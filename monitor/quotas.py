@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("monitor")
 
-GB = 1 << 30
+GB = 1 << 30  # the --max-*-gb flags count GiB
 
 
 @dataclass(frozen=True)
@@ -102,4 +102,4 @@ class Quotas:
 
 
 def _gb(count: int) -> str:
-    return f"{count / GB:g} GB"
+    return f"{count / GB:g} GiB"

@@ -18,6 +18,7 @@ from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
 if TYPE_CHECKING:
     from monitor.pipeline import Pipeline
+    from monitor.tensorboard_events import TensorBoardOptions
 
 PROGRESS_MIN_BYTES = 8 << 20  # smaller logs replay too fast for a bar to help
 
@@ -71,7 +72,8 @@ class LogFileSource(Source):
 
 
 def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Console, show_tables: bool = True,
-           progress: bool | None = None, limits: Limits | None = None) -> tuple[Pipeline, Intake, list[ReadReport]]:
+           progress: bool | None = None, limits: Limits | None = None,
+           tensorboard: TensorBoardOptions | None = None) -> tuple[Pipeline, Intake, list[ReadReport]]:
     """Replays `logs` in order into `out`.
 
     Returns:
@@ -86,5 +88,5 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
         if path.name == "messages.mlog" and path.resolve().parent.parent == out.resolve():
             raise ReplayError(f"replay would write into its own input {path}; choose another --out folder")
     source = LogFileSource(logs, out, console, skip_corrupt=skip_corrupt, progress=progress, limits=limits)
-    outcome = drive(source, out, console, settings=Settings(show_tables=show_tables))
+    outcome = drive(source, out, console, settings=Settings(show_tables=show_tables, tensorboard=tensorboard))
     return outcome.pipeline, source.intake, source.reports

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
-from monitor.confusion import MAX_CONFUSION_CLASSES, SparseCounts
+from monitor.confusion import SparseCounts
 from monitor.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
@@ -113,6 +113,7 @@ class RunState:
         self.superseded: set[tuple[int, str]] = set()  # (rank, sender) taken over before its run_end
         self.refused: dict[tuple[int, str], str] = {}  # (rank, sender) -> why its messages are refused
         self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
+        self.last_message_time: float | None = None  # the latest message's own time (the sender's clock)
         self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
 
     # --- identity -----------------------------------------------------------------------------
@@ -166,6 +167,8 @@ class RunState:
             counters = self.ranks[rank] = RankCounters()
         counters.messages += 1
         counters.bytes += size
+        if math.isfinite(message.time) and (self.last_message_time is None or message.time > self.last_message_time):
+            self.last_message_time = message.time
         if message.world > self.world:
             self.world = message.world
         self.owners[rank] = sender
@@ -250,11 +253,8 @@ class RunState:
         why = None if confidence is None else check_confidence(confidence)
         if why is not None:
             raise RejectedMessage(f"preds: {why}")
-        count = self.num_classes
-        if count > MAX_CONFUSION_CLASSES:
-            raise RejectedMessage(f"{count} classes exceed the {MAX_CONFUSION_CLASSES}-class confusion limit")
         epoch = self._open_epoch(message)
-        counts = SparseCounts.of(preds, labels, count)
+        counts = SparseCounts.of(preds, labels, self.num_classes)
         rank, source = message.rank, (getattr(message, "sender", ""), message["step"])
         _add_pass(epoch.confusion, rank, source, counts, lambda a, b: SparseCounts.total([a, b]))
         bins = None if confidence is None else CalibrationBins.of(confidence, preds, labels)
@@ -448,4 +448,5 @@ class RunState:
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
+            "last_message_time": self.last_message_time,
         }

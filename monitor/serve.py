@@ -18,6 +18,7 @@ from monitor.endpoint import CurveServerKeys, check_bind
 from monitor.logbook import REJECTED_LOG
 from monitor.quotas import Limits
 from monitor.receiver import Receiver
+from monitor.report.http import ReportServer
 from monitor.rejections import RateLimitedLines
 from monitor.handoff import Handoff
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from monitor.pipeline import Pipeline
+    from monitor.tensorboard_events import TensorBoardOptions
 
 
 class SocketSource(Source):
@@ -69,8 +71,10 @@ class SocketSource(Source):
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None) -> int:
-    """Serves until `stop` (or SIGINT/SIGTERM).
+          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None,
+          tensorboard: TensorBoardOptions | None = None, http: tuple[str, int] | None = None) -> int:
+    """Serves until `stop` (or SIGINT/SIGTERM); with `http` (host, port), the report pages under `out`
+    over HTTP too (checked by `endpoint.check_http`).
 
     Returns:
         The exit status: 1 when frames could not be logged (a full disk), else 0.
@@ -84,16 +88,24 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     receiver = Receiver(endpoint, out, max_message_bytes=max_message_bytes, curve=curve, limits=limits)
     receiver.logbook.rejected_path = out / REJECTED_LOG  # refused frames, for `monitor inspect`
     receiver.intake.reporter = RateLimitedLines()
+    pages = None if http is None else ReportServer(http[0], http[1], out)  # binds now: a busy port fails early
     receiver.start()
     # The receiver stops taking frames as soon as a stop is asked, even while the start-up goes on.
     threading.Thread(target=lambda: stop.wait() and receiver.stop(), name="monitor-stop", daemon=True).start()
     console.print(f"monitor: listening on {receiver.endpoint}, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
+    if pages is not None:
+        console.print(f"monitor: report pages at {pages.start().url}", highlight=False)
     if ready_file is not None:
-        ready_file.write_text(receiver.endpoint + "\n")
-    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority)
-    outcome = drive(SocketSource(receiver), out, console, settings=settings, stop=stop,
-                    on_started=None if ready_file is None else lambda: _append_line(ready_file, "started"))
+        ready_file.write_text(receiver.endpoint + "\n" + ("" if pages is None else f"http {pages.url}\n"))
+    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority,
+                        tensorboard=tensorboard)
+    try:
+        outcome = drive(SocketSource(receiver), out, console, settings=settings, stop=stop,
+                        on_started=None if ready_file is None else lambda: _append_line(ready_file, "started"))
+    finally:
+        if pages is not None:
+            pages.close()
     return 1 if outcome.not_logged else 0
 
 

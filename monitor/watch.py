@@ -29,6 +29,7 @@ from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarnin
 
 if TYPE_CHECKING:
     from monitor.pipeline import Pipeline
+    from monitor.tensorboard_events import TensorBoardOptions
 
 RESCAN_S = 2.0
 
@@ -99,7 +100,8 @@ class SpoolSource(Source):
         """Reads what is new in each of `paths` and feeds it to the pipeline; stops between files at
         the monotonic `until`. Returns the number of frames read."""
         frames = 0
-        for path in sorted(paths):
+        # Change events name paths as the folder was given, the rescan as resolved: one key per file.
+        for path in sorted({path.resolve() for path in paths}):
             if until is not None and time.monotonic() >= until:
                 break
             if not self._is_spool(path) or path in self.failed:
@@ -136,7 +138,8 @@ class SpoolSource(Source):
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
           stale_after: float | None = None,
           console: Console, stop: threading.Event | None = None, render_priority: str = "idle",
-          limits: Limits | None = None) -> int:
+          limits: Limits | None = None,
+          tensorboard: TensorBoardOptions | None = None) -> int:
     """Follows the spool logs under `folder` until `stop` (or SIGINT/SIGTERM).
 
     Returns:
@@ -153,6 +156,7 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     source.start()
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
-    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority)
+    settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority,
+                        tensorboard=tensorboard)
     outcome = drive(source, out, console, settings=settings, stop=stop)
     return 1 if outcome.not_logged else 0

@@ -195,3 +195,41 @@ def test_console_tables_show_the_worst_ten_and_the_top_ten():
     shown = [[cell.strip() for cell in line.split("│")[1:4]] for line in text.splitlines() if line.startswith("│")]
     assert shown == [[r.true, r.pred, f"{r.count:,}"] for r in top.rows[:10]]
     assert f"10 of {top.total_cells:,} confused pairs shown" in " ".join(text.split())
+
+
+def _most_confused_by_brute_force(labels: np.ndarray, preds: np.ndarray, classes: int, limit: int) -> list[int]:
+    involvement = [0] * classes
+    for t, p in zip(labels.tolist(), preds.tolist()):
+        if t != p:
+            involvement[t] += 1
+            involvement[p] += 1
+    return sorted(range(classes), key=lambda c: (-involvement[c], c))[:limit]
+
+
+@pytest.mark.parametrize("classes, limit", [(1, 30), (3, 30), (43, 10), (300, 30), (2000, 30)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_most_confused_classes_are_those_with_most_mistakes_as_true_or_predicted_ties_by_index(classes, limit, seed):
+    labels, preds = _predictions(seed, classes, 5 * classes)
+    chosen = analysis.most_confused_classes(SparseCounts.of(preds, labels, classes), limit)
+    expected = _most_confused_by_brute_force(labels, preds, classes, limit)
+    assert chosen.tolist() == expected
+    assert len(chosen) == min(limit, classes)
+
+
+def test_most_confused_classes_break_ties_by_index_and_fill_up_with_unconfused_classes():
+    # 4 ↔ 2 once each way, 0 → 3 twice: involvement 0:2, 2:2, 3:2, 4:2, others 0
+    labels, preds = np.array([4, 2, 0, 0, 1, 5]), np.array([2, 4, 3, 3, 1, 5])
+    chosen = analysis.most_confused_classes(SparseCounts.of(preds, labels, 6), limit=5)
+    assert chosen.tolist() == [0, 2, 3, 4, 1]
+    assert analysis.TOP_MATRIX_CLASSES == 30
+
+
+def test_counts_among_chosen_classes_are_the_whole_matrix_restricted_to_them():
+    classes = 200
+    labels, preds = _predictions(7, classes, 4000)
+    counts = SparseCounts.of(preds, labels, classes)
+    chosen = analysis.most_confused_classes(counts, 25)
+    whole = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(whole, (labels, preds), 1)
+    np.testing.assert_array_equal(analysis.confusion_among(counts, chosen), whole[np.ix_(chosen, chosen)])
+    np.testing.assert_array_equal(analysis.support_of(counts), np.bincount(labels, minlength=classes))

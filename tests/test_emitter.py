@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from conftest import free_port
 from tiny_training import TinyData, TinyNet
 from trainer_side import Emitter, EmitterCallback
+from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import never_raises
 from trainer_side.protocol import decode
 
@@ -100,7 +102,8 @@ def test_a_callback_checks_its_arguments_without_making_an_emitter(monkeypatch):
     ({"num_thumbnails": -1}, "num_thumbnails must be a non-negative integer"),
     ({"thumbnail_size": 0}, "thumbnail_size must be a positive integer"),
     ({"chunk_size": 0}, "chunk_size must be a positive integer"),
-    ({"batch_keys": ("x",)}, "batch_keys must be an"),
+    ({"batch_keys": ("x",)}, "batch_keys must be None or an"),
+    ({"batch_keys": ("x", 1.5)}, "batch_keys must be None or an"),
 ])
 def test_callback_arguments_are_checked_at_once(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -251,7 +254,10 @@ def test_without_logits_one_fallback_pass_per_batch_and_one_warning(pull, caplog
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
         _fit(model, EmitterCallback(pull.endpoint, run="fallback"))
     assert model.forward_calls == baseline.forward_calls + 40 // 8  # one extra pass per validation batch
-    assert sum("extra forward pass" in r.getMessage() for r in caplog.records) == 1
+    warnings = [r.getMessage() for r in caplog.records if "extra forward pass" in r.getMessage()]
+    assert warnings == ["EmitterCallback: validation_step returned None, not the logits, so one extra forward pass "
+                        "runs per validation batch. Fix: end validation_step with `return logits` "
+                        '(or `return {"loss": loss, "logits": logits}`).']
     preds = [m for m in pull.receive_all() if m.kind == "preds"]
     assert len(preds[0]["preds"]) == 40
 
@@ -277,13 +283,17 @@ def test_thumbnails_are_denormalized_uint8_of_the_first_samples(pull):
     assert samples["labels"].tolist() == y.tolist()
 
 
-def test_a_callback_that_cannot_work_turns_itself_off_and_the_fit_goes_on(pull, caplog):
+def test_a_callback_that_cannot_work_turns_itself_off_and_the_fit_goes_on(pull, caplog, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("collector broke")
+
+    monkeypatch.setattr(ValidationCollector, "add", broken)
     model = CountingNet(return_logits=True)
     with caplog.at_level(logging.ERROR, logger="trainer_side"):
-        _fit(model, EmitterCallback(pull.endpoint, run="bad-keys", batch_keys=(0, 5)), epochs=2)
+        _fit(model, EmitterCallback(pull.endpoint, run="broken"), epochs=2)
     assert model.trainer.current_epoch == 2  # the fit completed
     errors = [r.getMessage() for r in caplog.records if "monitoring turned off" in r.getMessage()]
-    assert len(errors) == 1 and "IndexError" in errors[0]
+    assert len(errors) == 1 and "RuntimeError" in errors[0]
     messages = pull.receive_all()
     kinds = [m.kind for m in messages]
     assert kinds[0] == "run_start" and "preds" not in kinds
@@ -292,51 +302,115 @@ def test_a_callback_that_cannot_work_turns_itself_off_and_the_fit_goes_on(pull, 
     assert messages[-1]["status"] == "failed" and "monitoring turned off" in messages[-1]["error"]
 
 
-class _Dicts(torch.utils.data.Dataset):
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
+class DictBatches(Dataset):
+    """The tiny data set as dict samples under `keys`; plain `samples`, no `targets`, like a home-made ImageFolder."""
+
+    def __init__(self, base: TensorDataset, keys: tuple[str, str]) -> None:
+        self.base, self.keys = base, keys
+        self.samples = [(f"{i}.png", int(y)) for i, y in enumerate(base.tensors[1])]
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.base)
 
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        return {"image": image, "label": label}
-
-
-class DictData(TinyData):
-    """TinyData whose batches are dicts, as many datasets yield them."""
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(_Dicts(self.train_set), batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return torch.utils.data.DataLoader(_Dicts(self.val_set), batch_size=self.batch_size)
+    def __getitem__(self, index: int) -> dict:
+        x, y = self.base[index]
+        return {self.keys[0]: x, self.keys[1]: y, "path": self.samples[index][0]}
 
 
-class DictNet(TinyNet):
+class DictNet(CountingNet):
+    """Reads dict batches by their keys, as a user's module would."""
+
+    def __init__(self, keys: tuple[str, str]) -> None:
+        super().__init__(return_logits=True)
+        self.keys = keys
+
     def training_step(self, batch, batch_idx):
-        return super().training_step((batch["image"], batch["label"]), batch_idx)
+        return super().training_step((batch[self.keys[0]], batch[self.keys[1]]), batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        return super().validation_step((batch["image"], batch["label"]), batch_idx)
+        return super().validation_step((batch[self.keys[0]], batch[self.keys[1]]), batch_idx)
 
 
-def test_a_fit_with_dict_batches_ships_confidences_and_its_hardest_mistakes(pull):
-    model = DictNet()
-    callback = EmitterCallback(pull.endpoint, run="dicts", batch_keys=("image", "label"), num_mistakes=5)
+def _fit_dicts(callback, keys: tuple[str, str]) -> DictNet:
+    data = TinyData(batch_size=8)
+    model = DictNet(keys)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
-    data = DictData(batch_size=8)
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, DataLoader(DictBatches(data.train_set, keys), batch_size=8),
+                DataLoader(DictBatches(data.val_set, keys), batch_size=8))
+    return model
+
+
+def test_dict_batches_with_the_usual_keys_need_no_batch_keys_and_samples_give_the_class_counts(pull, caplog):
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        model = _fit_dicts(EmitterCallback(pull.endpoint, run="dicts"), ("image", "label"))
+    assert model.forward_calls == 0 + len(model.trainer.train_dataloader) + 40 // 8  # no extra pass
+    assert not [r for r in caplog.records if "EmitterCallback" in r.getMessage()]
+    messages = pull.receive_all()
+    start = messages[0]
+    assert start.kind == "run_start" and start.get("targets_missing") is None
+    assert start["train_targets"].tolist() == TinyData().train_set.targets
+    preds = [m for m in messages if m.kind == "preds"]
+    assert preds[0]["labels"].tolist() == TinyData().val_set.targets
+
+
+def test_an_unreadable_batch_is_said_once_counted_and_the_run_goes_on(pull, caplog):
+    with caplog.at_level(logging.WARNING, logger="trainer_side"):
+        model = _fit_dicts(EmitterCallback(pull.endpoint, run="odd-keys"), ("img", "cls"))
+    assert model.trainer.current_epoch == 1  # the fit completed
+    lines = [r.getMessage() for r in caplog.records if "EmitterCallback" in r.getMessage()]
+    assert lines == [
+        "EmitterCallback: the validation batch is a dict with keys ['img', 'cls', 'path'], none of them a known "
+        "input key (image, images, input, inputs); pass EmitterCallback(batch_keys=(input, target)), e.g. "
+        'batch_keys=("x", "y"). Such batches send no predictions (counted; training goes on).',
+        "EmitterCallback: 5 validation batches had no predictions: the callback could not read them "
+        "(see the first warning)"]
+    messages = pull.receive_all()
+    kinds = [m.kind for m in messages]
+    assert "preds" not in kinds and messages[-1].kind == "run_end" and messages[-1]["status"] == "completed"
+    model = _fit_dicts(EmitterCallback(pull.endpoint, run="named-keys", batch_keys=("img", "cls")), ("img", "cls"))
+    assert len([m for m in pull.receive_all() if m.kind == "preds"][0]["preds"]) == 40
+
+
+class Unlabelled(Dataset):
+    """Gives (image, label) pairs but keeps its labels to itself: no `targets`, `samples` or `tensors`."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self._base = base
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def __getitem__(self, index: int):
+        return self._base[index]
+
+
+def test_a_train_set_without_targets_sends_the_reason_in_run_start(pull):
+    data = TinyData(batch_size=8)
+    callback = EmitterCallback(pull.endpoint, run="no-targets")
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_train_batches=1, num_sanity_val_steps=0)
+    trainer.fit(CountingNet(return_logits=True), DataLoader(Unlabelled(data.train_set), batch_size=8),
+                DataLoader(data.val_set, batch_size=8))
+    start = pull.receive_all()[0]
+    assert start.kind == "run_start" and start["train_targets"] is None
+    assert start["targets_missing"] == ("the train dataset (Unlabelled) has no `targets` or `samples`; give it a "
+                                        "`targets` attribute (the class index of every sample) for the class "
+                                        "distribution and sampler tables")
+
+
+def test_a_fit_with_dict_batches_ships_confidences_and_its_hardest_mistakes(pull):
+    model = _fit_dicts(EmitterCallback(pull.endpoint, run="dicts", num_mistakes=5), ("image", "label"))
     messages = pull.receive_all()
     kinds = [m.kind for m in messages]
     assert kinds.index("mistakes") < kinds.index("epoch_end")  # shipped once, before the epoch ends
     assert kinds.count("mistakes") == 1
     # The same model, after the fit, gives the logits the validation saw (validation ran last).
-    x, y = data.val_set.tensors
+    x, y = TinyData().val_set.tensors
     with torch.no_grad():
         logits = model.eval()(x).double()
     confidence = torch.softmax(logits, dim=1).max(dim=1).values.numpy().astype(np.float16)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.confusion import confusion_counts
-from monitor.render.jobs import ConfusionJob, pack_counts, unpack_counts
+from monitor.confusion import SparseCounts, confusion_counts
+from monitor.render.jobs import ConfusionJob, pack_cells, pack_counts, unpack_counts
 
 
 def _reference(preds: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
@@ -45,6 +45,19 @@ def test_a_many_class_matrix_travels_as_its_nonzero_cells():
     assert np.array_equal(back.counts, counts) and back.counts.dtype == np.int64
     assert (back.png, back.csv, list(back.class_names), back.title) == (job.png, job.csv, list(job.class_names),
                                                                      job.title)
+
+
+def test_counts_kept_as_cells_travel_and_come_back_as_cells_whatever_the_class_count():
+    preds, labels = _mostly_right(20_000, 50_000)
+    counts = SparseCounts.of(preds, labels, 20_000)
+    job = ConfusionJob(Path("c.png"), None, counts, [f"c{i}" for i in range(20_000)], "epoch 0", "normalized")
+    back = pickle.loads(pickle.dumps(job))
+    assert isinstance(back.counts, SparseCounts) and back.counts.classes == 20_000
+    assert np.array_equal(back.counts.cells, counts.cells) and np.array_equal(back.counts.values, counts.values)
+    assert back.counts.cells.dtype == np.int64 and (back.view, back.csv) == ("normalized", None)
+    # 16 bytes a cell in memory, 5 on the way: a uint32 index (20,000² < 2**32) and a uint8 count.
+    _, classes, cells, values = pack_cells(counts)
+    assert (classes, cells.dtype, values.dtype) == (20_000, np.uint32, np.uint8)
 
 
 def test_dense_matrices_and_large_counts_come_back_exactly():

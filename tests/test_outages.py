@@ -3,11 +3,13 @@ kill -9 and restart, SIGSTOP, spool + replay, `monitor watch`, failed runs."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from conftest import ROOT, TINY, MonitorProcess, alive, children_of, free_port, 
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import Emitter
 from trainer_side.msglog import LogFollower, TruncatedLogWarning, iter_frames
+from trainer_side import protocol
 from trainer_side.protocol import decode
 
 
@@ -254,3 +257,29 @@ def test_sigterm_right_after_sigcont_always_stops_the_monitor_cleanly(tmp_path):
             assert monitor.proc.wait(30) == 0, monitor.output()
         finally:
             monitor.kill()
+
+
+def test_watch_reads_a_spool_once_when_its_folder_is_given_relative(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from monitor.watch import SpoolSource
+    from trainer_side.msglog import LogWriter
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spool" / "run").mkdir(parents=True)
+    with LogWriter(tmp_path / "spool" / "run" / "rank0.mlog") as writer:
+        for seq in range(3):
+            writer.append(protocol.encode(protocol.Message("metrics", "run", 0, 1, seq, 1.0 + seq,
+                                                           {"epoch": seq, "stage": "val", "step": seq,
+                                                            "values": {"x": 1.0}})))
+    handled = []
+    source = SpoolSource(Path("spool"), Path("out"), Console(file=io.StringIO()), skip_corrupt=False, polling=True)
+    try:
+        pipeline = types.SimpleNamespace(handle=lambda message, size: handled.append(message.seq))
+        # A change event names the file relative to the folder as given; the rescan names it resolved.
+        source.poll(pipeline, {Path("spool/run/rank0.mlog")})
+        source.poll(pipeline, source.rescan())
+    finally:
+        source.close()
+    assert handled == [0, 1, 2]
+    assert source.taken() == "read from 1 spool log(s)"

@@ -41,7 +41,7 @@ HOSTILE_RUN_IDS = [
     "../escape", "../../../../../../tmp/escape-from-out", "/etc/passwd", "a/b/c", "..", ".", "...", ".hidden",
     "nul\x00byte", "back\\slash", "C:\\Windows\\win.ini", "~", "$HOME", "-rf", "line\nbreak", "tab\there",
     "\uff0e\uff0e\uff0fwide", "\u2215division-slash", "%2e%2e%2f", "\u202eexe.txt", "\U0001F600" * 50,
-    "e\u0301" * 30, "[bold red]markup[/]", ":smile:", "x" * protocol.MAX_RUN_ID_LENGTH, " ",
+    "e\u0301" * 30, "[bold red]markup[/]", ":smile:", "x" * protocol.MAX_RUN_ID_LENGTH, " ", "index.html", "INDEX.html",
 ]
 SCREEN_RUN_IDS = ["esc\x1b[2J\x1b[31mred", "bell\x07cr\rback\x08", "\u202eRTL override", "c1\x9bcontrol"]
 CLASS_NAMES = ["[bold red]boom[/]", "esc\x1b[2J\x1b[31mred", "\u202eRTL", "nul\x00byte", "new\nline", "tab\tstop",
@@ -144,15 +144,16 @@ def test_nothing_is_written_outside_out_or_the_spool_folder(hostile):
     tmp, runs, intake, pipeline = hostile
     assert sum(intake.rejected.values()) == 0 and sum(pipeline.rejected.values()) == 0
     components = {safe_component(run) for run in runs}
-    assert len(components) == len(runs)
+    folders = {run_dir(tmp / "out", run).name for run in runs}  # components, but never "index.html"
+    assert len(components) == len(runs) and len(folders) == len(runs) and not {"index.html", "INDEX.html"} & folders
     assert {p.name for p in tmp.iterdir()} == {"out", "spool"}
     for path in every_file(tmp):
         assert not path.is_symlink(), path
         relative = path.relative_to(tmp).parts
         assert relative[0] in ("out", "spool")
         if len(relative) > 1:
-            assert relative[1] in components, path
-    assert {p.name for p in (tmp / "out").iterdir()} == components
+            assert relative[1] in (components if relative[0] == "spool" else folders | {"index.html"}), path
+    assert {p.name for p in (tmp / "out").iterdir()} == folders | {"index.html"}  # the report's runs index
     assert {p.name for p in (tmp / "spool").iterdir()} == components
     for run in runs:
         assert [p.name for p in (tmp / "spool" / safe_component(run)).iterdir()] == ["rank0.mlog"]

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_rgb
+from matplotlib.colors import Normalize, PowerNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch
 from matplotlib.text import Text
 from rich.console import Console
 
 from monitor.render import save
+from monitor.confusion import SparseCounts
 from monitor.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
-                                    WRONG_COLOR, CellLabel, cell_labels, confusion_figure,
-                                    display_label, history_figures, sample_grid_cells,
+                                    WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
+                                    display_label, history_figures, percent_text, sample_grid_cells,
                                     sample_grid_figure)
+from monitor.render.matrix_views import normalized_view
 from monitor.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
 from monitor.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
                                    class_distribution_rows, class_distribution_table,
@@ -184,6 +186,46 @@ def test_cell_labels_text_and_contrast():
     labels = cell_labels(np.array([[100, 0], [3, 1]], dtype=np.int64))
     assert labels == [CellLabel(0, 0, "100", True), CellLabel(0, 1, "0", False),
                       CellLabel(1, 0, "3", False), CellLabel(1, 1, "1", False)]
+
+
+def test_percent_text_is_whole_from_ten_one_decimal_below_and_blank_at_zero():
+    cases = {0.0: "", 0.01: "<0.1", 0.049: "<0.1", 0.05: "0.1", 2.54: "2.5", 9.94: "9.9", 9.95: "10",
+             57.4: "57", 99.4: "99", 100.0: "100"}
+    assert {value: percent_text(value) for value in cases} == cases
+
+
+def test_percent_cell_labels_skip_empty_cells_and_turn_white_on_dark_ones():
+    labels = cell_labels(np.array([[100.0, 0.0], [3.25, 0.02]]), percent=True)
+    assert labels == [CellLabel(0, 0, "100", True), CellLabel(1, 0, "3.2", False), CellLabel(1, 1, "<0.1", False)]
+
+
+def test_normalized_figure_shows_percent_of_each_row_and_an_empty_row_for_an_absent_class():
+    # "b" never occurs as a label: its row is blank, neither NaN nor coloured.
+    counts = np.array([[90, 10, 0], [0, 0, 0], [1, 1, 2]], dtype=np.int64)
+    view = normalized_view(SparseCounts.of_matrix(counts), ["a", "b", "c"], "normalized")
+    fig = ConfusionPlot(view).figure
+    ax, colorbar = fig.axes
+    np.testing.assert_allclose(ax.images[0].get_array(), [[90, 10, 0], [0, 0, 0], [25, 25, 50]])
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 100)
+    assert colorbar.get_ylabel() == "% of the true class's samples"
+    rgb = render_rgb(fig)
+    blank = [pixel_at(rgb, ax.transData.transform((col, 1))) for col in range(3)]
+    assert all((pixel == blank[0]).all() and pixel.min() > 240 for pixel in blank)
+    patches = count_patches(fig)
+    drawn = np.concatenate([patch.get_path().vertices for patch in patches.values()])
+    assert not ((drawn[:, 1] > 0.5) & (drawn[:, 1] < 1.5)).any(), "no text in the empty row"
+
+
+def test_a_block_view_colours_on_a_square_root_scale_and_says_what_a_pixel_holds():
+    blocks = MatrixView(np.array([[400, 1], [4, 100]]), (), "blocks", block=20, classes=35)
+    ax, colorbar = ConfusionPlot(blocks).figure.axes
+    norm = ax.images[0].norm
+    assert isinstance(norm, PowerNorm) and (norm.gamma, norm.vmin, norm.vmax) == (0.5, 0, 400)
+    assert norm(4) == pytest.approx(0.1)  # one hundredth of the largest count: a tenth of the colours
+    assert ax.get_xlabel() == "Predicted (class index; each pixel sums 20 × 20 classes)"
+    assert ax.get_xlim() == (-0.5, 34.5) and colorbar.get_ylabel() == "Count in the block"
+    whole = ConfusionPlot(MatrixView(np.array([[400, 1], [4, 100]]), (), "whole")).figure.axes[0]
+    assert type(whole.images[0].norm) is Normalize and whole.get_xlabel() == "Predicted (class index)"
 
 
 def test_confusion_figure_draws_counts_names_and_colorbar():
@@ -539,7 +581,7 @@ def test_model_info_table_rows():
     assert table_line(text, "Total parameters") == ["Total parameters", "11,689,512"]
     assert table_line(text, "Trainable parameters") == ["Trainable parameters", "11,000,000"]
     assert table_line(text, "Non-trainable parameters") == ["Non-trainable parameters", "689,512"]
-    assert table_line(text, "Size (MB)") == ["Size (MB)", "44.59"]
+    assert table_line(text, "Size (MB = 10⁶ bytes)") == ["Size (MB = 10⁶ bytes)", "44.59"]
     with pytest.raises(ValueError, match="missing size_mb"):
         model_info_table({"class": "Net", "total_params": 1, "trainable_params": 1})
 

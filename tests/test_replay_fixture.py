@@ -141,3 +141,21 @@ def test_a_log_from_before_confidences_replays_without_calibration_artifacts(rep
     assert not (run / "training_history" / "calibration_history.png").exists()
     console = (run / "console.txt").read_text()
     assert console.count("its trainer sends no confidences (protocol before 1.2)") == 1
+
+
+def test_a_replay_whose_stdout_reader_has_gone_still_writes_every_artifact(tmp_path, replayed):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "monitor", "replay", str(DATA / "tiny_run.mlog"), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    child.stdout.close()  # `monitor replay LOG | head -0`: the first table printed meets a closed pipe
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err.decode()
+    assert err == b""
+    run, _ = replayed
+    for epoch in EPOCHS:
+        for name in ("confusion_matrix.png", "confusion_matrix.csv", "sample_predictions.png"):
+            assert (out / run.name / f"epoch_{epoch:03d}" / name).read_bytes() == \
+                (run / f"epoch_{epoch:03d}" / name).read_bytes()

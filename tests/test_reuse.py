@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from monitor.confusion import SparseCounts
 from monitor.render import reuse
-from monitor.render.figures import ConfusionPlot, HistoryPlot, SampleGridPlot
+from monitor.render.figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
+from monitor.render.figures import counts_matrix_view as view
+from monitor.render.matrix_views import normalized_view, top_view
 from monitor.render.save import save_figure
 
 
@@ -21,11 +24,26 @@ def nothing_kept():
 def confusion_epochs() -> list[tuple]:
     rng = np.random.default_rng(3)
     names = ["cat", "dog", "a much longer class name", "$x$"]
-    epochs = [(rng.integers(0, 4, (4, 4)) + np.diag(rng.integers(20, 90, 4)), names, f"epoch {k}") for k in range(4)]
-    epochs.insert(2, (np.zeros((4, 4), dtype=np.int64), names, "nothing counted"))  # other layout: 1 digit
-    epochs.append((np.eye(4, dtype=np.int64) * 97, names, "only the diagonal"))  # same layout as the first
+    matrices = [rng.integers(0, 4, (4, 4)) + np.diag(rng.integers(20, 90, 4)) for _ in range(4)]
+    epochs = [(view(m, names, f"epoch {k}"),) for k, m in enumerate(matrices)]
+    epochs.insert(2, (view(np.zeros((4, 4), dtype=np.int64), names, "nothing counted"),))  # other layout: 1 digit
+    epochs.append((view(np.eye(4, dtype=np.int64) * 97, names, "only the diagonal"),))  # same layout as the first
     many = [f"class {i}" for i in range(60)]  # above CELL_TEXT_MAX_CLASSES: no names, no counts
-    epochs += [(rng.integers(0, 50, (60, 60)), many, f"big {k}") for k in range(2)]
+    epochs += [(view(rng.integers(0, 50, (60, 60)), many, f"big {k}"),) for k in range(2)]
+    # Percent views: a row without samples, small shares ("<0.1"), and the most confused classes.
+    sparse = [SparseCounts.of_matrix(m) for m in matrices]
+    epochs += [(normalized_view(c, names, f"percent {k}"),) for k, c in enumerate(sparse)]
+    epochs.append((normalized_view(SparseCounts.of_matrix(np.array([[3000, 1, 0, 0], [0, 0, 0, 0], [5, 5, 90, 0],
+                                                                    [0, 0, 0, 1]])), names, "tiny shares"),))
+    big = [SparseCounts.of_matrix(rng.poisson(0.3, (60, 60)) + np.diag(rng.integers(5, 20, 60))) for _ in range(2)]
+    epochs += [(top_view(c, many, f"top {k}", limit=8),) for k, c in enumerate(big)]
+    epochs.append((top_view(big[0], many, "top again", limit=8),))  # the same classes: the same layout
+    # Block views: 2,500 classes drawn as 1,000 blocks of 3 (the last one short).
+    labels = rng.integers(0, 2500, 20_000)
+    blocks = [SparseCounts.of(np.where(rng.random(20_000) < 0.5, labels, rng.integers(0, 2500, 20_000)), labels, 2500)
+              for _ in range(2)]
+    numbered = [str(i) for i in range(2500)]
+    epochs += [(normalized_view(c, numbered, f"blocks {k}"),) for k, c in enumerate(blocks)]
     return epochs
 
 
@@ -137,28 +155,28 @@ def test_a_figure_saves_the_same_bytes_whatever_it_drew_before(tmp_path, case):
 
 def test_a_plot_is_kept_per_layout_and_updated():
     names = ["a", "b"]
-    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 10, names, "first") as first:
+    with reuse.plot_of(ConfusionPlot, view(np.eye(2, dtype=np.int64) * 10, names, "first")) as first:
         pass
-    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 20, names, "second") as second:
+    with reuse.plot_of(ConfusionPlot, view(np.eye(2, dtype=np.int64) * 20, names, "second")) as second:
         assert second is first
         assert second.figure.axes[0].get_title() == "second"
         assert second.figure.axes[0].images[0].get_array().max() == 20
-    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64) * 20, ["a", "c"], "renamed") as renamed:
+    with reuse.plot_of(ConfusionPlot, view(np.eye(2, dtype=np.int64) * 20, ["a", "c"], "renamed")) as renamed:
         assert renamed is not first
 
 
 def test_a_plot_whose_draw_failed_is_not_kept():
     names = ["a", "b"]
     with pytest.raises(RuntimeError):
-        with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64), names, "t") as failed:
+        with reuse.plot_of(ConfusionPlot, view(np.eye(2, dtype=np.int64), names, "t")) as failed:
             raise RuntimeError("disk full")
-    with reuse.plot_of(ConfusionPlot, np.eye(2, dtype=np.int64), names, "t") as plot:
+    with reuse.plot_of(ConfusionPlot, view(np.eye(2, dtype=np.int64), names, "t")) as plot:
         assert plot is not failed
 
 
 def test_only_the_most_recently_used_plots_are_kept():
     def plot_for(n: int):
-        with reuse.plot_of(ConfusionPlot, np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t") as plot:
+        with reuse.plot_of(ConfusionPlot, view(np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t")) as plot:
             return plot
 
     first = plot_for(1)
@@ -168,7 +186,8 @@ def test_only_the_most_recently_used_plots_are_kept():
 
 
 @pytest.mark.parametrize("kind, good, bad", [
-    (ConfusionPlot, (np.eye(3, dtype=np.int64), ["a", "b", "c"], "t"), (np.eye(4, dtype=np.int64), list("abcd"), "t")),
+    (ConfusionPlot, (view(np.eye(3, dtype=np.int64), ["a", "b", "c"], "t"),),
+     (view(np.eye(4, dtype=np.int64), list("abcd"), "t"),)),
     (HistoryPlot, ({0: {"val/loss": 1.0}}, "loss"), ({0: {"val/loss": 1.0, "train/loss": 2.0}}, "loss")),
     (SampleGridPlot, (np.zeros((2, 4, 4, 3)), [0, 1], [0, 1], ["a", "b"]),
      (np.zeros((3, 4, 4, 3)), [0, 1, 1], [0, 1, 1], ["a", "b"])),
@@ -181,8 +200,7 @@ def test_update_refuses_data_of_another_layout(kind, good, bad):
 
 def test_bad_input_is_refused_before_anything_is_kept():
     with pytest.raises(ValueError, match="C×C"):
-        with reuse.plot_of(ConfusionPlot, np.ones((2, 3)), ["a", "b"], "t"):
-            pass
+        MatrixView(np.ones((2, 3)), ("a", "b"), "t")
     with pytest.raises(ValueError, match="N×H×W×3"):
         with reuse.plot_of(SampleGridPlot, np.zeros((2, 4, 4)), [0, 1], [0, 1], ["a", "b"]):
             pass
@@ -190,7 +208,7 @@ def test_bad_input_is_refused_before_anything_is_kept():
 
 def test_plots_beyond_the_memory_budget_are_let_go(monkeypatch):
     def plot_for(n: int):
-        with reuse.plot_of(ConfusionPlot, np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t") as plot:
+        with reuse.plot_of(ConfusionPlot, view(np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t")) as plot:
             return plot
 
     small, large = plot_for(2), plot_for(60)
@@ -207,7 +225,7 @@ def test_plots_beyond_the_memory_budget_are_let_go(monkeypatch):
 
 def test_a_plot_says_what_it_holds():
     n = 60
-    plot = ConfusionPlot(np.zeros((n, n), dtype=np.int64), [str(i) for i in range(n)], "t")
+    plot = ConfusionPlot(view(np.zeros((n, n), dtype=np.int64), [str(i) for i in range(n)], "t"))
     width, height = plot.figure.get_size_inches() * 100
     assert plot.nbytes >= n * n * 8 + 4 * int(width) * int(height)
 

@@ -12,11 +12,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from trainer_side import options, runinfo
+from trainer_side.batches import BatchReader, missing_logits_warning
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, never_raises, resolve_spool
 from trainer_side.names import new_run_id
 from trainer_side.protocol import smallest_label_dtype
 from trainer_side.sampler import find_tracking_sampler
+from trainer_side.targets import find_train_targets, within
 
 log = logging.getLogger("trainer_side")
 
@@ -43,6 +45,8 @@ class EmitterCallback(Callback):
             message is in its log; what is not confirmed is counted in a warning that names the spool.
         chunk_size: validation samples gathered on the device before one copy to the host.
         batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
+            None (default): positions 0 and 1 of a tuple, a dict's image/images/input(s) and
+            label(s)/target(s) keys (`trainer_side.batches`).
         server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
 
     Raises:
@@ -56,8 +60,9 @@ class EmitterCallback(Callback):
     def __init__(self, endpoint: str | None = DEFAULT_ENDPOINT, run: str | None = None, *,
                  class_names: Sequence[str] | None = None, normalization: Mapping[str, Sequence[float]] | None = None,
                  num_thumbnails: int = 16, thumbnail_size: int = 64, num_mistakes: int = 16,
-                 spool: str | os.PathLike | bool = True, queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
-                 batch_keys: tuple[int | str, int | str] = (0, 1), server_key: str | bytes | None = None,
+                 spool: str | os.PathLike | bool = True,
+                 queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
+                 batch_keys: tuple[int | str, int | str] | None = None, server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
         super().__init__()
         self._delivery = options.check_delivery(endpoint, spool, queue_size, linger_ms, server_key, client_keys)
@@ -74,6 +79,7 @@ class EmitterCallback(Callback):
     def _reset(self) -> None:
         self.emitter: Emitter | None = None
         self._collector: ValidationCollector | None = None
+        self._batches = BatchReader(self.batch_keys)
         self._warned_forward = False
         self._ended = False
         self._tracks_sampler = False  # the run start described the sampler, so its draws mean something
@@ -165,15 +171,16 @@ class EmitterCallback(Callback):
         val_loader = val_loaders[0] if isinstance(val_loaders, (list, tuple)) and val_loaders else val_loaders
         val_set = getattr(val_loader, "dataset", None)
         sources = [datamodule, runinfo.unwrap_dataset(train_set), runinfo.unwrap_dataset(val_set)]
-        targets = runinfo.train_targets(train_set)
+        found = find_train_targets(train_set)
         names = runinfo.discover_class_names(self.class_names, sources)
         if names is None:
             count = runinfo.num_classes_from_model(pl_module)
-            if count is None and targets is not None and len(targets):
-                count = int(targets.max()) + 1
+            if count is None and found.labels is not None and len(found.labels):
+                count = int(found.labels.max()) + 1
             if count is None:
                 raise ValueError("EmitterCallback cannot tell the class count: pass class_names=[...]")
             names = [str(i) for i in range(count)]
+        found = within(found, len(names))
         normalization = runinfo.discover_normalization(self.normalization, sources)
         self._collector = ValidationCollector(len(names), num_thumbnails=self.num_thumbnails if trainer.global_rank == 0
                                               else 0, thumbnail_size=self.thumbnail_size,
@@ -181,6 +188,7 @@ class EmitterCallback(Callback):
                                               num_mistakes=self.num_mistakes)
         sampler = find_tracking_sampler(train_loader)
         sampler_info = None
+        targets = found.labels
         if sampler is not None and targets is not None and len(targets) == len(sampler.weights):
             sampler_info = {"type": type(sampler).__name__, "num_samples": int(sampler.num_samples),
                             "weights_per_class": sampler.weights_per_class(targets, len(names))}
@@ -188,25 +196,27 @@ class EmitterCallback(Callback):
         self.emitter.run_start(
             names, normalization=normalization, model=runinfo.model_summary(pl_module),
             train_targets=None if targets is None else targets.astype(smallest_label_dtype(len(names))),
-            sampler=sampler_info, hparams=dict(pl_module.hparams),
+            targets_missing=found.missing, sampler=sampler_info, hparams=dict(pl_module.hparams),
         )
 
     @never_raises
     def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
-        inputs, labels = batch[self.batch_keys[0]], batch[self.batch_keys[1]]
+        read = self._batches.read(batch)
+        if read is None:
+            return
+        inputs, labels = read
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else outputs
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-            logits = self._fallback_forward(pl_module, inputs)
+            logits = self._fallback_forward(pl_module, inputs, outputs)
         images = inputs if isinstance(inputs, torch.Tensor) and self._collector.wants_images else None
         self._collector.add(logits, labels, images)
         if self._collector.chunk_ready:
             self._send_preds_chunk(trainer)
 
-    def _fallback_forward(self, pl_module: LightningModule, inputs: torch.Tensor) -> torch.Tensor:
+    def _fallback_forward(self, pl_module: LightningModule, inputs: Any, outputs: Any) -> torch.Tensor:
         if not self._warned_forward:
             self._warned_forward = True
-            log.warning("EmitterCallback: validation_step returned no logits, so one extra forward pass runs per "
-                        "validation batch. Return the logits (or a dict with 'logits') from validation_step to avoid it.")
+            log.warning("%s", missing_logits_warning(outputs))
         with torch.no_grad():
             return pl_module(inputs)
 
@@ -249,6 +259,7 @@ class EmitterCallback(Callback):
         if self._ended:
             return
         self._ended = True
+        self._batches.report()
         self.emitter.run_end(status, error)
 
 

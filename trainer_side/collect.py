@@ -114,7 +114,7 @@ class ValidationCollector:
 
     def _thumbnails_of(self, images: torch.Tensor) -> torch.Tensor | None:
         """Thumbnails of N×C×H×W images (N×H×W×3 uint8, on their device), or None for other inputs."""
-        if images.ndim != 4 or images.shape[1] not in (1, len(self._mean)):
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, len(self._mean)):
             return None
         if self._mean.device != images.device:
             self._mean, self._std = self._mean.to(images.device), self._std.to(images.device)

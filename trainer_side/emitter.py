@@ -232,10 +232,11 @@ class Emitter:
     def run_start(self, class_names: Sequence[str], *, normalization: Mapping[str, Sequence[float]] | None = None,
                   model: Mapping[str, Any] | None = None, train_targets: np.ndarray | None = None,
                   class_counts: np.ndarray | None = None, sampler: Mapping[str, Any] | None = None,
-                  hparams: Mapping[str, Any] | None = None) -> bool:
+                  hparams: Mapping[str, Any] | None = None, targets_missing: str | None = None) -> bool:
         """What the monitor knows once per run: class names, and optionally the normalization (default
-        ImageNet's), a model summary, the training targets or class counts, the sampler's weights per
-        class, and hyper-parameters (non-scalars are sent as their repr)."""
+        ImageNet's), a model summary, the training targets or class counts (else `targets_missing`: one
+        line saying why, for the monitor to print), the sampler's weights per class, and
+        hyper-parameters (non-scalars are sent as their repr)."""
         from trainer_side.runinfo import IMAGENET_NORMALIZATION, plain_hparams
 
         body = {
@@ -247,6 +248,8 @@ class Emitter:
             "sampler": None if sampler is None else dict(sampler),
             "hparams": plain_hparams(hparams or {}),
         }
+        if targets_missing is not None:
+            body["targets_missing"] = str(targets_missing)[:protocol.MAX_REASON_LENGTH]
         return self._send("run_start", body)
 
     @never_raises

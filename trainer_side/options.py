@@ -146,9 +146,13 @@ def check_normalization(normalization: Any) -> dict[str, list[float]]:
     return {"mean": mean, "std": std}
 
 
-def check_batch_keys(batch_keys: Any) -> tuple[int | str, int | str]:
-    """Where the input and the target are in a batch: two positions (tuples) or keys (dicts)."""
-    if not isinstance(batch_keys, (tuple, list)) or len(batch_keys) != 2:
-        raise ValueError(f"batch_keys must be an (input, target) pair of positions or keys, got {batch_keys!r}")
+def check_batch_keys(batch_keys: Any) -> tuple[int | str, int | str] | None:
+    """Where the input and the target are in a batch: two positions (tuples) or keys (dicts), or None
+    to find them (`trainer_side.batches`)."""
+    if batch_keys is None:
+        return None
+    if (not isinstance(batch_keys, (tuple, list)) or len(batch_keys) != 2
+            or not all(isinstance(key, (int, str)) and not isinstance(key, bool) for key in batch_keys)):
+        raise ValueError(f"batch_keys must be None or an (input, target) pair of positions or keys, got {batch_keys!r}")
     return tuple(batch_keys)  # type: ignore[return-value]
 

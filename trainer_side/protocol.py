@@ -23,6 +23,8 @@ ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time", "sender")
 MAX_RUN_ID_LENGTH = 200
 # The emitter instance's identity (protocol 1.1): optional, so 1.0 senders decode with sender "".
 MAX_SENDER_LENGTH = 64
+# run_start.targets_missing (protocol 1.2): one line for the monitor's console.
+MAX_REASON_LENGTH = 500
 # A world this large is garbage, and the monitor keeps per-rank bookkeeping sized by it.
 MAX_WORLD_SIZE = 1 << 20
 
@@ -121,6 +123,13 @@ def _str(value: Any, name: str) -> str:
         return value
     if not isinstance(value, str):
         raise InvalidFieldError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _reason(value: Any, name: str) -> str:
+    value = _str(value, name)
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidFieldError(f"{name} must have at most {MAX_REASON_LENGTH} characters")
     return value
 
 
@@ -268,6 +277,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any, str], Any]]] = {
         "sampler": _optional(_sampler),
         "hparams": _optional(_hparams),
         "num_samples": _optional(_nonneg_int),
+        "targets_missing": _optional(_reason),
     },
     "preds": {
         "epoch": _nonneg_int,

@@ -1,10 +1,9 @@
-"""What the trainer knows once, at the start of a run: class names, normalization, model summary, targets."""
+"""What the trainer knows once, at the start of a run: class names, normalization, model summary."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from trainer_side.options import check_normalization
@@ -55,27 +54,6 @@ def discover_normalization(explicit: Mapping[str, Sequence[float]] | None, sourc
         if isinstance(found, Mapping) and "mean" in found and "std" in found:
             return check_normalization(found)
     return {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
-
-
-def train_targets(dataset: Any) -> np.ndarray | None:
-    """The class index of every training sample, when the dataset exposes them cheaply."""
-    if dataset is None:
-        return None
-    indices = None
-    base = dataset
-    # torch.utils.data.Subset: targets of the parent, restricted to the subset's indices.
-    if not hasattr(base, "targets") and hasattr(base, "indices") and hasattr(base, "dataset"):
-        indices, base = np.asarray(base.indices), base.dataset
-    targets = getattr(base, "targets", None)
-    tensors = getattr(base, "tensors", None)
-    if targets is None and isinstance(tensors, tuple) and len(tensors) >= 2:
-        targets = tensors[1]  # TensorDataset(inputs, labels, ...)
-    if targets is None:
-        return None
-    array = targets.cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        return None
-    return array if indices is None else array[indices]
 
 
 def num_classes_from_model(module: torch.nn.Module) -> int | None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
+from monitor import confusion
 from monitor.calibration import CalibrationBins
 from monitor.confusion import SparseCounts
 
@@ -23,34 +24,73 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ConfusionJob:
-    """The confusion matrix PNG and CSV. `counts` is the whole matrix or its nonzero cells; a queued
-    job holds only the cells, and the matrix is made whole where it is drawn."""
+    """One confusion-matrix PNG (`view`: a key of `matrix_views.VIEWS`), and the CSV of the counts
+    when `csv` is set (`write_confusion_csv`). `counts` is the whole matrix or its nonzero cells; a
+    queued job holds only the cells, and the views never make a matrix whole above
+    WHOLE_MATRIX_MAX_CLASSES."""
 
     png: Path
-    csv: Path
+    csv: Path | None
     counts: np.ndarray | SparseCounts
     class_names: Sequence[str]
     title: str
+    view: str = "counts"
 
     def __reduce__(self):
         # Pickled for the render worker with the GIL held, which the receive loop then waits for: the
         # counts travel packed (`pack_counts`), a many-class matrix being mostly zeros.
         state = {field.name: getattr(self, field.name) for field in fields(self)}
         counts = self.counts
-        state["counts"] = pack_sparse(counts) if isinstance(counts, SparseCounts) else pack_counts(counts)
+        state["counts"] = pack_cells(counts) if isinstance(counts, SparseCounts) else pack_counts(counts)
         return _unpacked_confusion_job, (type(self), state)
 
     def run(self) -> None:
         from monitor.render.figures import ConfusionPlot
+        from monitor.render.matrix_views import VIEWS
         from monitor.render.reuse import plot_of
-        from monitor.render.save import save_figure, write_csv
+        from monitor.render.save import save_figure
 
-        counts = self.counts.dense() if isinstance(self.counts, SparseCounts) else self.counts
-        header = ["true\\pred", *self.class_names]
-        rows = ([name, *(int(c) for c in row)] for name, row in zip(self.class_names, counts))
-        write_csv(self.csv, header, rows)
-        with plot_of(ConfusionPlot, counts, self.class_names, self.title) as plot:
+        counts = self.counts if isinstance(self.counts, SparseCounts) else SparseCounts.of_matrix(self.counts)
+        if self.csv is not None:
+            write_confusion_csv(self.csv, counts, self.class_names)
+        with plot_of(ConfusionPlot, VIEWS[self.view](counts, self.class_names, self.title)) as plot:
             save_figure(plot.figure, self.png, plot.draw)
+
+
+def confusion_jobs(epoch_dir: Path, counts: SparseCounts, class_names: Sequence[str],
+                   epoch: int) -> list[ConfusionJob]:
+    """An epoch's confusion artifacts: the counts (PNG and CSV), the row-normalized matrix, and, above
+    CELL_TEXT_MAX_CLASSES classes, the most confused classes named on both axes."""
+    from monitor.analysis import TOP_MATRIX_CLASSES
+    from monitor.render.figures import CELL_TEXT_MAX_CLASSES
+
+    classes = counts.classes
+    csv = "confusion_matrix.csv" if classes <= confusion.WHOLE_MATRIX_MAX_CLASSES else "confusion_matrix_cells.csv"
+    jobs = [ConfusionJob(epoch_dir / "confusion_matrix.png", epoch_dir / csv, counts, class_names,
+                         f"Confusion matrix — epoch {epoch}"),
+            ConfusionJob(epoch_dir / "confusion_matrix_normalized.png", None, counts, class_names,
+                         f"Confusion matrix, % of each true class — epoch {epoch}", "normalized")]
+    if classes > CELL_TEXT_MAX_CLASSES:
+        jobs.append(ConfusionJob(epoch_dir / "confusion_matrix_top.png", None, counts, class_names,
+                                 f"Most confused {min(TOP_MATRIX_CLASSES, classes)} of {classes:,} classes, "
+                                 f"% of each true class — epoch {epoch}", "top"))
+    return jobs
+
+
+def write_confusion_csv(path: Path, counts: SparseCounts, class_names: Sequence[str]) -> None:
+    """Up to WHOLE_MATRIX_MAX_CLASSES classes, the whole matrix (a header row of predicted names,
+    then one row per true class); above, its nonzero cells, one per row, by true then predicted
+    index: `true_index,pred_index,true,pred,count`."""
+    from monitor.render.save import write_csv
+
+    if counts.classes <= confusion.WHOLE_MATRIX_MAX_CLASSES:
+        rows = ([name, *row.tolist()] for name, row in zip(class_names, counts.dense()))
+        write_csv(path, ["true\\pred", *class_names], rows)
+        return
+    true, pred = np.divmod(counts.cells, counts.classes)
+    write_csv(path, ["true_index", "pred_index", "true", "pred", "count"],
+              ([t, p, class_names[t], class_names[p], c]
+               for t, p, c in zip(true.tolist(), pred.tolist(), counts.values.tolist())))
 
 
 def pack_counts(counts: np.ndarray) -> tuple:
@@ -70,16 +110,21 @@ def pack_counts(counts: np.ndarray) -> tuple:
     return ("dense", counts.astype(value_type))
 
 
-def pack_sparse(counts: SparseCounts) -> tuple:
-    """`pack_counts`'s sparse form of counts kept as their nonzero cells, without making them whole."""
+def pack_cells(counts: SparseCounts) -> tuple:
+    """Counts kept as their nonzero cells, in the smallest unsigned types that hold them, without
+    making them whole; `unpack_counts` gives back the same `SparseCounts`."""
     classes = counts.classes
     value_type = np.min_scalar_type(int(counts.values.max()) if len(counts.values) else 0)
     index_type = np.min_scalar_type(max(classes * classes - 1, 0))
-    return ("sparse", (classes, classes), counts.cells.astype(index_type), counts.values.astype(value_type))
+    return ("cells", classes, counts.cells.astype(index_type), counts.values.astype(value_type))
 
 
-def unpack_counts(packed: tuple) -> np.ndarray:
-    """The matrix `pack_counts` packed, as int64 (or as it was, for what travelled as is)."""
+def unpack_counts(packed: tuple) -> np.ndarray | SparseCounts:
+    """What `pack_counts` or `pack_cells` packed: a matrix as int64 (or as it was, for what
+    travelled as is), cells as `SparseCounts`."""
+    if packed[0] == "cells":
+        _, classes, cells, values = packed
+        return SparseCounts(classes, cells.astype(np.int64), values.astype(np.int64))
     if packed[0] == "as is":
         return packed[1]
     if packed[0] == "sparse":

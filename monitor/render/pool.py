@@ -55,9 +55,10 @@ class InlineRenderer:
         return 0
 
 
-# Which lane runs a job: the confusion matrix is the slowest figure, so it gets a worker of its own
-# and the grid and history curves do not queue behind it. A file always
-# goes to the same lane, so jobs for one file still run in submission order and the last one wins.
+# Which lane runs a job: the confusion matrix of counts is the slowest figure, so it gets a worker of
+# its own and the other figures (the grid, the history curves, the other confusion views) do not
+# queue behind it. A file always goes to the same lane, so jobs for one file still run in submission
+# order and the last one wins.
 CONFUSION_LANE, FIGURE_LANE = 0, 1
 LANES = 2
 PRIORITIES = ("idle", "normal")
@@ -101,7 +102,8 @@ class ProcessRenderer:
         self._tables.submit(_warm_up_tables)
 
     def submit(self, job: object) -> None:
-        lane = self._lanes[CONFUSION_LANE if isinstance(job, ConfusionJob) else FIGURE_LANE]
+        counts = isinstance(job, ConfusionJob) and job.view == "counts"
+        lane = self._lanes[CONFUSION_LANE if counts else FIGURE_LANE]
         future = lane.submit(run_job, job)
         previous = None
         with self._lock:

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-# A few runs' worth of figures (each run has up to four layouts), and at most this much memory in
-# them (a 4,096-class matrix holds 134 MB of counts); the least recently used go first.
-MAX_KEPT = 8
+# A few runs' worth of figures (each run has up to eight layouts: three confusion views, the sample
+# and mistakes grids, and three history curves), and at most this much memory in them (a confusion view holds at most
+# MAX_BINS² = 10⁶ values, 8 MB); the least recently used go first.
+MAX_KEPT = 16
 MAX_KEPT_BYTES = 256 * 2**20
 
 

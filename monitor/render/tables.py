@@ -114,7 +114,7 @@ def _shortened_caption(rows: Sequence[object], shown: Sequence[object] | None, w
 
 
 def model_info_table(model: Mapping[str, object]) -> Table:
-    """The "Model Information" table from a model summary (class, parameters, size in MB)."""
+    """The "Model Information" table from a model summary (class, parameters, size in MB of 10⁶ bytes)."""
     missing = [key for key in MODEL_INFO_KEYS if key not in model]
     if missing:
         raise ValueError(f"model summary needs keys {', '.join(MODEL_INFO_KEYS)}; "
@@ -128,7 +128,7 @@ def model_info_table(model: Mapping[str, object]) -> Table:
     table.add_row("Total parameters", f"{total:,}")
     table.add_row("Trainable parameters", f"{trainable:,}")
     table.add_row("Non-trainable parameters", f"{total - trainable:,}")
-    table.add_row("Size (MB)", f"{float(model['size_mb']):.2f}")  # type: ignore[arg-type]
+    table.add_row("Size (MB = 10⁶ bytes)", f"{float(model['size_mb']):.2f}")  # type: ignore[arg-type]
     return table
 
 

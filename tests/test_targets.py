@@ -1,0 +1,133 @@
+"""Class counts of the training set: found on the dataset (trainer_side.targets), or missing with a
+reason that the monitor prints instead of the class distribution."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from monitor.console import MonitorConsole
+from monitor.pipeline import Pipeline
+from monitor.render.pool import InlineRenderer
+from trainer_side import Emitter
+from trainer_side.msglog import iter_frames
+from trainer_side.protocol import MAX_REASON_LENGTH, InvalidFieldError, decode, encode, make_message
+from trainer_side.targets import find_train_targets, within
+
+LABELS = [2, 0, 1, 1, 2, 2]
+
+
+class Folder(Dataset):
+    """ImageFolder's layout without its `targets`: (path, class index) pairs in `samples`."""
+
+    def __init__(self) -> None:
+        self.samples = [(f"img{i}.png", c) for i, c in enumerate(LABELS)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        return torch.zeros(3, 4, 4), self.samples[index][1]
+
+
+class WithTargets(Folder):
+    def __init__(self, targets) -> None:
+        super().__init__()
+        self.targets = targets
+
+
+class Plain(Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int):
+        return torch.zeros(3, 4, 4), 0
+
+
+@pytest.mark.parametrize("dataset", [
+    WithTargets(LABELS), WithTargets(torch.tensor(LABELS)), WithTargets(np.array(LABELS, dtype=np.uint8)),
+    Folder(), TensorDataset(torch.zeros(6, 2), torch.tensor(LABELS)),
+])
+def test_targets_come_from_targets_else_imagefolder_samples_else_tensors(dataset):
+    found = find_train_targets(dataset)
+    assert found.missing is None
+    assert found.labels.tolist() == LABELS
+
+
+def test_targets_wins_over_samples():
+    assert find_train_targets(WithTargets([0] * 6)).labels.tolist() == [0] * 6
+
+
+def test_a_subset_selects_its_indices_from_the_parents_targets_even_nested():
+    assert find_train_targets(Subset(Folder(), [5, 0, 2])).labels.tolist() == [2, 2, 1]
+    nested = Subset(Subset(WithTargets(LABELS), [1, 2, 3, 4]), [3, 0])  # parent positions 4, 1
+    assert find_train_targets(nested).labels.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("dataset, reason", [
+    (Plain(), "the train dataset (Plain) has no `targets` or `samples`; give it a `targets` attribute "
+              "(the class index of every sample) for the class distribution and sampler tables"),
+    (Subset(Plain(), [0, 1]), "the train dataset (Plain) has no `targets` or `samples`"),
+    (WithTargets([0.5] * 6), "WithTargets.targets is not one integer class index per sample"),
+    (WithTargets([[0, 1]] * 6), "WithTargets.targets is not one integer class index per sample"),
+    (WithTargets([0, 1]), "WithTargets.targets holds 2 class indices for 6 samples"),
+    (None, "the train dataloader has no dataset"),
+])
+def test_missing_or_unusable_targets_come_with_the_reason_and_the_fix(dataset, reason):
+    found = find_train_targets(dataset)
+    assert found.labels is None
+    assert reason in found.missing and "\n" not in found.missing
+
+
+def test_targets_beyond_the_class_names_are_dropped_with_the_reason():
+    found = within(find_train_targets(Folder()), 2)
+    assert found.labels is None and found.missing == "the train targets run from 0 to 2, outside the 2 class names"
+    assert within(find_train_targets(Folder()), 3).labels.tolist() == LABELS
+
+
+MODEL = {"class": "Net", "total_params": 1, "trainable_params": 1, "size_mb": 0.0}
+
+
+def _console_after_run_start(tmp_path: Path, **fields) -> str:
+    """The monitor's console.txt after one run_start from the real emitter, through its spool and the pipeline."""
+    emitter = Emitter(None, run="counts", spool=tmp_path / "spool")
+    emitter.run_start(["a", "b", "c"], model=MODEL, **fields)
+    emitter.close()
+    out = tmp_path / "out"
+    pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(Console(file=io.StringIO(), width=200), fresh=True))
+    for frame in iter_frames(tmp_path / "spool" / "counts" / "rank0.mlog"):
+        pipeline.handle(decode(frame), len(frame))
+    pipeline.finish()
+    return (out / "counts" / "console.txt").read_text(encoding="utf-8")
+
+
+def test_the_monitor_prints_the_trainers_reason_instead_of_blaming_the_sampler(tmp_path):
+    reason = find_train_targets(Plain()).missing
+    text = _console_after_run_start(tmp_path, targets_missing=reason)
+    assert f"run counts: no dataset class distribution: {reason}" in text
+    assert "run counts: no sampler distribution tables: they need the train targets" in text
+    assert "TrackingWeightedRandomSampler" not in text
+
+
+def test_a_sender_without_a_reason_gets_the_generic_line_and_targets_without_a_sampler_name_the_sampler(tmp_path):
+    text = _console_after_run_start(tmp_path / "old")
+    assert "run counts: no dataset class distribution: the trainer sent no train targets or class counts" in text
+    text = _console_after_run_start(tmp_path / "targets", train_targets=np.array([0, 1, 2, 2], dtype=np.uint8))
+    assert "no dataset class distribution" not in text and "Class Distribution" in text
+    assert "run counts: no TrackingWeightedRandomSampler in use; no sampler distribution tables" in text
+
+
+def test_the_reason_is_an_optional_run_start_field_of_at_most_500_characters():
+    body = {"class_names": ["a"], "normalization": {"mean": [0.5], "std": [0.25]}, "model": MODEL}
+    assert decode(encode(make_message("run_start", "r", 0, 1, 0, body))).get("targets_missing") is None
+    reason = "x" * MAX_REASON_LENGTH
+    assert decode(encode(make_message("run_start", "r", 0, 1, 0, {**body, "targets_missing": reason})))[
+        "targets_missing"] == reason
+    with pytest.raises(InvalidFieldError, match="run_start.targets_missing must have at most 500 characters"):
+        decode(encode(make_message("run_start", "r", 0, 1, 0, {**body, "targets_missing": reason + "x"})))
