@@ -69,6 +69,11 @@ def _tensorboard(args: argparse.Namespace):
     """The --tensorboard options (None without it); fails at once when tensorboard is not installed."""
     if args.tensorboard is None:
         return None
+    out, events = args.out.resolve(), args.tensorboard.resolve()
+    if events == out or out in events.parents:
+        # Event files hold wall times: inside a run folder they would break replay's byte-identical output.
+        raise UsageError(f"--tensorboard {args.tensorboard} is inside --out {args.out}; give a folder beside it, "
+                         "e.g. --tensorboard tb_logs")
     from monitor.tensorboard_events import TensorBoardMissing, TensorBoardOptions, check_available
 
     try:

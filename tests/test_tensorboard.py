@@ -145,6 +145,16 @@ def test_tags_follow_tensorflows_character_rules():
     assert tensorboard_events.tag_part("val/loss [bold]", keep_slash=True) == "val/loss__bold_"
 
 
+@pytest.mark.parametrize("inside", [".", "run/tb"])
+def test_a_tensorboard_folder_inside_out_is_refused_at_start(tmp_path, capsys, inside):
+    out = tmp_path / "out"
+    code = cli.main(["replay", str(FIXTURE_LOG), "--out", str(out), "--tensorboard", str(out / inside)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"monitor replay: error: --tensorboard {out / inside} is inside --out {out}")
+    assert not out.exists()
+
+
 def test_without_tensorboard_the_option_fails_at_start_with_the_install_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard...` now raises ImportError
     monkeypatch.delitem(sys.modules, "tensorboard.compat.proto", raising=False)
