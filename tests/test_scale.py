@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from bench.synthetic import class_names, predictions, send_run
+from bench.synthetic import class_names, confidences, predictions, send_run
 from conftest import MonitorProcess, tree_bytes, wait_for
 from monitor import confusion
 from monitor.confusion import SparseCounts
@@ -24,6 +24,7 @@ from monitor.render.jobs import confusion_jobs
 from monitor.render.matrix_views import counts_view, normalized_view, top_view
 from monitor.replay import replay
 from test_analysis import _assert_matches_sklearn
+from test_calibration import reference_ece_mce
 from trainer_side.emitter import Emitter
 
 CONFUSION_FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "confusion_matrix_top.png")
@@ -168,14 +169,20 @@ def test_a_20000_class_run_gets_every_artifact_in_bounded_memory_without_a_whole
     # A whole 20,000² int64 matrix alone would be 3.2 GB; one view holds at most 1,000² values.
     assert peak < 300 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     epoch = tmp_path / "out" / "wide" / "epoch_000"
-    assert sorted(p.name for p in epoch.iterdir()) == sorted([*CONFUSION_FILES, "confusion_matrix_cells.csv",
-                                                               "per_class_metrics.csv", "top_confusions.csv", "report_data.js"])
+    assert sorted(p.name for p in epoch.iterdir()) == sorted([
+        *CONFUSION_FILES, "confusion_matrix_cells.csv", "per_class_metrics.csv", "top_confusions.csv",
+        "reliability_diagram.png", "misclassified.png", "report_data.js"])
     cells = read_csv(epoch / "confusion_matrix_cells.csv")[1:]
     assert Counter({(int(t), int(p)): int(n) for t, p, _, _, n in cells}) == Counter(zip(labels.tolist(),
                                                                                        preds.tolist()))
     _assert_matches_sklearn(read_csv(epoch / "per_class_metrics.csv"), labels, preds, class_names(classes))
     width, height = Image.open(epoch / "confusion_matrix.png").size
     assert 1000 <= width < 1400 and 1000 <= height < 1300  # 1,000 blocks of 20 classes, one pixel each
+    header, row = read_csv(tmp_path / "out" / "wide" / "history.csv")
+    history = dict(zip(header, row))
+    ece, mce = reference_ece_mce(confidences(labels == preds, seed=0), labels == preds)
+    assert float(history["val/ece"]) == pytest.approx(ece, abs=1e-12)
+    assert float(history["val/mce"]) == pytest.approx(mce, abs=1e-12)
 
 
 def test_replay_of_a_served_many_class_run_reproduces_every_artifact_byte_for_byte(tmp_path):
