@@ -24,7 +24,7 @@ def write_spool(spool: Path, run: str, *, classes: Sequence[str] = CLASSES, epoc
     spool's logs."""
     rng = np.random.default_rng(seed)
     k, n, train = len(classes), 120, 200
-    targets = rng.integers(0, k, train).astype(np.uint8)
+    targets = rng.integers(0, k, train).astype(np.uint8 if k <= 256 else np.uint16)
     emitter = Emitter(endpoint, run=run, spool=str(spool))
     weights = np.ones(train)
     emitter.run_start(classes, model={"class": "TinyNet", "total_params": 740, "trainable_params": 740,

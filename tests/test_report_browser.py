@@ -11,6 +11,7 @@ import pytest
 
 from browser import broken_images, check_index, check_run_page, open_browser, skip_reason, table_rows
 from monitor.logbook import run_dir
+from monitor.report.page import MAX_TABLE_ROWS
 from monitor.report.http import ReportServer
 from report_runs import HOSTILE_CLASS, HOSTILE_RUN, replay_into, write_spool
 
@@ -74,3 +75,15 @@ def test_the_pages_work_the_same_through_the_http_server(out, clean):
         page.close()
     finally:
         server.close()
+
+
+def test_a_table_longer_than_the_page_shows_shows_the_first_rows_of_each_sort_order(tmp_path, clean):
+    classes = [f"class {i:04d}" for i in range(MAX_TABLE_ROWS + 100)]
+    replay_into(tmp_path / "out", write_spool(tmp_path / "spool", "wide", classes=classes, epochs=2))
+    folder = run_dir(tmp_path / "out", "wide")
+    page = clean.page()
+    page.goto((folder / "index.html").as_uri())
+    check_run_page(page, folder)  # every comparison there is with the first MAX_TABLE_ROWS rows
+    assert page.locator("#per-class tbody tr").count() == MAX_TABLE_ROWS
+    assert page.locator("text=Showing 1,000 of 1,100 rows").count() >= 1
+    page.close()
