@@ -228,6 +228,14 @@ def test_a_block_view_colours_on_a_square_root_scale_and_says_what_a_pixel_holds
     assert type(whole.images[0].norm) is Normalize and whole.get_xlabel() == "Predicted (class index)"
 
 
+def test_a_count_scale_ticks_whole_numbers_also_after_an_update_with_a_new_norm():
+    plot = ConfusionPlot(MatrixView(np.array([[2, 1], [0, 1]]), (), "blocks", block=20, classes=35))
+    plot.update(MatrixView(np.array([[3, 0], [1, 2]]), (), "blocks", block=20, classes=35))
+    colorbar = plot.figure.axes[1]
+    ticks = [t for t in colorbar.get_yticks() if 0 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
 def test_confusion_figure_draws_counts_names_and_colorbar():
     counts = np.array([[90, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.int64)
     fig = confusion_figure(counts, ["cat", "dog", "bird"], "Confusion — epoch 2")

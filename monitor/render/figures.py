@@ -191,7 +191,8 @@ class ConfusionPlot:
         if view.block > 1:
             ax.set_xlim(-0.5, view.classes - 0.5)
             ax.set_ylim(view.classes - 0.5, -0.5)
-        fig.colorbar(self._image, cax=colorbar_axes, label=_colorbar_label(view))
+        self._colorbar = fig.colorbar(self._image, cax=colorbar_axes, label=_colorbar_label(view))
+        self._count_ticks(view)
         # y=1.0, where matplotlib would put it anyway: without it, every draw measures all the tick
         # labels to check whether any sit above the Axes.
         ax.set_title(display_label(view.title, 120), parse_math=False, y=1.0)
@@ -217,12 +218,18 @@ class ConfusionPlot:
         """About what the plot holds in memory: its counts, its pixels and the kept background."""
         return np.asarray(self._image.get_array()).nbytes + 2 * _pixel_bytes(self.figure)
 
+    def _count_ticks(self, view: MatrixView) -> None:
+        """Whole-number ticks on a count scale (a new norm resets the colour bar's locator)."""
+        if not view.percent:
+            self._colorbar.locator = MaxNLocator(integer=True)
+
     def update(self, view: MatrixView) -> None:
         """A new view (counts and title) of this plot's layout."""
         if self.layout_of(view) != self.layout:
             raise ValueError("these counts need a figure of another layout; build a new ConfusionPlot")
         self._image.set_data(view.values)
         self._image.set_norm(_confusion_norm(view))  # the colour bar follows its mappable
+        self._count_ticks(view)
         self._axes.set_title(display_label(view.title, 120), parse_math=False, y=1.0)
         for patch in self._counts:
             patch.remove()
