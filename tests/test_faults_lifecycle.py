@@ -4,6 +4,7 @@ whatever the senders did, and a test suite whose timeout fires on a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -166,9 +167,11 @@ if _gate:
 '''
 
 
-def serve_with_torch_held(tmp_path: Path, port: int) -> tuple[subprocess.Popen, Path, Path, Path]:
-    """`monitor serve` whose `import torch` waits until the returned gate file exists; also returns
-    its ready file and output folder. Output goes to tmp_path/monitor.log."""
+@contextlib.contextmanager
+def serve_with_torch_held(tmp_path: Path, port: int) -> Iterator[tuple[subprocess.Popen, Path, Path, Path]]:
+    """`monitor serve` whose `import torch` waits until the gate file exists, once it listens; yields
+    the process, the gate, its ready file and output folder, and at exit opens the gate and ends the
+    process if it is still running. Output goes to tmp_path/monitor.log."""
     (tmp_path / "gate").mkdir()
     (tmp_path / "gate" / "sitecustomize.py").write_text(GATE)
     gate, ready, out = tmp_path / "release", tmp_path / "ready", tmp_path / "out"
@@ -178,17 +181,22 @@ def serve_with_torch_held(tmp_path: Path, port: int) -> tuple[subprocess.Popen, 
         proc = subprocess.Popen([sys.executable, "-m", "monitor", "serve", "--bind", f"tcp://127.0.0.1:{port}",
                                  "--out", str(out), "--ready-file", str(ready)], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, gate, ready, out
+    try:
+        # torch cannot load until the gate opens, so the monitor must listen without it.
+        wait_for(lambda: ready.exists() or proc.poll() is not None, "listening before torch is imported", 60)
+        assert proc.poll() is None, (tmp_path / "monitor.log").read_text()
+        yield proc, gate, ready, out
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.mark.slow
 def test_frames_sent_while_serve_is_still_importing_are_logged_then_processed(tmp_path, push):
     port = free_port()
-    proc, gate, ready, out = serve_with_torch_held(tmp_path, port)
-    try:
-        # torch cannot load until the gate opens, so the monitor must listen without it.
-        wait_for(lambda: ready.exists() or proc.poll() is not None, "listening before torch is imported", 60)
-        assert proc.poll() is None, (tmp_path / "monitor.log").read_text()
+    with serve_with_torch_held(tmp_path, port) as (proc, gate, ready, out):
         assert ready.read_text().strip() == f"tcp://127.0.0.1:{port}"
         frames = [run_start("early", 3)]
         for epoch in range(2):
@@ -213,11 +221,6 @@ def test_frames_sent_while_serve_is_still_importing_are_logged_then_processed(tm
         assert csv[1:] == ["class 0,1,0,0", "class 1,0,1,0", "class 2,0,0,2"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(STOP_BOUND_S) == 0
-    finally:
-        gate.touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 # ------------------------------------------------------------- a bounded stop (item 9)
@@ -389,9 +392,7 @@ def test_slow_tests_are_marked_so_the_unit_layer_runs_without_them():
 def test_a_stop_during_start_up_keeps_every_frame_that_arrived_and_writes_the_stats(tmp_path, push):
     """SIGTERM while serve is still importing torch: it does not start the pipeline and the workers
     only to stop them; what arrived is in the log for `monitor replay`, and the numbers are said."""
-    proc, gate, ready, out = serve_with_torch_held(tmp_path, free_port())
-    try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None, "listening", 60)
+    with serve_with_torch_held(tmp_path, free_port()) as (proc, gate, ready, out):
         sender = push(ready.read_text().splitlines()[0])
         frames = [run_start("early-stop", 3), *one_epoch("early-stop", 0, 1)]
         for f in frames:
@@ -401,11 +402,6 @@ def test_a_stop_during_start_up_keeps_every_frame_that_arrived_and_writes_the_st
         time.sleep(0.5)
         gate.touch()  # torch loads only now, after the stop
         assert proc.wait(STOP_BOUND_S) == 0
-    finally:
-        gate.touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     output = " ".join((tmp_path / "monitor.log").read_text().split())
     assert f"stopped before processing {len(frames)} logged message(s) (the stop came during start-up)" in output
     assert "0 run(s) written" in output and "Traceback" not in output
