@@ -22,7 +22,7 @@ from rich.console import Console
 
 from monitor.outputs.render import save
 from monitor.aggregates.confusion import SparseCounts
-from monitor.outputs.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
+from monitor.outputs.render.confusion_figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
                                     WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
                                     display_label, history_figures, percent_text, sample_grid_cells,
                                     sample_grid_figure)

@@ -8,8 +8,8 @@ import pytest
 
 from monitor.aggregates.confusion import SparseCounts
 from monitor.outputs.render import reuse
-from monitor.outputs.render.figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
-from monitor.outputs.render.figures import counts_matrix_view as view
+from monitor.outputs.render.confusion_figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
+from monitor.outputs.render.confusion_figures import counts_matrix_view as view
 from monitor.outputs.render.matrix_views import normalized_view, top_view
 from monitor.outputs.render.save import save_figure
 

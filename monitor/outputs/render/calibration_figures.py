@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from monitor.aggregates.calibration import EDGES, NUM_BINS, CalibrationBins
-from monitor.outputs.render.figures import NO_DATA_NOTE, _note
+from monitor.outputs.render.confusion_figures import NO_DATA_NOTE, _note
 
 ACCURACY_COLOR = "#1f77b4"
 GAP_COLOR = "#d62728"

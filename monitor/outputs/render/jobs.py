@@ -45,7 +45,7 @@ class ConfusionJob:
         return _unpacked_confusion_job, (type(self), state)
 
     def run(self) -> None:
-        from monitor.outputs.render.figures import ConfusionPlot
+        from monitor.outputs.render.confusion_figures import ConfusionPlot
         from monitor.outputs.render.matrix_views import VIEWS
         from monitor.outputs.render.reuse import plot_of
         from monitor.outputs.render.save import save_figure
@@ -62,7 +62,7 @@ def confusion_jobs(epoch_dir: Path, counts: SparseCounts, class_names: Sequence[
     """An epoch's confusion artifacts: the counts (PNG and CSV), the row-normalized matrix, and, above
     CELL_TEXT_MAX_CLASSES classes, the most confused classes named on both axes."""
     from monitor.aggregates.analysis import TOP_MATRIX_CLASSES
-    from monitor.outputs.render.figures import CELL_TEXT_MAX_CLASSES
+    from monitor.outputs.render.confusion_figures import CELL_TEXT_MAX_CLASSES
 
     classes = counts.classes
     csv = "confusion_matrix.csv" if classes <= confusion.WHOLE_MATRIX_MAX_CLASSES else "confusion_matrix_cells.csv"
@@ -148,7 +148,7 @@ class HistoryJob:
     history: Mapping[int, Mapping[str, float]]
 
     def run(self) -> None:
-        from monitor.outputs.render.figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
+        from monitor.outputs.render.confusion_figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
         from monitor.outputs.render.reuse import plot_of
         from monitor.outputs.render.save import save_figure
 
@@ -172,7 +172,7 @@ class SampleGridJob:
     confidences: np.ndarray | None = None
 
     def run(self) -> None:
-        from monitor.outputs.render.figures import SampleGridPlot
+        from monitor.outputs.render.confusion_figures import SampleGridPlot
         from monitor.outputs.render.reuse import plot_of
         from monitor.outputs.render.save import save_figure
 

@@ -190,7 +190,7 @@ def _warm_up_tables() -> None:
 
 
 def _warm_up() -> None:
-    import monitor.outputs.render.figures  # noqa: F401
+    import monitor.outputs.render.confusion_figures  # noqa: F401
     import monitor.outputs.render.save  # noqa: F401
 
 
