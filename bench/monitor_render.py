@@ -134,7 +134,7 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     with MonitorProcess(out, *extra, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
                                               "serve"]) as monitor:
         monitor.wait_idle()
-        sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.ingest.endpoint, "--frames", str(plan),
+        sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
                                    "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT)
         mtimes = watch_mtimes(paths, sender)

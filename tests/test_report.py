@@ -218,7 +218,7 @@ def test_serve_writes_the_pages_a_replay_of_its_logs_writes_and_serves_them_over
     monitor = MonitorProcess(out, "--http", f"127.0.0.1:{port}", "--render-priority", "normal")
     try:
         for seed, run in enumerate(["served-a", HOSTILE_RUN]):
-            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.ingest.endpoint)
+            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.endpoint)
         wait_for(lambda: all(_status(run_dir(out, run)) == "completed" for run in ["served-a", HOSTILE_RUN]),
                  "both runs completed", 60)
         status, body, _ = _get(f"http://127.0.0.1:{port}/")
