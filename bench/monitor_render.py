@@ -29,7 +29,7 @@ import numpy as np
 from bench.analysis_scale import epoch_files
 from bench.common import add_common_args, median, print_table, quantile, write_json
 from bench.harness import PYTHON, ROOT, MonitorProcess
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from trainer_side import protocol
 
 PROBE_MS = 2.0

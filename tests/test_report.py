@@ -16,7 +16,7 @@ import pytest
 
 from monitor.cli import main
 from monitor.ingest.endpoint import BindError, check_http
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
 from monitor.outputs.report.http import ReportServer
 from monitor.outputs.report.index import index_page, run_entry
