@@ -230,11 +230,14 @@ def _start_inline(console: Console, settings: Settings):  # type: ignore[no-unty
 
 
 def _write_stats(out: Path, source: Source, outcome: Outcome, console: Console) -> None:
-    from monitor.pipeline import STATS_FILE, write_stats
+    from monitor.outputs.summary import STATS_FILE, write_stats
 
+    pipeline = outcome.pipeline
+    logbook = source.intake.logbook if source.intake.logbook is not None or pipeline is None else pipeline.logbook
     try:
         write_stats(out, frames=source.intake.frames, frame_bytes=source.intake.bytes, rejected=outcome.rejected,
-                    pipeline=outcome.pipeline, logbook=source.intake.logbook, curve_refused=source.curve_refusals)
+                    runs={} if pipeline is None else {run.run: run.status for run in pipeline.runs.values()},
+                    log_stats=None if logbook is None else logbook.stats(), curve_refused=source.curve_refusals)
     except OSError as exc:
         console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
 
