@@ -220,7 +220,12 @@ class Pipeline:
         else:
             reason = start.get("targets_missing") or "the trainer sent no train targets or class counts"
             self.console.line(folder, f"run {run.run}: no dataset class distribution: {reason}")
-        self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
+        if tables.model_not_sent(start["model"]):
+            self.console.line(folder, f"run {run.run}: no model information: its trainer sent none; pass "
+                                      "`model=trainer_side.model_summary(net)` to `Emitter.run_start` "
+                                      "(EmitterCallback sends it)")
+        else:
+            self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
         if start["sampler"] is None and start["train_targets"] is None:
             self.console.line(folder, f"run {run.run}: no sampler distribution tables: they need the train targets")
         elif start["sampler"] is None:
@@ -288,8 +293,8 @@ class Pipeline:
         bins, mistakes = run.calibration(number), run.hardest_mistakes(number)
         if bins is None and has_preds and run.run not in self._without_confidence:
             self._without_confidence.add(run.run)
-            self.console.line(epoch_dir.parent, f"run {run.run}: its trainer sends no confidences (protocol before "
-                                                 "1.2), so there is no reliability diagram, ECE or MCE")
+            self.console.line(epoch_dir.parent, f"run {run.run}: {_why_no_confidences(run)}, so there is no "
+                                                 "reliability diagram, ECE or MCE")
         if bins is not None and bins.total:
             self.renderer.submit(ReliabilityJob(epoch_dir / "reliability_diagram.png", bins,
                                                 f"Reliability diagram — epoch {number}"))
@@ -382,3 +387,13 @@ def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[p
 
 def _csv_value(value: float | None) -> str:
     return "" if value is None else repr(float(value))
+
+
+def _why_no_confidences(run: RunState) -> str:
+    """What a run without confidences lacks: a trainer from before protocol 1.2 cannot send them; a
+    newer one calls `preds` without the argument that does."""
+    version = run.start.version if run.start is not None else (1, 0)
+    if tuple(version) < (1, 2):
+        return "its trainer sends no confidences (protocol before 1.2)"
+    return ("its trainer sends preds without confidences: pass each prediction's top-1 softmax probability as "
+            "`preds(..., confidence=...)` (EmitterCallback does)")

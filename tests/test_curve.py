@@ -75,6 +75,21 @@ def test_allow_remote_lets_a_non_loopback_address_through_the_check():
         check_bind("tcp://127.0.0.1", allow_remote=False)
 
 
+@pytest.mark.parametrize("port", ["65535", "99999", "123456"])
+def test_serve_refuses_a_port_outside_1_to_65534_in_one_line(capfd, tmp_path, no_binding, port):
+    """99999 once bound port 34463 (99999 - 65536) and said so; 65535 leaves the receipts no port."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    code, out, err = cli(capfd, "serve", "--bind", endpoint, "--out", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "--bind port must be 1 to 65534", "receipts", endpoint)
+    assert "listening" not in out
+
+
+def test_the_highest_port_with_a_next_port_and_port_0_pass_the_check():
+    assert check_bind("tcp://127.0.0.1:65534", allow_remote=False) == "tcp://127.0.0.1:65534"
+    assert check_bind("tcp://127.0.0.1:1", allow_remote=False) == "tcp://127.0.0.1:1"
+
+
 # --------------------------------------------------------------------------------------------- CURVE
 
 

@@ -51,6 +51,10 @@ def pull():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"endpoint": "foo"}, "endpoint must start with tcp://, ipc:// or inproc://, got 'foo'"),
+    ({"endpoint": "tcp://127.0.0.1:99999"}, r"endpoint port must be 1 to 65534 \(the monitor's receipts socket"),
+    ({"endpoint": "tcp://127.0.0.1:65535"}, "endpoint port must be 1 to 65534"),
+    ({"endpoint": "tcp://127.0.0.1:0"}, "endpoint port must be 1 to 65534"),
+    ({"endpoint": "tcp://127.0.0.1"}, "endpoint port must be 1 to 65534"),
     ({"endpoint": None, "spool": False}, "give an endpoint, a spool folder, or both"),
     ({"run": ""}, "run must be a non-empty string"),
     ({"queue_size": 0}, "queue_size must be a positive integer"),
@@ -71,6 +75,7 @@ KEY = "A" * 40
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"endpoint": None, "spool": False}, "give an endpoint, a spool folder, or both"),
+    ({"endpoint": "tcp://127.0.0.1:99999"}, "endpoint port must be 1 to 65534"),
     ({"run": "x" * 201}, "run must be a non-empty string of at most 200 characters"),
     ({"queue_size": True}, "queue_size must be a positive integer, got True"),
     ({"linger_ms": 1.5}, r"linger_ms must be a non-negative integer \(milliseconds\), got 1.5"),
