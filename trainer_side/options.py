@@ -131,12 +131,14 @@ def load_curve_keys(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
 
 
 def _names_key_file(value: Any) -> bool:
-    """A path object, or a string that looks like a path or names an existing file (a Z85 key has no
-    path separator and no .key suffix)."""
+    """A path object, or a string that names an existing file or looks like a path and is not 40
+    characters long (a Z85 key may hold `/`, so a 40-character string is a key unless it is a file)."""
     if isinstance(value, os.PathLike):
         return True
-    return isinstance(value, str) and (os.sep in value or value.endswith((".key", ".key_secret"))
-                                       or os.path.isfile(value))
+    if not isinstance(value, str):
+        return False
+    return os.path.isfile(value) or (len(value) != CURVE_KEY_LENGTH
+                                     and (os.sep in value or value.endswith((".key", ".key_secret"))))
 
 
 def _check_curve_key(value: Any, name: str) -> bytes:
