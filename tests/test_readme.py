@@ -98,3 +98,14 @@ def test_the_imagefolder_snippet_finds_names_counts_and_normalization(tmp_path):
         for image, label in zip(message["images"], message["labels"]):
             colour = np.array(COLOURS[mapping["idx_to_class"][str(int(label))]])
             assert np.abs(image.reshape(-1, 3).astype(int) - colour).max() <= 2, (image[0, 0], colour)
+
+
+def test_every_flag_of_every_command_is_in_the_readme():
+    """The README is the contract: a flag `--help` lists and the README leaves out is one a user never finds."""
+    from monitor.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    missing = {(name, flag) for name, parser in commands.items() for action in parser._actions
+               for flag in action.option_strings if flag.startswith("--") and flag != "--help"
+               and f"`{flag}" not in README and f"{flag} " not in README}
+    assert not missing, sorted(missing)
