@@ -52,6 +52,9 @@ def test_a_run_start_without_a_model_names_the_argument_instead_of_a_table_of_ze
     assert ("run plain: no model information: its trainer sent none; pass "
             "`model=trainer_side.model_summary(net)` to `Emitter.run_start`") in text
     assert "confidences" not in text
+    page = (tmp_path / "out" / "plain" / "index.html").read_text(encoding="utf-8")
+    assert "The trainer sent no model summary: pass <code>model=trainer_side.model_summary(net)</code>" in page
+    assert ">unknown<" not in page
 
 
 def test_with_both_arguments_there_is_no_note_and_the_table_shows_the_model(tmp_path):
