@@ -20,7 +20,7 @@ from typing import Callable
 
 from monitor.render.save import write_text
 from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_folders, read_epoch, read_run
-from monitor.report.index import RunEntry, index_page, run_entry
+from monitor.report.index import RunEntry, comparison_entries, index_page, run_entry
 from monitor.report.page import CONFUSION_ROWS, dataset_script, epoch_script, run_page
 
 log = logging.getLogger("monitor")
@@ -89,6 +89,11 @@ class Reports:
         self._index(at_once=True)
         return written
 
+    def write_index(self) -> None:
+        """The runs index alone, from the run folders as they are (`monitor compare`)."""
+        self._index_due = True
+        self._index(at_once=True)
+
     def _write_run(self, name: str, epochs: set[int]) -> int:
         folder = self.out / name
         self._page_written[name] = self.clock()
@@ -121,7 +126,7 @@ class Reports:
             return
         self._index_due, self._index_written = False, now
         try:
-            write_text(self.out / PAGE, index_page(self._runs()))
+            write_text(self.out / PAGE, index_page(self._runs(), comparison_entries(self.out)))
         except OSError as exc:
             log.error("cannot write %s (%s)", self.out / PAGE, exc.strerror or exc)
 
