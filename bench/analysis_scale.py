@@ -30,11 +30,11 @@ from bench.common import add_common_args, print_table, write_json
 from bench.harness import MonitorProcess, process_tree, wait_for
 from bench.monitor_memory import rss_mb
 from bench.synthetic import send_epoch, start_run
-from monitor.confusion import WHOLE_MATRIX_MAX_CLASSES
+from monitor.aggregates.confusion import WHOLE_MATRIX_MAX_CLASSES
 from monitor.pipeline import SUMMARY_EVERY_S
-from monitor.render.figures import CELL_TEXT_MAX_CLASSES
-from monitor.report.folder import EPOCH_DATA
-from monitor.report.writer import PAGE
+from monitor.outputs.render.confusion_figures import CELL_TEXT_MAX_CLASSES
+from monitor.outputs.report.folder import EPOCH_DATA
+from monitor.outputs.report.writer import PAGE
 from trainer_side.emitter import Emitter
 
 RUN = "scale"
@@ -95,7 +95,7 @@ def measure(classes: int, samples: int, epochs: int, priority: str, work: Path) 
     result = {"classes": classes, "samples": samples, "priority": priority, "epochs": []}
     with MonitorProcess(out, "--render-priority", priority) as monitor:
         monitor.wait_idle()
-        emitter = Emitter(monitor.endpoint, run=RUN, spool=False, queue_size=10_000)
+        emitter = Emitter(monitor.ingest.endpoint, run=RUN, spool=False, queue_size=10_000)
         start_run(emitter, classes)
         # A trainer's first epoch ends seconds after run_start; one ending within SUMMARY_EVERY_S of it
         # would get its report data only with the next, throttled, summary.json.

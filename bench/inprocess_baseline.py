@@ -6,7 +6,7 @@ validation epoch end: the confusion heatmap (PNG + CSV), the sample grid PNG, th
 history PNGs, and rich tables (sampler distribution, epoch summary) printed to a console file.
 At fit start: the class distribution and model information tables.
 
-It draws with the monitor's own builders (monitor.render), which are already faster than typical
+It draws with the monitor's own builders (monitor.outputs.render), which are already faster than typical
 callbacks (cell counts as glyph paths, no constrained-layout pass on the grid), so this baseline is
 conservative: a naive callback would stall longer.
 """
@@ -22,8 +22,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from monitor.render import figures, tables
-from monitor.render.save import save_figure, write_csv
+from monitor.outputs.render import figures, tables
+from monitor.outputs.render.save import save_figure, write_csv
 from trainer_side.collect import make_thumbnails
 from trainer_side.runinfo import model_summary
 from trainer_side.sampler import find_tracking_sampler

@@ -49,6 +49,6 @@ def _refresh_index(out: Path, runs: tuple[Path, Path]) -> None:
     parent = out.resolve().parent
     if not any(run.resolve().parent == parent for run in runs):
         return
-    from monitor.report.writer import Reports
+    from monitor.outputs.report.writer import Reports
 
     Reports(parent).write_index()

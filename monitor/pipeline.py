@@ -10,20 +10,20 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from monitor import analysis
-from monitor.confusion import SparseCounts
-from monitor.console import MonitorConsole
-from monitor.render.jobs import HistoryJob, ReliabilityJob, SampleGridJob, confusion_jobs
-from monitor.logbook import LogBook, run_dir
-from monitor.rejections import RateLimitedLines, rejection_line
-from monitor.render import tables
-from monitor.render.save import write_csv, write_json
-from monitor.report.writer import Reports
-from monitor.runstate import RefusedSender, RejectedMessage, RunState
+from monitor.aggregates import analysis
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.console import MonitorConsole
+from monitor.outputs.render.jobs import HistoryJob, ReliabilityJob, SampleGridJob, confusion_jobs
+from monitor.ingest.logbook import LogBook, run_dir
+from monitor.ingest.rejections import RateLimitedLines, rejection_line
+from monitor.outputs.render import tables
+from monitor.outputs.render.save import write_csv, write_json
+from monitor.outputs.report.writer import Reports
+from monitor.aggregates.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
 
 if TYPE_CHECKING:
-    from monitor.tensorboard_events import TensorBoardWriter
+    from monitor.outputs.tensorboard import TensorBoardWriter
 
 log = logging.getLogger("monitor")
 

@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 from sklearn.metrics import precision_recall_fscore_support
 
-from monitor import analysis
-from monitor.confusion import SparseCounts
-from monitor.render import tables
+from monitor.aggregates import analysis
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render import tables
 from monitor.replay import replay
 from trainer_side import protocol
 from trainer_side.msglog import LogWriter, iter_frames

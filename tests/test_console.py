@@ -11,11 +11,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from monitor.console import MonitorConsole
-from monitor.render.jobs import TableJob
+from monitor.outputs.console import MonitorConsole
+from monitor.outputs.render.jobs import TableJob
 from monitor.pipeline import Pipeline
-from monitor.render import tables
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render import tables
+from monitor.outputs.render.pool import InlineRenderer
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import decode
 

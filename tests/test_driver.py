@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 
 from monitor.driver import Settings, Source, drive
-from monitor.intake import Intake
-from monitor.logbook import LogBook
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import STATS_FILE
 from trainer_side.msglog import iter_frames
 

@@ -42,7 +42,7 @@ def served_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     monitor = conftest.MonitorProcess(tmp / "outputs")
     try:
-        result = run_tiny("--endpoint", monitor.endpoint, "--run", "e2e", "--epochs", "2", "--record",
+        result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "e2e", "--epochs", "2", "--record",
                           str(tmp / "record.npz"))
         assert result.returncode == 0, result.stderr
         code = monitor.stop()
@@ -145,13 +145,13 @@ def test_no_trainer_side_module_imports_a_monitor_library():
 
 def test_the_import_probe_can_see_a_heavy_import():
     # Guards the probes above: the same check does notice a monitor-side module when one is loaded.
-    assert "matplotlib" in _loaded_heavy("import monitor.render.figures")
+    assert "matplotlib" in _loaded_heavy("import monitor.outputs.render.confusion_figures")
 
 
 def test_calibration_and_hardest_mistakes_match_the_recorded_logits(served_run):
     from PIL import Image
 
-    from monitor.render.figures import WRONG_COLOR, sample_grid_cells
+    from monitor.outputs.render.confusion_figures import WRONG_COLOR, sample_grid_cells
     from test_calibration import reference_ece_mce
 
     tmp, record = served_run

@@ -15,11 +15,11 @@ import zmq
 from rich.console import Console
 
 from conftest import MonitorProcess, wait_for
-from monitor.console import MonitorConsole
-from monitor.intake import Intake
-from monitor.logbook import LogBook
+from monitor.outputs.console import MonitorConsole
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
 from trainer_side.protocol import make_message
@@ -63,7 +63,7 @@ def _pipeline(tmp_path, clock=None, timeout=None) -> tuple[Pipeline, list[str]]:
 
 
 def test_the_handoff_waits_when_full_and_frees_bytes_as_the_reader_takes_them():
-    from monitor.handoff import MESSAGE_OVERHEAD, Handoff
+    from monitor.ingest.handoff import MESSAGE_OVERHEAD, Handoff
 
     unit = 2000 - MESSAGE_OVERHEAD  # one message costing 2,000 bytes in all
     handoff = Handoff(capacity=5000)
@@ -82,7 +82,7 @@ def test_the_handoff_waits_when_full_and_frees_bytes_as_the_reader_takes_them():
 
 
 def test_a_batch_larger_than_the_capacity_passes_alone_and_close_ends_a_wait():
-    from monitor.handoff import Handoff
+    from monitor.ingest.handoff import Handoff
 
     handoff = Handoff(capacity=100)
     assert handoff.put_many([("big", 10_000)])  # an empty queue takes any batch: no frame is stuck
@@ -100,8 +100,8 @@ def test_a_batch_larger_than_the_capacity_passes_alone_and_close_ends_a_wait():
 
 
 def test_a_flood_fills_zeromq_not_the_monitor_and_every_frame_is_logged_and_queued(tmp_path):
-    from monitor.handoff import Handoff
-    from monitor.receiver import Receiver
+    from monitor.ingest.handoff import Handoff
+    from monitor.ingest.receiver import Receiver
 
     receiver = Receiver("tcp://127.0.0.1:0", tmp_path / "out", max_message_bytes=4 << 20)
     receiver.messages = Handoff(capacity=2 << 20)  # nobody reads it while the sender floods
@@ -251,7 +251,7 @@ def test_a_normal_runs_artifacts_appear_beside_a_sender_claiming_a_world_of_a_mi
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        push.connect(monitor.endpoint)
+        push.connect(monitor.ingest.endpoint)
         labels = np.array([0, 1, 1], np.uint8)
         huge, seq = 1 << 20, 0
         push.send(_frame("run_start", "huge", 0, huge, seq, _run_start(2)))
@@ -277,7 +277,7 @@ def test_a_normal_runs_artifacts_appear_beside_a_sender_claiming_a_world_of_a_mi
 
 
 def _intake(tmp_path, **limits) -> Intake:
-    from monitor.quotas import Limits, Quotas
+    from monitor.ingest.quotas import Limits, Quotas
 
     return Intake(LogBook(tmp_path, flush_every=1), Quotas(Limits(**limits)))
 
@@ -325,7 +325,7 @@ def test_serve_refuses_a_run_over_max_runs_and_says_which_flag_raises_it(tmp_pat
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        push.connect(monitor.endpoint)
+        push.connect(monitor.ingest.endpoint)
         for run in ("first", "second", "third"):
             push.send(_frame("run_start", run, 0, 1, 0, _run_start(2)))
         wait_for(lambda: (tmp_path / "out" / "first" / "labels_mapping.json").exists(), "the first run", 120)

@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from conftest import MonitorProcess, run_tiny
-from monitor.console import MonitorConsole
+from monitor.outputs.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from test_calibration import reference_ece_mce
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
@@ -23,7 +23,7 @@ from trainer_side.protocol import make_message
 def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
     try:
-        result = run_tiny("--endpoint", monitor.endpoint, "--run", "ddp", "--epochs", "2", "--devices", "2",
+        result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "ddp", "--epochs", "2", "--devices", "2",
                           "--record", str(tmp_path / "rec.npz"), timeout=400)
         assert result.returncode == 0, result.stderr[-3000:]
         assert monitor.stop() == 0

@@ -20,15 +20,15 @@ from matplotlib.patches import PathPatch
 from matplotlib.text import Text
 from rich.console import Console
 
-from monitor.render import save
-from monitor.confusion import SparseCounts
-from monitor.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
+from monitor.outputs.render import save
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render.confusion_figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
                                     WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
                                     display_label, history_figures, percent_text, sample_grid_cells,
                                     sample_grid_figure)
-from monitor.render.matrix_views import normalized_view
-from monitor.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
-from monitor.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
+from monitor.outputs.render.matrix_views import normalized_view
+from monitor.outputs.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
+from monitor.outputs.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
                                    class_distribution_rows, class_distribution_table,
                                    epoch_summary_table, furthest_from_expected, model_info_table,
                                    sampler_rows, sampler_table, smallest_and_largest, table_text)

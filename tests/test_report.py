@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.endpoint import BindError, check_http
-from monitor.logbook import run_dir
-from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
-from monitor.report.http import ReportServer
-from monitor.report.index import index_page, run_entry
-from monitor.report.page import run_page
-from monitor.report.writer import Reports
+from monitor.ingest.endpoint import BindError, check_http
+from monitor.ingest.logbook import run_dir
+from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
+from monitor.outputs.report.http import ReportServer
+from monitor.outputs.report.index import index_page, run_entry
+from monitor.outputs.report.page import run_page
+from monitor.outputs.report.writer import Reports
 from report_runs import HOSTILE_CLASS, HOSTILE_RUN, replay_into, write_spool
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import decode
@@ -218,7 +218,7 @@ def test_serve_writes_the_pages_a_replay_of_its_logs_writes_and_serves_them_over
     monitor = MonitorProcess(out, "--http", f"127.0.0.1:{port}", "--render-priority", "normal")
     try:
         for seed, run in enumerate(["served-a", HOSTILE_RUN]):
-            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.endpoint)
+            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.ingest.endpoint)
         wait_for(lambda: all(_status(run_dir(out, run)) == "completed" for run in ["served-a", HOSTILE_RUN]),
                  "both runs completed", 60)
         status, body, _ = _get(f"http://127.0.0.1:{port}/")
@@ -243,7 +243,7 @@ def _status(folder: Path) -> str | None:
 
 
 def test_a_page_is_rewritten_only_when_its_summary_changed_or_an_epoch_was_drawn(sweep, tmp_path, monkeypatch):
-    import monitor.report.writer as writer_module
+    import monitor.outputs.report.writer as writer_module
 
     out, _ = sweep
     folder = run_dir(out, "lr-0.01")

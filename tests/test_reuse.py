@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.confusion import SparseCounts
-from monitor.render import reuse
-from monitor.render.figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
-from monitor.render.figures import counts_matrix_view as view
-from monitor.render.matrix_views import normalized_view, top_view
-from monitor.render.save import save_figure
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render import reuse
+from monitor.outputs.render.confusion_figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
+from monitor.outputs.render.confusion_figures import counts_matrix_view as view
+from monitor.outputs.render.matrix_views import normalized_view, top_view
+from monitor.outputs.render.save import save_figure
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,9 @@ import numpy as np
 from rich.console import Console
 
 from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
-from monitor.console import MonitorConsole
-from monitor.outputs.samples import NO_IDS_NOTE, SampleOutputs, samples_summary
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.console import MonitorConsole
+from monitor.outputs.sample_writer import NO_IDS_NOTE, SampleOutputs, samples_summary
+from monitor.outputs.render.pool import InlineRenderer
 
 CLASSES = ["cat", "dog", "bird"]
 

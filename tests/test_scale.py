@@ -18,10 +18,10 @@ from rich.console import Console
 
 from bench.synthetic import class_names, confidences, predictions, send_run
 from conftest import MonitorProcess, tree_bytes, wait_for
-from monitor import confusion
-from monitor.confusion import SparseCounts
-from monitor.render.jobs import confusion_jobs
-from monitor.render.matrix_views import counts_view, normalized_view, top_view
+from monitor.aggregates import confusion
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render.jobs import confusion_jobs
+from monitor.outputs.render.matrix_views import counts_view, normalized_view, top_view
 from monitor.replay import replay
 from test_analysis import _assert_matches_sklearn
 from test_calibration import reference_ece_mce
@@ -191,7 +191,7 @@ def test_replay_of_a_served_many_class_run_reproduces_every_artifact_byte_for_by
     classes = 1200
     served = tmp_path / "served"
     with MonitorProcess(served) as monitor:
-        emitter = Emitter(monitor.endpoint, run="many", spool=False)
+        emitter = Emitter(monitor.ingest.endpoint, run="many", spool=False)
         send_run(emitter, classes, 12_000, epochs=2)
         emitter.close()
         folders = [served / "many" / f"epoch_{e:03d}" for e in range(2)]

@@ -23,9 +23,10 @@ pytest.importorskip("tensorboard", reason="the tensorboard extra is not installe
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_masked_crc32c  # noqa: E402
 
-from monitor import cli, tensorboard_events  # noqa: E402
+from monitor import cli  # noqa: E402
+from monitor.outputs import tensorboard as events  # noqa: E402
 from monitor.replay import replay  # noqa: E402
-from monitor.tensorboard_events import IMAGE_TAGS, TensorBoardOptions, TensorBoardWriter, masked_crc32c  # noqa: E402
+from monitor.outputs.tensorboard import IMAGE_TAGS, TensorBoardOptions, TensorBoardWriter, masked_crc32c  # noqa: E402
 from trainer_side import protocol  # noqa: E402
 from trainer_side.msglog import LogWriter, iter_frames  # noqa: E402
 
@@ -141,8 +142,8 @@ def test_runs_with_more_classes_than_the_cap_get_the_averages_only_and_one_warni
 
 
 def test_tags_follow_tensorflows_character_rules():
-    assert tensorboard_events.tag_part("a/b c\ud800é.x-y") == "a_b_c_é.x-y"
-    assert tensorboard_events.tag_part("val/loss [bold]", keep_slash=True) == "val/loss__bold_"
+    assert events.tag_part("a/b c\ud800é.x-y") == "a_b_c_é.x-y"
+    assert events.tag_part("val/loss [bold]", keep_slash=True) == "val/loss__bold_"
 
 
 @pytest.mark.parametrize("inside", [".", "run/tb"])
@@ -168,7 +169,7 @@ def test_without_tensorboard_the_option_fails_at_start_with_the_install_line(tmp
 
 
 def test_a_live_writer_never_waits_it_drops_and_counts_and_close_keeps_its_deadline(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard_events, "MAX_QUEUED", 4)
+    monkeypatch.setattr(events, "MAX_QUEUED", 4)
     writer = TensorBoardWriter(TensorBoardOptions(tmp_path / "tb"), tmp_path / "out")
     busy, release = threading.Event(), threading.Event()
 
@@ -212,7 +213,7 @@ def test_an_epoch_figure_is_logged_once_per_content_and_only_from_its_epoch_fold
 
 
 def _png(width: int, height: int) -> bytes:
-    from monitor.render.save import encode_png
+    from monitor.outputs.render.save import encode_png
 
     return encode_png(np.full((height, width, 4), 128, np.uint8), 100)
 
@@ -234,7 +235,7 @@ def test_serve_writes_the_served_figures_as_events_from_the_render_workers(tmp_p
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     try:
-        push.connect(monitor.endpoint)
+        push.connect(monitor.ingest.endpoint)
         for frame in iter_frames(FIXTURE_LOG):  # the recorded run, sent as its trainer sent it
             push.send(frame)
     finally:

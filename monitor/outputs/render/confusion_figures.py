@@ -21,7 +21,7 @@ from matplotlib.path import Path
 from matplotlib.textpath import TextPath, text_to_path
 from matplotlib.ticker import MaxNLocator
 
-from monitor.render.text import clean
+from monitor.outputs.render.text import clean
 
 # Up to this many rows every cell shows its count (or percent) and both axes show class names; the
 # canvas grows with the rows (about 17 inches at 50). Above it, names and counts would be
@@ -90,7 +90,7 @@ def display_label(name: str, max_chars: int = FIGURE_LABEL_MAX_CHARS) -> str:
 
 @dataclass(frozen=True, eq=False)
 class MatrixView:
-    """What one confusion-matrix figure shows (`monitor/render/matrix_views.py` builds them).
+    """What one confusion-matrix figure shows (`monitor/outputs/render/matrix_views.py` builds them).
 
     Args:
         values: R×R, rows = true, columns = predicted: counts, or percent of the row's true samples.

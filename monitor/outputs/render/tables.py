@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.analysis import ClassMetricsRow, ConfusionRow
-from monitor.render.text import clean
+from monitor.aggregates.analysis import ClassMetricsRow, ConfusionRow
+from monitor.outputs.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
 # Above this many classes the terminal gets a shortened table: a 1,000-row table scrolls the screen
@@ -191,7 +191,7 @@ def _format_ratio(ratio: float | None) -> str:
 
 def worst_classes_table(worst: Sequence[ClassMetricsRow], averages: Sequence[ClassMetricsRow], classes: int,
                         epoch: int) -> Table:
-    """The classes with the lowest F1 (`worst`, from `monitor.analysis.worst_by_f1`), then the
+    """The classes with the lowest F1 (`worst`, from `monitor.aggregates.analysis.worst_by_f1`), then the
     average rows; the caption says where every class is."""
     table = Table(title=f"Worst classes by F1 — epoch {epoch}",
                   caption=Text(f"{len(worst)} of {classes:,} classes shown; every class is in "

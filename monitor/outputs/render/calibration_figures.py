@@ -1,12 +1,12 @@
-"""Build the reliability diagram of an epoch from its calibration bins (`monitor.calibration`)."""
+"""Build the reliability diagram of an epoch from its calibration bins (`monitor.aggregates.calibration`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from monitor.calibration import EDGES, NUM_BINS, CalibrationBins
-from monitor.render.figures import NO_DATA_NOTE, _note
+from monitor.aggregates.calibration import EDGES, NUM_BINS, CalibrationBins
+from monitor.outputs.render.confusion_figures import NO_DATA_NOTE, _note
 
 ACCURACY_COLOR = "#1f77b4"
 GAP_COLOR = "#d62728"
