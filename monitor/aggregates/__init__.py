@@ -1,0 +1,1 @@
+"""What is known about a run beyond its counts: per-sample state (ids, names, history)."""
