@@ -162,6 +162,11 @@ class Pipeline:
             run.on_mistakes(message)
         elif kind == "sampled":
             run.on_sampled(message)
+        elif kind == "train_preds":
+            run.on_train_preds(message)
+        elif kind == "sample_names":
+            run.on_sample_names(message)
+            self._note_sample_problems(run)
         elif kind == "epoch_end":
             run.on_epoch_end(message, self.clock())
             self._render_ready(run)
@@ -239,9 +244,14 @@ class Pipeline:
             if not missing and run.start is not None:
                 run.release(number)
 
+    def _note_sample_problems(self, run: RunState) -> None:
+        for note in run.take_sample_notes():
+            self.console.line(run_dir(self.out, run.run), note)
+
     def _render_epoch(self, run: RunState, number: int) -> None:
         epoch = run.epochs[number]
         run.drawn(number)
+        self._note_sample_problems(run)
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return

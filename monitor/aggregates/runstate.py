@@ -13,12 +13,20 @@ from typing import Any, Callable
 
 import numpy as np
 
+from monitor.aggregates import sample_ids
 from monitor.aggregates.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
 from monitor.aggregates.confusion import SparseCounts
+from monitor.aggregates.sample_ids import SampleChunk
+from monitor.aggregates.sample_names import NamesTable
+from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
 NAMED_MISSING_RANKS = 3  # a warning names this many missing ranks and counts the rest
+MAX_THUMBNAILS_BY_ID = 256  # thumbnails of mistaken samples kept for the label suspects, the latest first
+NO_IDS_BEFORE_1_3 = "the trainer sent no sample ids (protocol before 1.3)"
+NO_IDS = ("the trainer sent no sample ids (a shuffled validation loader whose batches hold no index/idx/id key? "
+          "the trainer's log names the fix)")
 
 
 class RejectedMessage(ValueError):
@@ -58,6 +66,10 @@ class EpochState:
     first_end_at: float | None = None  # monotonic time of the first epoch_end, for the timeout only
     released: bool = False
     accuracy: float | None = None  # from the confusion counts, kept when they are freed
+    # rank -> (source, its chunks' sample-level data; None for a chunk without ids): the confusion rule
+    val_samples: dict[int, tuple[Source, list[SampleChunk | None]]] = field(default_factory=dict)
+    train_samples: dict[int, tuple[Source, list[SampleChunk]]] = field(default_factory=dict)  # track_train
+    samples_taken: bool = False  # handed to the run's sample history (once, at its first draw)
 
 
 def _add_pass(per_rank: dict, rank: int, source: Source, part: Any, add: Callable[[Any, Any], Any]) -> None:
@@ -115,6 +127,16 @@ class RunState:
         self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
         self.last_message_time: float | None = None  # the latest message's own time (the sender's clock)
         self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
+        # Per-sample state (protocol 1.3): None until the first epoch with ids (or training records).
+        self.samples: SampleHistory | None = None
+        self.training_map: TrainingMap | None = None
+        self.sample_names = NamesTable()
+        self.sample_ids_missing: str | None = None  # why the run has no per-sample data, once an epoch shows it
+        self.sample_problems: Counter[str] = Counter()  # reason code -> refusals and notes (sample_ids, names)
+        self.sample_notes: list[str] = []  # one line per new problem, for the console; the pipeline takes them
+        self.thumbnails_by_id: dict[int, np.ndarray] = {}  # mistaken validation samples' thumbnails, bounded
+        self._last_sample_epoch = {"val": -1, "train": -1}
+        self._newest_version: tuple[int, int] = (1, 0)  # of the preds messages, for the missing-ids note
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -253,16 +275,53 @@ class RunState:
         why = None if confidence is None else check_confidence(confidence)
         if why is not None:
             raise RejectedMessage(f"preds: {why}")
+        self._check_label_confidence(message)
         epoch = self._open_epoch(message)
         counts = SparseCounts.of(preds, labels, self.num_classes)
         rank, source = message.rank, (getattr(message, "sender", ""), message["step"])
         _add_pass(epoch.confusion, rank, source, counts, lambda a, b: SparseCounts.total([a, b]))
         bins = None if confidence is None else CalibrationBins.of(confidence, preds, labels)
         _add_pass(epoch.calibration, rank, source, bins, CalibrationBins.__add__)
+        _add_pass(epoch.val_samples, rank, source, [SampleChunk.of(message)], list.__add__)
+        self._newest_version = max(self._newest_version, message.version)
         return epoch
+
+    def _check_label_confidence(self, message: Message) -> None:
+        label_confidence = message.get("label_confidence")
+        why = None if label_confidence is None else check_confidence(label_confidence)
+        if why is not None:
+            raise RejectedMessage(f"{message.kind}: label_confidence: {why}")
+
+    def on_train_preds(self, message: Message) -> EpochState:
+        """Training-set predictions (track_train): kept per rank until the epoch is drawn."""
+        self._check_labels(message, message["preds"], message["labels"])
+        self._check_label_confidence(message)
+        epoch = self._open_epoch(message)
+        _add_pass(epoch.train_samples, message.rank, (message.sender, 0), [SampleChunk.of(message)], list.__add__)
+        return epoch
+
+    def on_sample_names(self, message: Message) -> None:
+        """A chunk of sample names; rank 0's are kept (every rank would send the same)."""
+        if message.rank != 0:
+            return
+        refused = self.sample_names.add(message["split"], message["first"], message["names"])
+        for reason, count in refused.items():
+            self._sample_problem(reason, count, f"sample names of split {message['split']!r} from id "
+                                                f"{message['first']}: {count} not kept ("
+                                                + ("longer than 200 characters" if reason == "names_too_long" else
+                                                   f"the run's names table is full at {self.sample_names.limit:,} "
+                                                   "bytes") + "); those samples are shown by id")
+
+    def _sample_problem(self, reason: str, count: int, text: str) -> None:
+        if not self.sample_problems[reason]:
+            self.sample_notes.append(f"run {self.run}: {text}")
+        self.sample_problems[reason] += count
 
     def on_mistakes(self, message: Message) -> EpochState:
         self._check_labels(message, message["labels"], message["preds"])
+        ids, size = message.get("ids"), None if self.start is None else self.start.get("val_size")
+        if ids is not None and size is not None and len(ids) and int(ids.max()) >= size:
+            raise RejectedMessage(f"mistakes: sample id {int(ids.max())} is not below val_size {size}")
         why = check_confidence(message["confidence"])
         if why is not None:
             raise RejectedMessage(f"mistakes: {why}")
@@ -368,8 +427,68 @@ class RunState:
         bins = self.calibration(number)
         if bins is not None and bins.total:
             self.history.setdefault(number, {}).update({"val/ece": bins.ece(), "val/mce": bins.mce()})
+        epoch = self.epochs[number]
+        if not epoch.samples_taken and not epoch.released and self.start is not None:
+            epoch.samples_taken = True
+            self._take_samples(number, epoch)
         self.dirty.discard(number)
         self.rendered.add(number)
+
+    def _take_samples(self, number: int, epoch: EpochState) -> None:
+        """Hands the epoch's samples, merged over ranks, to the run's sample history (and its training
+        records to the training map), says why there are none, and keeps its mistakes' thumbnails by id."""
+        with_ids = {rank: chunks for rank, (_, chunks) in epoch.val_samples.items()
+                    if all(chunk is not None for chunk in chunks)}
+        if epoch.val_samples and not with_ids and self.samples is None:
+            self.sample_ids_missing = NO_IDS_BEFORE_1_3 if self._newest_version < (1, 3) else NO_IDS
+        if with_ids:
+            without = len(epoch.val_samples) - len(with_ids)
+            if without:
+                self._sample_problem(sample_ids.RANKS_WITHOUT_IDS, 1, f"epoch {number}: {without} rank(s) sent "
+                                     "predictions without sample ids; its per-sample data holds the other ranks' only")
+            merged = self._merged(number, "val", with_ids)
+            if merged is not None:
+                if self.samples is None:
+                    self.samples = SampleHistory(self.num_classes)
+                self.sample_ids_missing = None
+                self.samples.add_epoch(EpochSamples(number, merged.ids, merged.labels, merged.preds,
+                                                    merged.confidence, merged.label_confidence))
+                self._keep_thumbnails(number)
+        if epoch.train_samples:
+            merged = self._merged(number, "train", {rank: chunks for rank, (_, chunks) in epoch.train_samples.items()})
+            if merged is not None:
+                if self.training_map is None:
+                    self.training_map = TrainingMap(self.num_classes)
+                self.training_map.add_epoch(number, merged.ids, merged.labels, merged.preds, merged.label_confidence)
+
+    def _merged(self, number: int, split: str, per_rank: dict) -> sample_ids.MergedSamples | None:
+        what = f"epoch {number} ({'validation' if split == 'val' else 'training'} samples)"
+        if number <= self._last_sample_epoch[split]:
+            self._sample_problem("epoch_repeated", 1, f"{what} came again after a later epoch (a resumed "
+                                 "training?); the per-sample history keeps the first pass")
+            return None
+        merged, problems = sample_ids.merge(per_rank, self.start.get(f"{split}_size"), what)
+        for problem in problems:
+            self._sample_problem(problem.reason, 1, problem.text)
+        if merged is not None:
+            self._last_sample_epoch[split] = number
+        return merged
+
+    def _keep_thumbnails(self, number: int) -> None:
+        mistakes = self.hardest_mistakes(number)
+        if mistakes is None or mistakes.ids is None:
+            return
+        kept = self.thumbnails_by_id
+        for id_, image in zip(mistakes.ids.tolist(), mistakes.images):
+            kept.pop(id_, None)  # re-inserted last: the oldest thumbnails go first
+            kept[id_] = image.copy()  # not a view: it would keep the epoch's whole stack alive
+        for id_ in list(kept)[:max(0, len(kept) - MAX_THUMBNAILS_BY_ID)]:
+            del kept[id_]
+
+    def take_sample_notes(self) -> list[str]:
+        """The problem lines found since the last call (each reason once per run)."""
+        notes, self.sample_notes = self.sample_notes, []
+        return notes
 
     def release(self, number: int) -> None:
         """Frees an epoch's per-rank data (confusion counts, thumbnails, draws) once it is drawn with
@@ -385,6 +504,8 @@ class RunState:
         epoch.samples = None
         epoch.mistakes.clear()
         epoch.sampled.clear()
+        epoch.val_samples.clear()
+        epoch.train_samples.clear()
         epoch.ended_ranks.clear()
         epoch.released = True
 
@@ -448,5 +569,6 @@ class RunState:
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
+            **({"sample_problems": dict(sorted(self.sample_problems.items()))} if self.sample_problems else {}),
             "last_message_time": self.last_message_time,
         }
