@@ -19,6 +19,7 @@ from monitor.ingest.rejections import RateLimitedLines, rejection_line
 from monitor.outputs.render import tables
 from monitor.outputs.render.save import write_csv, write_json
 from monitor.outputs.report.writer import Reports
+from monitor.outputs.sample_writer import SampleOutputs, samples_summary
 from monitor.aggregates.runstate import RefusedSender, RejectedMessage, RunState
 from trainer_side.protocol import Message
 
@@ -52,6 +53,7 @@ class Pipeline:
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
         self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: figures and scalars as events too
         self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
+        self.sample_outputs = SampleOutputs(renderer, console)  # changes, per-sample files, suspects, data map
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class Pipeline:
             return
         self._summaries_due.discard(run.run)
         self._summary_written[run.run] = now
-        summary = run.summary()
+        summary = {**run.summary(), **samples_summary(run)}
         problem = None if self.logbook is None else self.logbook.status(run.run)
         if problem is not None:
             summary["log"] = problem
@@ -264,6 +266,7 @@ class Pipeline:
             for job in confusion_jobs(epoch_dir, counts, names, number):
                 self.renderer.submit(job)
             per_class = self._write_analysis(folder, epoch_dir, number, counts, names)
+        sample_scalars = self.sample_outputs.epoch(run, number, folder, epoch_dir)
         if epoch.samples is not None:
             s = epoch.samples
             self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
@@ -290,7 +293,7 @@ class Pipeline:
             tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
             epoch.accuracy if counts is None else counts.accuracy(), run.world))
         if self.tensorboard is not None:
-            self.tensorboard.epoch(folder.name, number, run.finite_metrics(number), per_class)
+            self.tensorboard.epoch(folder.name, number, run.finite_metrics(number), per_class, sample_scalars)
 
     def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path, *, has_preds: bool) -> None:
         """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2);
