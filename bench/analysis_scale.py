@@ -95,7 +95,7 @@ def measure(classes: int, samples: int, epochs: int, priority: str, work: Path) 
     result = {"classes": classes, "samples": samples, "priority": priority, "epochs": []}
     with MonitorProcess(out, "--render-priority", priority) as monitor:
         monitor.wait_idle()
-        emitter = Emitter(monitor.ingest.endpoint, run=RUN, spool=False, queue_size=10_000)
+        emitter = Emitter(monitor.endpoint, run=RUN, spool=False, queue_size=10_000)
         start_run(emitter, classes)
         # A trainer's first epoch ends seconds after run_start; one ending within SUMMARY_EVERY_S of it
         # would get its report data only with the next, throttled, summary.json.

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         memory["absent"] = memory_bound(f"tcp://127.0.0.1:{free_port()}", pile, checkpoints, work / "absent")
         with MonitorProcess(Path(tmp) / "stopped") as monitor:
             monitor.sigstop()
-            memory["sigstopped"] = memory_bound(monitor.ingest.endpoint, pile, checkpoints, work / "sigstopped")
+            memory["sigstopped"] = memory_bound(monitor.endpoint, pile, checkpoints, work / "sigstopped")
     print_table(f"Trainer memory while {pile:,} thumbnail messages (196,608-byte images each) find no reader "
                 "(queue_size=1000, linger_ms=2000)",
                 ["monitor", *(f"RSS +MB after {n:,}" for n in checkpoints), "sent", "dropped", "send p99 µs",

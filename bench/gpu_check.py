@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     sync_errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp, MonitorProcess(Path(tmp) / "monitor") as monitor:
         monitor.wait_idle()
-        fit("b", monitor.ingest.endpoint, Path(tmp) / "sync", 2, sync_errors)
+        fit("b", monitor.endpoint, Path(tmp) / "sync", 2, sync_errors)
         for round_index in range(rounds + 1):  # round 0 warms up CUDA and cuDNN
             for config in times:
-                seconds = fit(config, monitor.ingest.endpoint, Path(tmp) / f"e{round_index}", epochs)
+                seconds = fit(config, monitor.endpoint, Path(tmp) / f"e{round_index}", epochs)
                 monitor.wait_idle()
                 if round_index:
                     times[config].append(seconds)

@@ -52,7 +52,7 @@ def ingest(monitor: MonitorProcess, work: Path, run: str, kind: str, count: int,
     plan.write_bytes(pickle.dumps(schedule))
     console = monitor.out / run / "console.txt"
     monitor.wait_idle()
-    sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.ingest.endpoint, "--frames", str(plan)],
+    sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.monotonic() + 300
     done = None

@@ -74,7 +74,7 @@ def long_run(tree: Path, out: Path, epochs: int, classes: int, samples: int) -> 
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 5000)
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         push.send(_start("long", classes))
         seq = 1
         images = rng.integers(0, 255, (16, 64, 64, 3), dtype=np.uint8)
@@ -112,7 +112,7 @@ def flood(tree: Path, out: Path, frames: int, samples: int) -> dict[str, float]:
         push.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.SNDHWM, 16)
         push.setsockopt(zmq.SNDTIMEO, 30_000)  # waits while the monitor's buffers are full: the worst case
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         push.send(_start("flood", 2))
         values = np.zeros(samples, dtype=np.uint8)
         sent = dropped = 0
@@ -149,7 +149,7 @@ def world_claim(tree: Path, out: Path, epochs: int) -> list[float]:
         context = zmq.Context()
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         push.send(frame("run_start", "huge", world, 0, _start_body(2)))
         for epoch in range(epochs):
             push.send(frame("preds", "huge", world, 1 + 2 * epoch,

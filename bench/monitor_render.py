@@ -29,7 +29,7 @@ import numpy as np
 from bench.analysis_scale import epoch_files
 from bench.common import add_common_args, median, print_table, quantile, write_json
 from bench.harness import PYTHON, ROOT, MonitorProcess
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from trainer_side import protocol
 
 PROBE_MS = 2.0
@@ -134,7 +134,7 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     with MonitorProcess(out, *extra, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
                                               "serve"]) as monitor:
         monitor.wait_idle()
-        sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.ingest.endpoint, "--frames", str(plan),
+        sender = subprocess.Popen([PYTHON, "-m", "bench.sender", "--endpoint", monitor.endpoint, "--frames", str(plan),
                                    "--probe-period-ms", str(PROBE_MS), "--duration", str(1.0 + epochs * spacing)],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT)
         mtimes = watch_mtimes(paths, sender)

@@ -43,7 +43,7 @@ def _time_start(out: Path, tree: Path, timeout: float = 120.0) -> tuple[float, f
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     try:
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         push.send(_first_message())
         written = out / RUN / "labels_mapping.json"
         while not written.exists():

@@ -14,7 +14,8 @@ from monitor.aggregates import analysis
 from monitor.aggregates.confusion import SparseCounts
 from monitor.outputs.console import MonitorConsole
 from monitor.outputs.render.jobs import HistoryJob, ReliabilityJob, SampleGridJob, confusion_jobs
-from monitor.ingest.logbook import LogBook, run_dir
+from monitor.folders import run_dir
+from monitor.ingest.logbook import LogBook
 from monitor.ingest.rejections import RateLimitedLines, rejection_line
 from monitor.outputs.render import tables
 from monitor.outputs.render.save import write_csv, write_json

@@ -147,21 +147,21 @@ def test_curve_admits_only_the_allowed_client_keys(start_monitor, tmp_path, keys
     try:
         # A plain PUSH socket, as any client without CURVE would connect.
         plain = context.socket(zmq.PUSH)
-        plain.connect(monitor.ingest.endpoint)
+        plain.connect(monitor.endpoint)
         plain.send(msgpack.packb({"v": [1, 0], "kind": "run_start", "run": "plain", "rank": 0, "world": 1,
                                   "seq": 0, "time": 0.0, "class_names": ["a"], "normalization":
                                   {"mean": [0.0], "std": [1.0]}, "model": {"class": "M", "total_params": 0,
                                   "trainable_params": 0, "size_mb": 0.0}}, use_bin_type=True))
         refused = [
-            Emitter(monitor.ingest.endpoint, run="mallory", server_key=server_public, client_keys=key_pair(keys, "mallory"),
+            Emitter(monitor.endpoint, run="mallory", server_key=server_public, client_keys=key_pair(keys, "mallory"),
                     linger_ms=0),
-            Emitter(monitor.ingest.endpoint, run="ephemeral", server_key=server_public, linger_ms=0),  # a fresh key pair
-            Emitter(monitor.ingest.endpoint, run="wrong-server", server_key=key_pair(keys, "mallory")[0],
+            Emitter(monitor.endpoint, run="ephemeral", server_key=server_public, linger_ms=0),  # a fresh key pair
+            Emitter(monitor.endpoint, run="wrong-server", server_key=key_pair(keys, "mallory")[0],
                     client_keys=key_pair(keys, "alice"), linger_ms=0),  # the right client, the wrong server
         ]
         for emitter in refused:
             send_run(emitter)
-        alice = Emitter(monitor.ingest.endpoint, run="alice", server_key=server_public, client_keys=key_pair(keys, "alice"))
+        alice = Emitter(monitor.endpoint, run="alice", server_key=server_public, client_keys=key_pair(keys, "alice"))
         send_run(alice)
         alice.close()
         log = monitor.out / "alice" / "messages.mlog"

@@ -42,7 +42,7 @@ def served_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("served")
     monitor = conftest.MonitorProcess(tmp / "outputs")
     try:
-        result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "e2e", "--epochs", "2", "--record",
+        result = run_tiny("--endpoint", monitor.endpoint, "--run", "e2e", "--epochs", "2", "--record",
                           str(tmp / "record.npz"))
         assert result.returncode == 0, result.stderr
         code = monitor.stop()
@@ -151,7 +151,8 @@ def test_the_import_probe_can_see_a_heavy_import():
 def test_calibration_and_hardest_mistakes_match_the_recorded_logits(served_run):
     from PIL import Image
 
-    from monitor.outputs.render.confusion_figures import WRONG_COLOR, sample_grid_cells
+    from monitor.outputs.render.drawing import WRONG_COLOR
+    from monitor.outputs.render.sample_grid import sample_grid_cells
     from test_calibration import reference_ece_mce
 
     tmp, record = served_run

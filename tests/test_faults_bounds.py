@@ -251,7 +251,7 @@ def test_a_normal_runs_artifacts_appear_beside_a_sender_claiming_a_world_of_a_mi
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         labels = np.array([0, 1, 1], np.uint8)
         huge, seq = 1 << 20, 0
         push.send(_frame("run_start", "huge", 0, huge, seq, _run_start(2)))
@@ -325,7 +325,7 @@ def test_serve_refuses_a_run_over_max_runs_and_says_which_flag_raises_it(tmp_pat
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         for run in ("first", "second", "third"):
             push.send(_frame("run_start", run, 0, 1, 0, _run_start(2)))
         wait_for(lambda: (tmp_path / "out" / "first" / "labels_mapping.json").exists(), "the first run", 120)

@@ -125,7 +125,7 @@ def test_monitor_killed_mid_run_every_lost_message_is_counted_and_a_restart_repa
                                                                                                start_monitor):
     out, spool = tmp_path / "out", tmp_path / "spool"
     monitor = start_monitor(out)
-    emitter = Emitter(monitor.ingest.endpoint, run="killed", spool=spool, linger_ms=1000)
+    emitter = Emitter(monitor.endpoint, run="killed", spool=spool, linger_ms=1000)
     send_epochs(emitter, range(5))  # 1 + 5 x 3 = 16 messages
     log = out / "killed" / "messages.mlog"
     wait_for(lambda: len(frames_of(log)) == 16, "the first five epochs in the monitor's log", timeout=120)
@@ -157,7 +157,7 @@ def test_monitor_killed_mid_run_every_lost_message_is_counted_and_a_restart_repa
 def test_monitor_frozen_while_training_ends_the_unconfirmed_messages_are_reported(tmp_path, caplog, start_monitor):
     out = tmp_path / "out"
     monitor = start_monitor(out)
-    emitter = Emitter(monitor.ingest.endpoint, run="frozen", spool=tmp_path / "spool", linger_ms=1500)
+    emitter = Emitter(monitor.endpoint, run="frozen", spool=tmp_path / "spool", linger_ms=1500)
     try:
         send_epochs(emitter, range(2))
         log = out / "frozen" / "messages.mlog"
@@ -210,7 +210,7 @@ def test_a_refused_curve_handshake_is_warned_on_the_trainer_and_logged_on_the_mo
     monitor = start_monitor(tmp_path / "out", "--curve-secret", str(keys / "server.key_secret"),
                              "--curve-clients", str(allowed))
     server_public, _ = zmq.auth.load_certificate(keys / "server.key_secret")
-    mallory = Emitter(monitor.ingest.endpoint, run="mallory", spool=False, linger_ms=3000, server_key=server_public,
+    mallory = Emitter(monitor.endpoint, run="mallory", spool=False, linger_ms=3000, server_key=server_public,
                       client_keys=zmq.auth.load_certificate(keys / "mallory.key_secret"))
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
         send_epochs(mallory, range(1), end=True)

@@ -498,7 +498,7 @@ def test_serve_explains_every_rejection_reason_on_the_console_rate_limited(start
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     try:
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         for frames in refused.values():
             for _ in range(20):
                 for frame in frames:

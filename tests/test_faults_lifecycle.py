@@ -126,7 +126,7 @@ def test_serve_keeps_its_session_cgroup_and_priority_and_only_its_render_workers
     monitor = MonitorProcess(tmp_path / "out", own_session=False)
     try:
         assert _scheduling(monitor.proc.pid) == ours
-        sender = push(monitor.ingest.endpoint)
+        sender = push(monitor.endpoint)
         sender.send(run_start("ordinary", 3))
         for message in one_epoch("ordinary", 0, 1):
             sender.send(message)
@@ -259,7 +259,7 @@ class Flood:
 @pytest.mark.slow
 def test_sigterm_during_a_flood_stops_in_bounded_time_with_every_received_frame_logged(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
-    flood = Flood.start(monitor.ingest.endpoint)
+    flood = Flood.start(monitor.endpoint)
     try:
         log_path = tmp_path / "out" / "flood" / "messages.mlog"
         wait_for(lambda: log_path.exists() and log_path.stat().st_size > 1 << 20, "the flood arriving")
@@ -285,7 +285,7 @@ def send_then_stop(tmp_path: Path, push, frames: list[bytes], ready: Callable[[]
     0 within the bound; the time the stop took is reported."""
     monitor = MonitorProcess(tmp_path / "out")
     try:
-        sender = push(monitor.ingest.endpoint)
+        sender = push(monitor.endpoint)
         for message in frames:
             sender.send(message)
         wait_for(ready, when)
@@ -327,7 +327,7 @@ def test_a_70000_class_run_holds_back_no_other_run_and_records_at_most_1000_rows
     classes = 70_000
     monitor = MonitorProcess(tmp_path / "out")
     try:
-        sender = push(monitor.ingest.endpoint)
+        sender = push(monitor.endpoint)
         for message in [*giant_run(classes), run_start("small", 3)]:
             sender.send(message)
         small = tmp_path / "out" / "small" / "console.txt"

@@ -553,7 +553,7 @@ def test_served_monitor_survives_thousands_of_hostile_frames(start_monitor, tmp_
     monitor = start_monitor(tmp_path / "out", "--max-message-mb", str(cap_mb))
     out = monitor.out
     context = zmq.Context()
-    valid, garbage = ForeignSender(context, monitor.ingest.endpoint), ForeignSender(context, monitor.ingest.endpoint)
+    valid, garbage = ForeignSender(context, monitor.endpoint), ForeignSender(context, monitor.endpoint)
     mirror = Mirror(tmp_path / "mirror")  # the same garbage, in the same order, in process
     names = run_names("g")
     expected: Counter = Counter()
@@ -595,7 +595,7 @@ def test_served_monitor_survives_thousands_of_hostile_frames(start_monitor, tmp_
         below = pack(message("metrics", "below-cap", stage="x" * (cap - 200)))
         above = pack(message("metrics", "above-cap", stage="x" * (cap + 100)))
         assert len(below) < cap < len(above)
-        big = ForeignSender(context, monitor.ingest.endpoint)
+        big = ForeignSender(context, monitor.endpoint)
         events = big.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         big.send(above)
         assert events.poll(20_000), "the monitor kept the connection of a sender whose frame was over the cap"

@@ -116,7 +116,7 @@ def test_monitor_killed_and_restarted_continues_the_run_and_reports_the_gap(tmp_
 def test_frozen_monitor_never_blocks_the_sender_and_every_drop_is_counted(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
     payload = np.zeros(256 * 1024, dtype=np.uint8)
-    emitter = Emitter(monitor.ingest.endpoint, run="frozen", queue_size=4, linger_ms=20000)
+    emitter = Emitter(monitor.endpoint, run="frozen", queue_size=4, linger_ms=20000)
     emitter.run_start(["a", "b"])
     time.sleep(0.5)
     monitor.proc.send_signal(signal.SIGSTOP)
@@ -144,7 +144,7 @@ def test_training_finishes_while_the_monitor_is_frozen(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
     monitor.proc.send_signal(signal.SIGSTOP)
     try:
-        result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "stopped", "--epochs", "2", timeout=120)
+        result = run_tiny("--endpoint", monitor.endpoint, "--run", "stopped", "--epochs", "2", timeout=120)
     finally:
         monitor.proc.send_signal(signal.SIGCONT)
     assert result.returncode == 0, result.stderr
@@ -196,7 +196,7 @@ def test_watch_follows_a_spool_as_it_grows(tmp_path):
 
 def test_a_failed_run_ends_as_failed_and_keeps_its_artifacts(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
-    result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "doomed", "--epochs", "3", "--fail-at-epoch", "1")
+    result = run_tiny("--endpoint", monitor.endpoint, "--run", "doomed", "--epochs", "3", "--fail-at-epoch", "1")
     assert result.returncode != 0 and "deliberate failure" in result.stderr
     assert monitor.stop() == 0
     run = tmp_path / "out" / "doomed"
@@ -225,10 +225,10 @@ def test_appending_after_a_crash_drops_the_partial_record_first(tmp_path):
 def test_a_run_resumed_from_a_checkpoint_continues_its_history(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
     try:
-        first = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "resumed", "--epochs", "2", "--checkpoint-dir",
+        first = run_tiny("--endpoint", monitor.endpoint, "--run", "resumed", "--epochs", "2", "--checkpoint-dir",
                          str(tmp_path / "ckpt"), "--record", str(tmp_path / "first.npz"))
         assert first.returncode == 0, first.stderr
-        second = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "resumed", "--epochs", "4", "--resume",
+        second = run_tiny("--endpoint", monitor.endpoint, "--run", "resumed", "--epochs", "4", "--resume",
                           str(tmp_path / "ckpt" / "last.ckpt"), "--record", str(tmp_path / "second.npz"))
         assert second.returncode == 0, second.stderr
         assert monitor.stop() == 0

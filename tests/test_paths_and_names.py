@@ -23,7 +23,8 @@ from rich.console import Console
 
 from monitor.outputs.console import MonitorConsole
 from monitor.ingest.intake import Intake
-from monitor.ingest.logbook import LogBook, run_dir
+from monitor.folders import run_dir
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
 from monitor.outputs.render.tables import TABLE_NAME_MAX_CHARS, TABLE_WIDTH
 from monitor.outputs.render.pool import InlineRenderer

@@ -23,7 +23,7 @@ from trainer_side.protocol import make_message
 def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
     monitor = MonitorProcess(tmp_path / "out")
     try:
-        result = run_tiny("--endpoint", monitor.ingest.endpoint, "--run", "ddp", "--epochs", "2", "--devices", "2",
+        result = run_tiny("--endpoint", monitor.endpoint, "--run", "ddp", "--epochs", "2", "--devices", "2",
                           "--record", str(tmp_path / "rec.npz"), timeout=400)
         assert result.returncode == 0, result.stderr[-3000:]
         assert monitor.stop() == 0

@@ -20,7 +20,7 @@ def _serve_snippet(code: str, tmp_path) -> MonitorProcess:
     monitor = MonitorProcess(tmp_path / "outputs")
     try:
         script = tmp_path / "snippet.py"
-        script.write_text(code.replace("tcp://127.0.0.1:5555", monitor.ingest.endpoint))
+        script.write_text(code.replace("tcp://127.0.0.1:5555", monitor.endpoint))
         result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
                                 timeout=240)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -22,10 +22,11 @@ from rich.console import Console
 
 from monitor.outputs.render import save
 from monitor.aggregates.confusion import SparseCounts
-from monitor.outputs.render.confusion_figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
-                                    WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
-                                    display_label, history_figures, percent_text, sample_grid_cells,
-                                    sample_grid_figure)
+from monitor.outputs.render.confusion_figures import (CELL_TEXT_MAX_CLASSES, CellLabel, ConfusionPlot, MatrixView,
+                                                      cell_labels, confusion_figure, percent_text)
+from monitor.outputs.render.drawing import CORRECT_COLOR, NO_DATA_NOTE, WRONG_COLOR, display_label
+from monitor.outputs.render.history_figures import history_figures
+from monitor.outputs.render.sample_grid import sample_grid_cells, sample_grid_figure
 from monitor.outputs.render.matrix_views import normalized_view
 from monitor.outputs.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
 from monitor.outputs.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from monitor.outputs.render.confusion_figures import CORRECT_COLOR, WRONG_COLOR, sample_grid_cells
+from monitor.outputs.render.drawing import CORRECT_COLOR, WRONG_COLOR
+from monitor.outputs.render.sample_grid import sample_grid_cells
 from monitor.replay import replay
 from tiny_training import CLASS_NAMES, NORMALIZATION
 

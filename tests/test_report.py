@@ -16,7 +16,7 @@ import pytest
 
 from monitor.cli import main
 from monitor.ingest.endpoint import BindError, check_http
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
 from monitor.outputs.report.http import ReportServer
 from monitor.outputs.report.index import index_page, run_entry
@@ -218,7 +218,7 @@ def test_serve_writes_the_pages_a_replay_of_its_logs_writes_and_serves_them_over
     monitor = MonitorProcess(out, "--http", f"127.0.0.1:{port}", "--render-priority", "normal")
     try:
         for seed, run in enumerate(["served-a", HOSTILE_RUN]):
-            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.ingest.endpoint)
+            write_spool(tmp_path / f"spool{seed}", run, seed=seed, endpoint=monitor.endpoint)
         wait_for(lambda: all(_status(run_dir(out, run)) == "completed" for run in ["served-a", HOSTILE_RUN]),
                  "both runs completed", 60)
         status, body, _ = _get(f"http://127.0.0.1:{port}/")

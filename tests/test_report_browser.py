@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from browser import broken_images, check_index, check_run_page, open_browser, skip_reason, table_rows
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from monitor.outputs.report.page import MAX_TABLE_ROWS
 from monitor.outputs.report.http import ReportServer
 from report_runs import HOSTILE_CLASS, HOSTILE_RUN, replay_into, write_spool

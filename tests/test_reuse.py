@@ -8,7 +8,9 @@ import pytest
 
 from monitor.aggregates.confusion import SparseCounts
 from monitor.outputs.render import reuse
-from monitor.outputs.render.confusion_figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
+from monitor.outputs.render.confusion_figures import ConfusionPlot, MatrixView
+from monitor.outputs.render.history_figures import HistoryPlot
+from monitor.outputs.render.sample_grid import SampleGridPlot
 from monitor.outputs.render.confusion_figures import counts_matrix_view as view
 from monitor.outputs.render.matrix_views import normalized_view, top_view
 from monitor.outputs.render.save import save_figure

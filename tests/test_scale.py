@@ -191,7 +191,7 @@ def test_replay_of_a_served_many_class_run_reproduces_every_artifact_byte_for_by
     classes = 1200
     served = tmp_path / "served"
     with MonitorProcess(served) as monitor:
-        emitter = Emitter(monitor.ingest.endpoint, run="many", spool=False)
+        emitter = Emitter(monitor.endpoint, run="many", spool=False)
         send_run(emitter, classes, 12_000, epochs=2)
         emitter.close()
         folders = [served / "many" / f"epoch_{e:03d}" for e in range(2)]

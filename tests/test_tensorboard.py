@@ -235,7 +235,7 @@ def test_serve_writes_the_served_figures_as_events_from_the_render_workers(tmp_p
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     try:
-        push.connect(monitor.ingest.endpoint)
+        push.connect(monitor.endpoint)
         for frame in iter_frames(FIXTURE_LOG):  # the recorded run, sent as its trainer sent it
             push.send(frame)
     finally:

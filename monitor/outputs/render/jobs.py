@@ -148,7 +148,7 @@ class HistoryJob:
     history: Mapping[int, Mapping[str, float]]
 
     def run(self) -> None:
-        from monitor.outputs.render.confusion_figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
+        from monitor.outputs.render.history_figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
         from monitor.outputs.render.reuse import plot_of
         from monitor.outputs.render.save import save_figure
 
@@ -172,7 +172,7 @@ class SampleGridJob:
     confidences: np.ndarray | None = None
 
     def run(self) -> None:
-        from monitor.outputs.render.confusion_figures import SampleGridPlot
+        from monitor.outputs.render.sample_grid import SampleGridPlot
         from monitor.outputs.render.reuse import plot_of
         from monitor.outputs.render.save import save_figure
 

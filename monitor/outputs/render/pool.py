@@ -191,6 +191,8 @@ def _warm_up_tables() -> None:
 
 def _warm_up() -> None:
     import monitor.outputs.render.confusion_figures  # noqa: F401
+    import monitor.outputs.render.history_figures  # noqa: F401
+    import monitor.outputs.render.sample_grid  # noqa: F401
     import monitor.outputs.render.save  # noqa: F401
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from monitor.outputs.render.confusion_figures import FIGURE_DPI
+from monitor.outputs.render.drawing import FIGURE_DPI
 
 PNG_DPI = FIGURE_DPI
 # zlib level for the PNGs: figures are mostly flat colour, which level 1 already packs well.
