@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from monitor.outputs.render.confusion_figures import NO_DATA_NOTE, _note, display_label
+from monitor.outputs.render.drawing import NO_DATA_NOTE, display_label, note
 
 SUSPECT_THUMBNAILS = 16
 SUSPECT_BARS = 25
@@ -59,7 +59,7 @@ def _suspect_thumbnails(suspects: Sequence[Suspect], thumbnails: Sequence[np.nda
         ax.set_xticks([])
         ax.set_yticks([])
         if image is None:
-            _note(ax, "no thumbnail kept")
+            note(ax, "no thumbnail kept")
         else:
             ax.imshow(np.asarray(image, dtype=np.uint8), interpolation="nearest")
         for side in ax.spines.values():
@@ -78,7 +78,7 @@ def _suspect_bars(suspects: Sequence[Suspect], title: str) -> Figure:
     ax = fig.add_axes((0.36, 0.7 / height, 0.6, 1 - 1.1 / height))
     ax.set_title(title, fontsize=11)
     if not suspects:
-        _note(ax, NO_DATA_NOTE)
+        note(ax, NO_DATA_NOTE)
         return fig
     y = np.arange(len(suspects))
     ax.barh(y, [s.score for s in suspects], color=_HARD_COLOR, alpha=0.8)
@@ -105,7 +105,7 @@ def data_map_figure(mean: np.ndarray, variability: np.ndarray, correctness: np.n
     ax.set_xlim(0, 0.5)
     ax.set_ylim(0, 1)
     if not len(mean):
-        _note(ax, NO_DATA_NOTE)
+        note(ax, NO_DATA_NOTE)
         return fig
     bar_ax = fig.add_axes((0.85, 0.1, 0.03, 0.8))
     if len(mean) <= DATA_MAP_SCATTER_MAX:
