@@ -17,7 +17,8 @@ from trainer_side.protocol import IdRange, encode, make_message
 CLASSES = ["cat", "dog", "bird", "fish"]
 SAMPLE_FILES = ("per_sample.csv", "label_suspects.csv", "label_suspects.png", "summary.json",
                 "epoch_000/predictions.npy", "epoch_001/predictions.npy", "epoch_001/changes.json",
-                "epoch_001/changes.csv", "epoch_002/changes.json", "epoch_002/changes.csv")
+                "epoch_001/changes.csv", "epoch_002/changes.json", "epoch_002/changes.csv", "report_samples.js",
+                "index.html")
 
 
 def write_log(path: Path, run: str, *, with_ids: bool, epochs: int = 3, n: int = 90, seed: int = 0):
@@ -83,6 +84,9 @@ def test_replay_writes_the_sample_files_twice_byte_for_byte(tmp_path):
     assert "img/000.png" in (a / "per_sample.csv").read_text()
     summary = json.loads((a / "summary.json").read_text())
     assert summary["samples"]["tracked"] == len(labels) and "sample_ids_missing" not in summary
+    page = (a / "index.html").read_text()
+    assert "Changes between epochs" in page and changes["verdict"] in page and "report_samples.js" in page
+    assert (a / "report_samples.js").read_text().startswith("reportSamples(")
 
 
 def test_a_log_without_ids_says_why_once_and_writes_no_sample_files(tmp_path):
@@ -95,6 +99,7 @@ def test_a_log_without_ids_says_why_once_and_writes_no_sample_files(tmp_path):
     assert not (folder / "per_sample.csv").exists() and not (folder / "epoch_001" / "changes.json").exists()
     notes = [line for line in (folder / "console.txt").read_text().splitlines() if "no sample-level files" in line]
     assert len(notes) == 1
+    assert "No sample-level analysis: the trainer sent no sample ids" in (folder / "index.html").read_text()
 
 
 def test_the_recorded_1_2_fixture_still_replays_with_the_note(tmp_path):
