@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 from monitor.aggregates.samples import EpochSamples
 
@@ -52,6 +51,8 @@ def mcnemar_p(b: int, c: int) -> float:
     X ~ Binomial(b + c, 1/2); 1.0 when there is no discordant pair."""
     if b + c == 0:
         return 1.0
+    from scipy.stats import binomtest  # scipy.stats takes a second to import: only once ids arrive
+
     return float(min(1.0, binomtest(min(b, c), b + c, 0.5, alternative="two-sided").pvalue))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from monitor.aggregates import paired
 from monitor.aggregates.samples import EpochSamples
 from monitor.outputs import sample_files
-from monitor.outputs.render.save import write_csv, write_json, write_text
+from monitor.outputs.render.save import write_json, write_text
 from monitor.outputs.report.html import document, href, key_value_table, text
 
 COMPARISON_FILE = "comparison.json"
@@ -127,9 +127,10 @@ FLIPPED_HEADER = ["id", "name", "label", "pred_a", "confidence_a", "pred_b", "co
 def write_comparison(out: Path, a: RunSamples, b: RunSamples) -> dict:
     """comparison.json, flipped.csv and comparison.html in `out`; returns comparison.json's content."""
     summary, pairing = compare(a, b)
-    rows = sample_files.flipped_rows(pairing, a.class_names, a.names, ("only_b_right", "only_a_right"))
+    columns = sample_files.flipped_columns(pairing, a.class_names, a.names, ("only_b_right", "only_a_right"))
+    rows = [list(row) for row in zip(*columns)]
     write_json(out / COMPARISON_FILE, summary)
-    write_csv(out / FLIPPED_FILE, FLIPPED_HEADER, rows)
+    sample_files.write_columns(out / FLIPPED_FILE, FLIPPED_HEADER, columns, sample_files.FLIPPED_TEXT)
     write_text(out / COMPARISON_PAGE, comparison_page(summary, rows))
     return summary
 

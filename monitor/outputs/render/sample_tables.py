@@ -46,6 +46,6 @@ def suspects_table(rows: Sequence[Sequence[object]], total: int, epoch: int) -> 
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows[:SUSPECT_TABLE_ROWS]:
         _, name, label, suspected, wrong, mean, score = row
-        table.add_row(display_name(str(name)), display_name(str(label)), display_name(str(suspected)), f"{wrong:,}",
+        table.add_row(display_name(str(name)), display_name(str(label)), display_name(str(suspected)), str(wrong),
                       str(mean) or "n/a", str(score))
     return table
