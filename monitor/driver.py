@@ -143,7 +143,8 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
 
         caption = dashboard_caption(frames=intake.frames, rejected=intake.rejected + pipeline.rejected,
                                     render_queue=renderer.pending)
-        dashboard.show(dashboard_rows(pipeline.runs.values(), pipeline.sample_outputs.changes), caption, endpoint=source.where, now=now)
+        dashboard.show(dashboard_rows(pipeline.runs.values(), pipeline.samples.changes), caption,
+                       endpoint=source.where, now=now)
 
     unprocessed, collecting, deadline = 0, gc.isenabled(), None
     with dashboard if dashboard is not None else contextlib.nullcontext():
@@ -230,11 +231,14 @@ def _start_inline(console: Console, settings: Settings):  # type: ignore[no-unty
 
 
 def _write_stats(out: Path, source: Source, outcome: Outcome, console: Console) -> None:
-    from monitor.pipeline import STATS_FILE, write_stats
+    from monitor.outputs.summary import STATS_FILE, write_stats
 
+    pipeline = outcome.pipeline
+    logbook = source.intake.logbook if source.intake.logbook is not None or pipeline is None else pipeline.logbook
     try:
         write_stats(out, frames=source.intake.frames, frame_bytes=source.intake.bytes, rejected=outcome.rejected,
-                    pipeline=outcome.pipeline, logbook=source.intake.logbook, curve_refused=source.curve_refusals)
+                    runs={} if pipeline is None else {run.run: run.status for run in pipeline.runs.values()},
+                    log_stats=None if logbook is None else logbook.stats(), curve_refused=source.curve_refusals)
     except OSError as exc:
         console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from monitor.driver import Settings, Source, drive
 from monitor.ingest.intake import Intake
 from monitor.ingest.logbook import LogBook
-from monitor.pipeline import STATS_FILE
+from monitor.outputs.summary import STATS_FILE
 from trainer_side.msglog import iter_frames
 
 FIXTURE_LOG = Path(__file__).parent / "data" / "tiny_run.mlog"

@@ -342,17 +342,17 @@ def test_serve_refuses_a_run_over_max_runs_and_says_which_flag_raises_it(tmp_pat
 
 
 def test_a_flood_of_epoch_ends_from_many_ranks_rewrites_summary_json_once_per_second(tmp_path, monkeypatch):
-    import monitor.pipeline as pipeline_module
+    import monitor.outputs.summary as summary_module
 
     written: list[int] = []
-    real = pipeline_module.write_json
+    real = summary_module.write_json
 
     def counting(path, payload):
         if path.name == "summary.json":
             written.append(len(payload["ranks"]))
         real(path, payload)
 
-    monkeypatch.setattr(pipeline_module, "write_json", counting)
+    monkeypatch.setattr(summary_module, "write_json", counting)
     clock = FakeClock()
     pipeline, _ = _pipeline(tmp_path, clock, timeout=30.0)
     world = 1000

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 from rich.console import Console
 
-from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
+from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap, samples_summary
 from monitor.outputs.console import MonitorConsole
-from monitor.outputs.sample_writer import NO_IDS_NOTE, SampleOutputs, samples_summary
+from monitor.outputs.sample_writer import NO_IDS_NOTE, SampleOutputs
 from monitor.outputs.render.pool import InlineRenderer
 
 CLASSES = ["cat", "dog", "bird"]
@@ -63,7 +63,7 @@ def test_an_epoch_with_ids_leaves_every_sample_file_and_the_same_bytes_twice(tmp
     assert "val/000.png" in (folder / "per_sample.csv").read_text()
     record = (folder / "console.txt").read_text()
     assert "Changes — epoch 1 vs 0" in record and "Label suspects" in record and "data map after epoch 2" in record
-    assert samples_summary(run)["samples"] == {"tracked": 40, "epochs": 3, "ids_over_cap": 0, "label_changed": 0}
+    assert samples_summary(run.samples, run.training_map, None)["samples"] == {"tracked": 40, "epochs": 3, "ids_over_cap": 0, "label_changed": 0}
 
 
 def test_suspects_without_thumbnails_get_a_ranked_chart(tmp_path):
@@ -82,4 +82,4 @@ def test_a_run_without_ids_gets_one_line_and_no_files(tmp_path):
     console.flush(wait=True)
     lines = (tmp_path / "old" / "console.txt").read_text().splitlines()
     assert lines == [f"run old: {NO_IDS_NOTE}: the trainer sent no sample ids (protocol before 1.3)"]
-    assert samples_summary(run) == {"sample_ids_missing": "the trainer sent no sample ids (protocol before 1.3)"}
+    assert samples_summary(None, None, run.sample_ids_missing) == {"sample_ids_missing": "the trainer sent no sample ids (protocol before 1.3)"}

@@ -18,7 +18,7 @@ from monitor.aggregates.calibration import CalibrationBins, MergedMistakes, chec
 from monitor.aggregates.confusion import SparseCounts
 from monitor.aggregates.sample_ids import SampleChunk
 from monitor.aggregates.sample_names import NamesTable
-from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
+from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap, samples_summary
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
@@ -570,5 +570,6 @@ class RunState:
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
             **({"sample_problems": dict(sorted(self.sample_problems.items()))} if self.sample_problems else {}),
+            **samples_summary(self.samples, self.training_map, self.sample_ids_missing),
             "last_message_time": self.last_message_time,
         }

@@ -266,6 +266,20 @@ class TrainingMap:
         return ids, s.label[ids], mean, variability, s.correct[ids] / seen
 
 
+def samples_summary(history: SampleHistory | None, training_map: TrainingMap | None, missing: str | None) -> dict:
+    """What summary.json says of a run's sample-level data: counts, or why there is none."""
+    if history is None:
+        return {} if missing is None else {"sample_ids_missing": missing}
+    s = history.state
+    summary: dict = {"samples": {"tracked": int((s.seen[:s.size] > 0).sum()), "epochs": len(history.epochs),
+                                 "ids_over_cap": history.ids_over_cap, "label_changed": history.label_changed}}
+    if training_map is not None:
+        t = training_map.state
+        summary["training_map"] = {"tracked": int((t.seen[:t.size] > 0).sum()), "ids_over_cap": training_map.ids_over_cap,
+                                   "duplicates": training_map.duplicates, "late": training_map.late}
+    return summary
+
+
 def _subset(samples: EpochSamples, mask: np.ndarray) -> EpochSamples:
     def pick(array):
         return None if array is None else array[mask]

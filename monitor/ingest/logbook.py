@@ -89,6 +89,15 @@ class LogBook:
             return None
         return {"frames_not_logged": self.not_logged[run], "error": self.errors[run]}
 
+    def stats(self) -> dict:
+        """For the process's stats.json: frames not logged by run, the last error, rejected frames not kept."""
+        stats: dict = {}
+        if self.not_logged:
+            stats.update(not_logged=dict(sorted(self.not_logged.items())), log_error=self.last_error)
+        if self.rejected_not_kept:
+            stats["rejected_not_kept"] = self.rejected_not_kept  # beyond the rejected-frames log's cap
+        return stats
+
     def _failed(self, run: str, exc: OSError, frames: int) -> None:
         if isinstance(exc, LogWriteError):
             frames = exc.frames  # records that were still pending are gone too

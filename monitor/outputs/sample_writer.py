@@ -76,20 +76,3 @@ class SampleOutputs:
         self.renderer.submit(DataMapJob(folder / "data_map.png", mean.astype("float32"),
                                         variability.astype("float32"), correctness.astype("float32"),
                                         f"Data map (Dataset Cartography) after epoch {number}"))
-
-
-def samples_summary(run) -> dict:
-    """What summary.json says of the run's sample-level data: counts, or why there is none."""
-    history: SampleHistory | None = run.samples
-    if history is None:
-        reason = run.sample_ids_missing
-        return {} if reason is None else {"sample_ids_missing": reason}
-    summary = {"samples": {"tracked": int((history.state.seen[:history.state.size] > 0).sum()),
-                           "epochs": len(history.epochs), "ids_over_cap": history.ids_over_cap,
-                           "label_changed": history.label_changed}}
-    training: TrainingMap | None = run.training_map
-    if training is not None:
-        summary["training_map"] = {"tracked": int((training.state.seen[:training.state.size] > 0).sum()),
-                                   "ids_over_cap": training.ids_over_cap, "duplicates": training.duplicates,
-                                   "late": training.late}
-    return summary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from rich.console import Console
 from rich.table import Table
@@ -289,6 +290,13 @@ def table_text(table: Table, width: int = TABLE_WIDTH) -> str:
     # rich pads centred titles with spaces; trailing blanks only add noise to console.txt diffs.
     lines = console.export_text(styles=False).splitlines()
     return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:
+    """A per-class table for console.txt and the terminal's shorter version (None: the same), each
+    drawing only the rows `pick` chooses where the run has more classes than they show."""
+    record = table if len(rows) <= RECORD_MAX_CLASS_ROWS else partial(table, shown=pick(rows, RECORD_MAX_CLASS_ROWS))
+    return record, partial(table, shown=pick(rows)) if len(rows) > TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _check_lengths(class_names: Sequence[str], **columns: Sequence[object]) -> None:
