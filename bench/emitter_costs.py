@@ -120,11 +120,29 @@ def preds_frame_bytes(num_classes: int, samples: int, batch: int = 100) -> int:
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         collector.add(logits[:n], torch.randint(0, num_classes, (n,), generator=generator))
-    preds, labels, confidence = collector.take_chunk()
+    chunk = collector.take_chunk()
     message = protocol.make_message("preds", "run-20240101-120000-abcd", 0, 1, 123,
-                                    {"epoch": 12, "step": 12345, "preds": preds, "labels": labels,
-                                     "confidence": confidence})
+                                    {"epoch": 12, "step": 12345, "preds": chunk.preds, "labels": chunk.labels,
+                                     "confidence": chunk.confidence})
     return len(protocol.encode(message))
+
+
+def sample_field_bytes(samples: int = 10_000) -> dict[str, float]:
+    """Bytes per validation sample that each protocol 1.3 field adds to a preds message of 43 classes:
+    ids as a range, explicit ids (every other sample, as a DistributedSampler's rank holds them),
+    and the label's probability."""
+    rng = np.random.default_rng(0)
+    base = {"epoch": 12, "step": 12345, "preds": rng.integers(0, 43, samples).astype(np.uint8),
+            "labels": rng.integers(0, 43, samples).astype(np.uint8),
+            "confidence": rng.random(samples).astype(np.float16)}
+    extra = {"ids as a range": {"ids": protocol.IdRange(0, samples)},
+             "explicit ids": {"ids": protocol.compact_ids(np.arange(0, 2 * samples, 2))},
+             "label_confidence": {"label_confidence": rng.random(samples).astype(np.float16)}}
+
+    def size(body: dict) -> int:
+        return len(protocol.encode(protocol.make_message("preds", "run-20240101-120000-abcd", 0, 1, 123, body)))
+
+    return {name: (size({**base, **fields}) - size(base)) / samples for name, fields in extra.items()}
 
 
 COLLECTOR_SETTINGS = {"confidence off, mistakes off (1.1)": {"confidence": False, "num_mistakes": 0},
@@ -218,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["classes", "frame, 350 samples", "frame, 10,000", "per sample @10,000", "marginal per sample", "target"],
                 [[c, s["frame_350"], s["frame_10000"], s["per_sample_10000"], s["per_sample_marginal"], targets[c]]
                  for c, s in sizes.items()])
+    fields = sample_field_bytes()
+    print_table("Bytes per validation sample that protocol 1.3's fields add (preds of 10,000 samples)",
+                ["field", "bytes per sample", "bound"],
+                [[name, value, {"ids as a range": "0", "explicit ids": "<= 4"}.get(name, "2")]
+                 for name, value in fields.items()])
     thumbs = {"demo 32x32 input (kept 32 px)": thumbnail_frame_bytes(32),
               "224x224 input (resized to 64 px)": thumbnail_frame_bytes(224)}
     print_table("Bytes per thumbnail batch (one samples message, 16 thumbnails, uint8 HxWx3)",
@@ -251,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                  "close s", "RSS +MB after close"],
                 [[name, *(m["rss_growth_mb"][n] for n in checkpoints), m["sent"], m["dropped"], m["send_us_p99"],
                   m["close_s"], m["after_close_mb"]] for name, m in memory.items()])
-    write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "thumbnail_bytes": thumbs,
+    write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "sample_field_bytes": fields,
+                           "thumbnail_bytes": thumbs,
                            "collector_add_s": collector_times, "batch_hook_s": batch_hooks, "memory": memory})
     return 0
 
