@@ -469,6 +469,8 @@ class RunState:
             return None
         merged, problems = sample_ids.merge(per_rank, self.start.get(f"{split}_size"), what)
         for problem in problems:
+            if split == "train" and problem.reason == sample_ids.DUPLICATE_IDS:
+                continue  # a sampler drawing with replacement repeats training samples: nothing wrong
             self._sample_problem(problem.reason, 1, problem.text)
         if merged is not None:
             self._last_sample_epoch[split] = number

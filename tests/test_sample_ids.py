@@ -200,3 +200,32 @@ def test_training_records_without_logits_say_the_fix():
     collector = TrainingCollector(3, chunk_size=10**6, batch_keys=None, id_key=None)
     collector.add(torch.tensor(1.0), (torch.zeros(2, 3), torch.tensor([0, 1])))
     assert collector.take_chunk() is None and '"logits": logits' in collector.problem
+
+
+def _hex_blocks(text: str) -> list[str]:
+    """The code blocks of a markdown text that hold only hex bytes, as one string each."""
+    blocks = text.split("```")[1::2]
+    return [" ".join(block.split()) for block in blocks
+            if block.strip() and all(len(word) == 2 for word in block.split())]
+
+
+def test_the_byte_examples_of_protocol_1_3_in_the_doc_are_what_encode_writes():
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    blocks = _hex_blocks(doc)
+    envelope = dict(run="run-20261126-181512-a3f9", rank=0, world=2, time=1795712112.5, sender="5f0c2b7e9a1d4c83")
+    body = {"epoch": 1, "step": 120, "preds": np.array([2, 0, 1], np.uint8), "labels": np.array([2, 1, 1], np.uint8),
+            "confidence": np.array([0.9, 0.6, 0.45], np.float16), "ids": IdRange(40, 3),
+            "label_confidence": np.array([0.9, 0.3, 0.45], np.float16)}
+    ranged = protocol.encode(protocol.make_message("preds", seq=5, body=body, **envelope))
+    explicit = protocol.encode(protocol.make_message(
+        "preds", seq=5, body={**body, "ids": np.array([40, 42, 44], np.uint32)}, **envelope))
+    names = protocol.encode(protocol.make_message(
+        "sample_names", seq=1, body={"split": "val", "first": 40, "names": ["cats/0042.jpg", "dogs/0007.jpg"]},
+        **envelope))
+    assert (len(ranged), len(explicit), len(names)) == (297, 320, 161)
+    ids_part = explicit[explicit.index(b"\xa3ids"):explicit.index(b"\xb0label_confidence")]
+    query = protocol.encode_receipt_query("run-20261126-181512-a3f9", 0, "5f0c2b7e9a1d4c83")
+    for frame in (ranged, names, ids_part, query):
+        assert any(frame.hex(" ") in block for block in blocks), frame
