@@ -30,6 +30,7 @@ from bench.common import PullSink, add_common_args, median, print_table, quantil
 from bench.harness import MonitorProcess, free_port
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector
+from trainer_side.train_collect import TrainingCollector
 from trainer_side.emitter import Emitter
 
 HOOKS = ("setup", "on_train_start", "on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end",
@@ -172,6 +173,26 @@ def collector_costs(batches: int, batch: int, classes: int, image_side: int) -> 
     return times
 
 
+def train_collector_costs(batches: int, batch: int, classes: int) -> list[float]:
+    """Seconds per TrainingCollector.add of one training batch (track_train=True: argmax, the label's
+    probability, ids from the batch), the trainer's added cost per training batch on this device."""
+    generator = torch.Generator().manual_seed(classes)
+    outputs = {"loss": torch.tensor(1.0), "logits": torch.randn(batch, classes, generator=generator) * 3}
+    batch_items = (torch.zeros(batch, 1), torch.randint(0, classes, (batch,), generator=generator),
+                   torch.randperm(1_281_167, generator=generator)[:batch])
+    collector = TrainingCollector(classes, chunk_size=10**9, batch_keys=None, id_key=2)
+    times = []
+    for index in range(batches + 20):
+        if index % 50 == 0:
+            collector.take_chunk()  # an epoch's end: bounded state
+            collector.reset()
+        started = time.perf_counter()
+        collector.add(outputs, batch_items)
+        if index >= 20:
+            times.append(time.perf_counter() - started)
+    return times
+
+
 def thumbnail_frame_bytes(side: int, count: int = 16) -> int:
     collector = ValidationCollector(10, num_thumbnails=count, thumbnail_size=64, chunk_size=10**9,
                                     normalization=NORMALIZATION)
@@ -254,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 ["batch", "setting", "batches", "median µs", "p99 µs"],
                 [[label, name, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)]
                  for label, by_setting in collector_times.items() for name, t in by_setting.items()])
+    train_times = {label: train_collector_costs(batches, batch, classes)
+                   for label, (batch, classes) in (("batch 64, 10 classes", (64, 10)),
+                                                   ("batch 256, 1,000 classes", (256, 1000)))}
+    print_table("Trainer time per training batch with track_train=True (TrainingCollector.add, CPU; µs)",
+                ["batch", "batches", "median µs", "p99 µs"],
+                [[label, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)] for label, t in train_times.items()])
     hooks_off = hook_costs(epochs, work / "hooks-off", num_mistakes=0)
     batch_hooks = {"num_mistakes=16 (default)": hooks["on_validation_batch_end"],
                    "num_mistakes=0": hooks_off["on_validation_batch_end"]}
@@ -276,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                   m["close_s"], m["after_close_mb"]] for name, m in memory.items()])
     write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "sample_field_bytes": fields,
                            "thumbnail_bytes": thumbs,
-                           "collector_add_s": collector_times, "batch_hook_s": batch_hooks, "memory": memory})
+                           "collector_add_s": collector_times, "train_collector_add_s": train_times, "batch_hook_s": batch_hooks, "memory": memory})
     return 0
 
 
