@@ -8,7 +8,8 @@ import pytest
 
 from monitor.aggregates import sample_ids
 from monitor.aggregates.sample_names import NAMES_OVER_LIMIT, NAMES_TOO_LONG, NamesTable
-from monitor.aggregates.runstate import MAX_THUMBNAILS_BY_ID, NO_IDS_BEFORE_1_3, RejectedMessage, RunState
+from monitor.aggregates.run_samples import MAX_THUMBNAILS_BY_ID, NO_IDS_BEFORE_1_3
+from monitor.aggregates.runstate import RejectedMessage, RunState
 from trainer_side.protocol import IdRange, Message, decode, encode, make_message
 
 U1 = np.uint8
@@ -142,7 +143,7 @@ def test_training_records_of_every_rank_reach_the_training_map():
             "epoch": 0, "ids": np.asarray(ids, np.uint32), "labels": np.asarray([1, 2], U1),
             "preds": np.asarray([1, 0], U1), "label_confidence": np.asarray([0.75, 0.25], np.float16)}))
     calls = []
-    run.training_map = type("Recorder", (), {"add_epoch": lambda self, *args: calls.append(args)})()
+    run.per_sample.training_map = type("Recorder", (), {"add_epoch": lambda self, *args: calls.append(args)})()
     run.drawn(0)
     epoch, ids, labels, preds, label_confidence = calls[0]
     assert epoch == 0 and ids.tolist() == [0, 1, 4, 5]

@@ -9,17 +9,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Emitter", "EmitterCallback", "TrackingWeightedRandomSampler"]
+__all__ = ["Emitter", "EmitterCallback", "IndexedDataset", "TrackingWeightedRandomSampler"]
 
 _HOMES = {
     "Emitter": "trainer_side.emitter",
     "EmitterCallback": "trainer_side.callback",
+    "IndexedDataset": "trainer_side.sample_ids",
     "TrackingWeightedRandomSampler": "trainer_side.sampler",
 }
 
 if TYPE_CHECKING:
     from trainer_side.callback import EmitterCallback
     from trainer_side.emitter import Emitter
+    from trainer_side.sample_ids import IndexedDataset
     from trainer_side.sampler import TrackingWeightedRandomSampler
 
 

@@ -78,6 +78,18 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": dtype.str, "shape": list(array.shape), "data": data}
 
 
+def compact_ids(ids: np.ndarray) -> np.ndarray | IdRange:
+    """Sample ids as the wire carries them: a range when consecutive (no bytes per sample), else
+    `<u4`, or `<u8` when an id needs it. Raises ValueError for a negative id."""
+    ids = np.asarray(ids)
+    if len(ids) and int(ids.min()) < 0:
+        raise ValueError(f"sample ids must be non-negative, got {int(ids.min())}")
+    if len(ids) and int(ids[-1]) - int(ids[0]) == len(ids) - 1 and bool((np.diff(ids) == 1).all()):
+        return IdRange(int(ids[0]), len(ids))
+    dtype = np.uint32 if not len(ids) or int(ids.max()) < 1 << 32 else np.uint64
+    return ids.astype(dtype)
+
+
 def encode(message: Message) -> bytes:
     """Turns a message into one frame (a msgpack map: the envelope keys plus the kind's fields)."""
     frame: dict[str, Any] = {

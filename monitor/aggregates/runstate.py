@@ -13,20 +13,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from monitor.aggregates import sample_ids
 from monitor.aggregates.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
 from monitor.aggregates.confusion import SparseCounts
+from monitor.aggregates.run_samples import RunSamples
 from monitor.aggregates.sample_ids import SampleChunk
 from monitor.aggregates.sample_names import NamesTable
-from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap, samples_summary
+from monitor.aggregates.samples import SampleHistory, TrainingMap, samples_summary
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
 NAMED_MISSING_RANKS = 3  # a warning names this many missing ranks and counts the rest
-MAX_THUMBNAILS_BY_ID = 256  # thumbnails of mistaken samples kept for the label suspects, the latest first
-NO_IDS_BEFORE_1_3 = "the trainer sent no sample ids (protocol before 1.3)"
-NO_IDS = ("the trainer sent no sample ids (a shuffled validation loader whose batches hold no index/idx/id key? "
-          "the trainer's log names the fix)")
 
 
 class RejectedMessage(ValueError):
@@ -127,16 +123,39 @@ class RunState:
         self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
         self.last_message_time: float | None = None  # the latest message's own time (the sender's clock)
         self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
-        # Per-sample state (protocol 1.3): None until the first epoch with ids (or training records).
-        self.samples: SampleHistory | None = None
-        self.training_map: TrainingMap | None = None
-        self.sample_names = NamesTable()
-        self.sample_ids_missing: str | None = None  # why the run has no per-sample data, once an epoch shows it
-        self.sample_problems: Counter[str] = Counter()  # reason code -> refusals and notes (sample_ids, names)
-        self.sample_notes: list[str] = []  # one line per new problem, for the console; the pipeline takes them
-        self.thumbnails_by_id: dict[int, np.ndarray] = {}  # mistaken validation samples' thumbnails, bounded
-        self._last_sample_epoch = {"val": -1, "train": -1}
-        self._newest_version: tuple[int, int] = (1, 0)  # of the preds messages, for the missing-ids note
+        self.per_sample = RunSamples(run)  # protocol 1.3: ids, names, the sample history
+
+    # --- per-sample state (protocol 1.3), as the outputs read it -------------------------------
+
+    @property
+    def samples(self) -> SampleHistory | None:
+        """The validation set's per-sample history; None until an epoch with sample ids is drawn."""
+        return self.per_sample.history
+
+    @property
+    def training_map(self) -> TrainingMap | None:
+        """The training set's cartography (track_train); None until training records are drawn."""
+        return self.per_sample.training_map
+
+    @property
+    def sample_names(self) -> NamesTable:
+        return self.per_sample.names
+
+    @property
+    def sample_ids_missing(self) -> str | None:
+        """Why the run has no per-sample data, in one line (None when it has, or no epoch was drawn)."""
+        return self.per_sample.ids_missing
+
+    @property
+    def thumbnails_by_id(self) -> dict[int, np.ndarray]:
+        return self.per_sample.thumbnails_by_id
+
+    @property
+    def sample_problems(self) -> Counter[str]:
+        return self.per_sample.problems
+
+    def take_sample_notes(self) -> list[str]:
+        return self.per_sample.take_notes()
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -283,7 +302,7 @@ class RunState:
         bins = None if confidence is None else CalibrationBins.of(confidence, preds, labels)
         _add_pass(epoch.calibration, rank, source, bins, CalibrationBins.__add__)
         _add_pass(epoch.val_samples, rank, source, [SampleChunk.of(message)], list.__add__)
-        self._newest_version = max(self._newest_version, message.version)
+        self.per_sample.saw_preds(message)
         return epoch
 
     def _check_label_confidence(self, message: Message) -> None:
@@ -302,20 +321,8 @@ class RunState:
 
     def on_sample_names(self, message: Message) -> None:
         """A chunk of sample names; rank 0's are kept (every rank would send the same)."""
-        if message.rank != 0:
-            return
-        refused = self.sample_names.add(message["split"], message["first"], message["names"])
-        for reason, count in refused.items():
-            self._sample_problem(reason, count, f"sample names of split {message['split']!r} from id "
-                                                f"{message['first']}: {count} not kept ("
-                                                + ("longer than 200 characters" if reason == "names_too_long" else
-                                                   f"the run's names table is full at {self.sample_names.limit:,} "
-                                                   "bytes") + "); those samples are shown by id")
-
-    def _sample_problem(self, reason: str, count: int, text: str) -> None:
-        if not self.sample_problems[reason]:
-            self.sample_notes.append(f"run {self.run}: {text}")
-        self.sample_problems[reason] += count
+        if message.rank == 0:
+            self.per_sample.add_names(message)
 
     def on_mistakes(self, message: Message) -> EpochState:
         self._check_labels(message, message["labels"], message["preds"])
@@ -430,65 +437,10 @@ class RunState:
         epoch = self.epochs[number]
         if not epoch.samples_taken and not epoch.released and self.start is not None:
             epoch.samples_taken = True
-            self._take_samples(number, epoch)
+            self.per_sample.take_epoch(number, epoch.val_samples, epoch.train_samples, self.start, self.num_classes,
+                                       lambda: self.hardest_mistakes(number))
         self.dirty.discard(number)
         self.rendered.add(number)
-
-    def _take_samples(self, number: int, epoch: EpochState) -> None:
-        """Hands the epoch's samples, merged over ranks, to the run's sample history (and its training
-        records to the training map), says why there are none, and keeps its mistakes' thumbnails by id."""
-        with_ids = {rank: chunks for rank, (_, chunks) in epoch.val_samples.items()
-                    if all(chunk is not None for chunk in chunks)}
-        if epoch.val_samples and not with_ids and self.samples is None:
-            self.sample_ids_missing = NO_IDS_BEFORE_1_3 if self._newest_version < (1, 3) else NO_IDS
-        if with_ids:
-            without = len(epoch.val_samples) - len(with_ids)
-            if without:
-                self._sample_problem(sample_ids.RANKS_WITHOUT_IDS, 1, f"epoch {number}: {without} rank(s) sent "
-                                     "predictions without sample ids; its per-sample data holds the other ranks' only")
-            merged = self._merged(number, "val", with_ids)
-            if merged is not None:
-                if self.samples is None:
-                    self.samples = SampleHistory(self.num_classes)
-                self.sample_ids_missing = None
-                self.samples.add_epoch(EpochSamples(number, merged.ids, merged.labels, merged.preds,
-                                                    merged.confidence, merged.label_confidence))
-                self._keep_thumbnails(number)
-        if epoch.train_samples:
-            merged = self._merged(number, "train", {rank: chunks for rank, (_, chunks) in epoch.train_samples.items()})
-            if merged is not None:
-                if self.training_map is None:
-                    self.training_map = TrainingMap(self.num_classes)
-                self.training_map.add_epoch(number, merged.ids, merged.labels, merged.preds, merged.label_confidence)
-
-    def _merged(self, number: int, split: str, per_rank: dict) -> sample_ids.MergedSamples | None:
-        what = f"epoch {number} ({'validation' if split == 'val' else 'training'} samples)"
-        if number <= self._last_sample_epoch[split]:
-            self._sample_problem("epoch_repeated", 1, f"{what} came again after a later epoch (a resumed "
-                                 "training?); the per-sample history keeps the first pass")
-            return None
-        merged, problems = sample_ids.merge(per_rank, self.start.get(f"{split}_size"), what)
-        for problem in problems:
-            self._sample_problem(problem.reason, 1, problem.text)
-        if merged is not None:
-            self._last_sample_epoch[split] = number
-        return merged
-
-    def _keep_thumbnails(self, number: int) -> None:
-        mistakes = self.hardest_mistakes(number)
-        if mistakes is None or mistakes.ids is None:
-            return
-        kept = self.thumbnails_by_id
-        for id_, image in zip(mistakes.ids.tolist(), mistakes.images):
-            kept.pop(id_, None)  # re-inserted last: the oldest thumbnails go first
-            kept[id_] = image.copy()  # not a view: it would keep the epoch's whole stack alive
-        for id_ in list(kept)[:max(0, len(kept) - MAX_THUMBNAILS_BY_ID)]:
-            del kept[id_]
-
-    def take_sample_notes(self) -> list[str]:
-        """The problem lines found since the last call (each reason once per run)."""
-        notes, self.sample_notes = self.sample_notes, []
-        return notes
 
     def release(self, number: int) -> None:
         """Frees an epoch's per-rank data (confusion counts, thumbnails, draws) once it is drawn with
