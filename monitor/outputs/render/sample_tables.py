@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from rich.table import Table
 from rich.text import Text
 
+from monitor.aggregates.paired import P_NOISE
 from monitor.outputs.render.tables import display_name
 
 SUSPECT_TABLE_ROWS = 10
@@ -26,10 +27,13 @@ def changes_table(changes: dict) -> Table:
     table.add_row("Newly wrong", f"{changes['newly_wrong']:,}")
     if changes["accuracy"] is not None:
         table.add_row("Accuracy (paired)", f"{changes['accuracy_prev']:.4f} → {changes['accuracy']:.4f}")
+    if changes["accuracy_diff"] is not None:
+        table.add_row("Difference", f"{100 * changes['accuracy_diff']:+.2f} pts")
     if changes["ci95"] is not None:
         low, high = changes["ci95"]
         table.add_row("95 % interval", f"[{100 * low:+.2f}, {100 * high:+.2f}] pts")
-    table.add_row("McNemar", display_name(changes["verdict"]))
+    table.add_row("McNemar p", f"{changes['mcnemar_p']:.2g}")
+    table.add_row("Reads as", "a real difference" if changes["mcnemar_p"] < P_NOISE else "noise")
     for pair in changes["confusion_pair_changes"][:PAIR_TABLE_ROWS]:
         table.add_row(f"{display_name(pair['true'])} → {display_name(pair['pred'])}",
                       f"{pair['previous']:,} → {pair['current']:,} ({pair['change']:+,})")
