@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from monitor.ingest.logbook import run_dir
@@ -106,3 +107,25 @@ def test_the_recorded_1_2_fixture_still_replays_with_the_note(tmp_path):
     replay_quietly(tmp_path / "out", [Path(__file__).parent / "data" / "tiny_run.mlog"])
     summary = json.loads((run_dir(tmp_path / "out", "tiny-fixture") / "summary.json").read_text())
     assert summary["sample_ids_missing"] == "the trainer sent no sample ids (protocol before 1.3)"
+
+
+def test_changes_scalars_in_tensorboard_equal_changes_json(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from monitor.outputs.tensorboard import TensorBoardOptions
+
+    log = tmp_path / "run.mlog"
+    write_log(log, "tb-run", with_ids=True)
+    with open("/dev/null", "w") as sink:
+        replay([log], tmp_path / "out", skip_corrupt=False, console=Console(file=sink), show_tables=False,
+               tensorboard=TensorBoardOptions(tmp_path / "tb", 100))
+    events = EventAccumulator(str(tmp_path / "tb" / "tb-run"), size_guidance={"scalars": 0})
+    events.Reload()
+    for key in ("newly_correct", "newly_wrong", "accuracy_diff", "mcnemar_p"):
+        logged = {e.step: e.value for e in events.Scalars(f"changes/{key}")}
+        assert sorted(logged) == [1, 2]
+        for epoch, value in logged.items():
+            expected = json.loads((run_dir(tmp_path / "out", "tb-run") / f"epoch_{epoch:03d}" / "changes.json")
+                                  .read_text())[key]
+            assert value == pytest.approx(expected, rel=1e-6, abs=1e-9)
