@@ -148,6 +148,7 @@ def test_without_samples_every_figure_is_zero():
     assert analysis.top_confusions(SparseCounts.of(np.array([], int), np.array([], int), 3), ["a", "b", "c"]).rows == []
 
 
+@pytest.mark.slow
 def test_replaying_the_recorded_run_writes_both_files_for_every_epoch(tmp_path):
     run = _replay(tmp_path)
     expected = dict(np.load(DATA / "tiny_run_expected.npz"))
@@ -164,6 +165,7 @@ def test_replaying_the_recorded_run_writes_both_files_for_every_epoch(tmp_path):
         assert f"Worst classes by F1 — epoch {epoch}" in console and f"Top confusions — epoch {epoch}" in console
 
 
+@pytest.mark.slow
 def test_formula_like_class_names_are_neutralised_in_both_files(tmp_path):
     hostile = ["=1+1", "@SUM(A1)", "+cmd", "-x"]
     messages = [protocol.decode(frame) for frame in iter_frames(FIXTURE_LOG)]

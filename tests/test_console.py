@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.text import Text
 
@@ -41,6 +42,7 @@ def _inline(out: Path) -> tuple[str, str]:
     return (out / RUN / "console.txt").read_text(encoding="utf-8"), terminal.file.getvalue()
 
 
+@pytest.mark.slow
 def test_offloaded_tables_come_out_in_order_and_identical_to_inline_ones(tmp_path):
     expected_record, expected_screen = _inline(tmp_path / "inline")
     held: list[tuple[TableJob, Future]] = []
@@ -69,6 +71,7 @@ def test_offloaded_tables_come_out_in_order_and_identical_to_inline_ones(tmp_pat
     assert terminal.file.getvalue() == expected_screen
 
 
+@pytest.mark.slow
 def test_a_table_worker_that_cannot_take_jobs_leaves_the_tables_to_the_monitor(tmp_path):
     expected_record, expected_screen = _inline(tmp_path / "inline")
 

@@ -141,6 +141,7 @@ def test_a_flood_fills_zeromq_not_the_monitor_and_every_frame_is_logged_and_queu
 # --- item 7b: confusion counts, sparse and freed ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_twelve_ranks_of_tiny_preds_keep_a_few_cells_each_and_the_sum_is_exact(tmp_path):
     pipeline, _ = _pipeline(tmp_path)
     classes, world = 1000, 12

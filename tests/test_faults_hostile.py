@@ -109,6 +109,7 @@ def test_keygen_refuses_a_name_that_is_not_a_plain_file_name(capfd, tmp_path, na
 HOSTILE_NAMES = ["=1+1", "@SUM(A1)", "+cmd", "\tx"]
 
 
+@pytest.mark.slow
 def test_formula_like_class_and_metric_names_are_neutralised_in_every_csv(tmp_path):
     start = with_body(TINY[0], class_names=HOSTILE_NAMES)
     messages = [start]
@@ -410,6 +411,7 @@ GAP_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GAP_CASES)
 def test_inspect_and_replay_count_the_same_sequence_gaps(tmp_path, case):
     from monitor.loginspect import inspect_log

@@ -141,6 +141,7 @@ def hostile(tmp_path_factory):
     return tmp, ["[bold red]full run[/] ../x", *runs], intake, pipeline
 
 
+@pytest.mark.slow
 def test_nothing_is_written_outside_out_or_the_spool_folder(hostile):
     tmp, runs, intake, pipeline = hostile
     assert sum(intake.rejected.values()) == 0 and sum(pipeline.rejected.values()) == 0

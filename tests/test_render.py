@@ -112,6 +112,7 @@ def test_different_figures_save_to_different_bytes(tmp_path):
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_concurrent_saves_match_a_serial_save(tmp_path):
     # The monitor renders in worker threads; pyplot's global state would make this racy.
     names = [f"class {i}" for i in range(12)]
@@ -271,6 +272,7 @@ def test_confusion_figure_without_counts_has_blank_cells():
     assert not np.array_equal(with_counts, render_rgb(fig))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 10, 43])
 def test_confusion_layout_keeps_every_label_and_the_colour_bar_on_the_canvas(n):
     # Fixed layout, no layout engine: the margins must come from the names' real extents.
@@ -334,6 +336,7 @@ def test_confusion_figure_rejects_bad_input(counts, names):
         confusion_figure(counts, names, "t")
 
 
+@pytest.mark.slow
 def test_thousand_class_confusion_saves_the_diagonal_visibly(tmp_path):
     # Timing is a benchmark's business, not a test's.
     rng = np.random.default_rng(0)

@@ -38,6 +38,7 @@ def _rgb(hex_color: str) -> np.ndarray:
     return np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
 
 
+@pytest.mark.slow
 def test_confusion_matrices_match_the_recorded_predictions(replayed):
     run, expected = replayed
     for epoch in EPOCHS:

@@ -68,6 +68,7 @@ def sweep(tmp_path_factory):
     return out, logs
 
 
+@pytest.mark.slow
 def test_markup_in_run_ids_and_class_names_is_text_on_the_page_never_markup(sweep):
     out, _ = sweep
     for page in (out / "index.html", run_dir(out, HOSTILE_RUN) / "index.html"):
@@ -166,6 +167,7 @@ def test_a_running_run_reloads_itself_and_a_finished_one_does_not(sweep, tmp_pat
     assert json.loads(parse(run_page(running)).scripts[0])["live"] is True
 
 
+@pytest.mark.slow
 def test_replaying_a_log_twice_writes_the_same_pages_byte_for_byte(sweep, tmp_path):
     out, logs = sweep
     again = tmp_path / "again"
@@ -176,6 +178,7 @@ def test_replaying_a_log_twice_writes_the_same_pages_byte_for_byte(sweep, tmp_pa
         assert (again / page).read_bytes() == (out / page).read_bytes(), page
 
 
+@pytest.mark.slow
 def test_monitor_report_without_logs_rebuilds_the_pages_replay_wrote(sweep, tmp_path, capsys):
     out, logs = sweep
     copy = tmp_path / "copy"
@@ -189,6 +192,7 @@ def test_monitor_report_without_logs_rebuilds_the_pages_replay_wrote(sweep, tmp_
     assert {p: p.read_bytes() for p in pages} == before
 
 
+@pytest.mark.slow
 def test_monitor_report_with_logs_replays_them_and_writes_the_pages(sweep, tmp_path, capsys):
     _, logs = sweep
     assert main(["report", *map(str, logs["lr-0.01"]), "--out", str(tmp_path / "r")]) == 0

@@ -63,6 +63,7 @@ def _one_per_epoch(events: list) -> dict[int, object]:
     return {event.step: event for event in events}
 
 
+@pytest.mark.slow
 def test_every_epoch_figure_is_an_image_with_the_exact_png_bytes(replayed):
     run, events = replayed
     logged = set(events.Tags()["images"])
@@ -110,6 +111,7 @@ def test_history_scalars_equal_history_csv(replayed):
             assert logged[epoch] == pytest.approx(value, rel=1e-6), (column, epoch)
 
 
+@pytest.mark.slow
 def test_class_names_with_slashes_and_spaces_give_distinct_single_level_tags(tmp_path):
     names = ["cat/dog", "cat dog", "cat_dog", "a/b c"]
     messages = [protocol.decode(frame) for frame in iter_frames(FIXTURE_LOG)]
@@ -130,6 +132,7 @@ def test_class_names_with_slashes_and_spaces_give_distinct_single_level_tags(tmp
         assert _one_per_epoch(events.Scalars(tag))[2].value == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_runs_with_more_classes_than_the_cap_get_the_averages_only_and_one_warning(tmp_path, caplog):
     _, events = _replay(tmp_path, max_classes=3)
     scalars = events.Tags()["scalars"]
