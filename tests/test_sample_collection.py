@@ -9,7 +9,7 @@ import pytest
 from monitor.aggregates import sample_ids
 from monitor.aggregates.sample_names import NAMES_OVER_LIMIT, NAMES_TOO_LONG, NamesTable
 from monitor.aggregates.run_samples import MAX_THUMBNAILS_BY_ID, NO_IDS_BEFORE_1_3
-from monitor.runstate import RejectedMessage, RunState
+from monitor.aggregates.runstate import RejectedMessage, RunState
 from trainer_side.protocol import IdRange, Message, decode, encode, make_message
 
 U1 = np.uint8

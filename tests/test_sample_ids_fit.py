@@ -7,9 +7,9 @@ import numpy as np
 from rich.console import Console
 
 from conftest import run_tiny
-from monitor.console import MonitorConsole
+from monitor.outputs.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from trainer_side import protocol
 from trainer_side.msglog import iter_frames
 

@@ -1,1 +1,4 @@
-"""What is known about a run beyond its counts: per-sample state (ids, names, history)."""
+"""What the monitor knows about a run: its state, confusion counts, calibration bins, per-class analysis,
+per-sample state (ids, names, history).
+
+Pure state and arithmetic: imports neither `monitor.ingest` nor `monitor.outputs`."""

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from monitor.aggregates import sample_ids
-from monitor.calibration import MergedMistakes
+from monitor.aggregates.calibration import MergedMistakes
 from monitor.aggregates.sample_ids import SampleChunk
 from monitor.aggregates.sample_names import NAMES_TOO_LONG, NamesTable
 from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
