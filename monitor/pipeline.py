@@ -19,6 +19,7 @@ from monitor.outputs.console import MonitorConsole
 from monitor.outputs.epoch_files import EpochOutputs
 from monitor.outputs.report.writer import Reports
 from monitor.outputs.run_files import run_end_line, write_run_start
+from monitor.outputs.sample_writer import SampleOutputs
 from monitor.outputs.summary import Summaries
 from trainer_side.protocol import Message
 
@@ -47,6 +48,7 @@ class Pipeline:
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
         self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
         self.epochs = EpochOutputs(renderer, console)
+        self.samples = SampleOutputs(renderer, console)  # changes, per-sample files, suspects, data map
         self.summaries = Summaries(out, self.reports, clock)
 
     @property
@@ -208,7 +210,11 @@ class Pipeline:
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return
-        self.epochs.draw(run, number, run_dir(self.out, run.run))
+        folder = run_dir(self.out, run.run)
+        self.epochs.draw(run, number, folder)
+        scalars = self.samples.epoch(run, number, folder, folder / f"epoch_{number:03d}")
+        if scalars and self.tensorboard is not None:
+            self.tensorboard.epoch(folder.name, number, {}, None, scalars)
 
 
 def describe_ranks(count: int, named: list[int]) -> str:

@@ -51,7 +51,7 @@ def test_ranks_merge_by_id_and_a_padded_repeat_keeps_the_first_prediction():
     _preds(run, 1, [1, 3, 0], [1, 0, 2], [1, 1, 0], label_confidence=[0.25, 0.5, 0.75])
     _preds(run, 0, [0, 2, 4], [0, 2, 2], [0, 2, 1], label_confidence=[1.0, 0.5, 0.125])
     run.drawn(0)
-    got = run.samples.last
+    got = run.samples.latest
     assert got.epoch == 0
     assert got.ids.tolist() == [0, 1, 2, 3, 4] and got.ids.dtype == np.int64
     assert got.labels.tolist() == [0, 1, 2, 1, 1]
@@ -68,9 +68,9 @@ def test_ranges_cost_nothing_and_chunks_of_one_pass_add_up():
     _preds(run, 0, IdRange(0, 3), [0, 1, 2], [0, 1, 1])
     _preds(run, 0, IdRange(3, 2), [2, 2], [2, 0])
     run.drawn(0)
-    assert run.samples.last.ids.tolist() == [0, 1, 2, 3, 4]
-    assert run.samples.last.preds.tolist() == [0, 1, 2, 2, 2]
-    assert run.samples.last.label_confidence is None  # no sender field, no array
+    assert run.samples.latest.ids.tolist() == [0, 1, 2, 3, 4]
+    assert run.samples.latest.preds.tolist() == [0, 1, 2, 2, 2]
+    assert run.samples.latest.label_confidence is None  # no sender field, no array
     assert not run.sample_problems
 
 
@@ -79,7 +79,7 @@ def test_a_new_validation_pass_replaces_the_ranks_earlier_ids():
     _preds(run, 0, [0, 1], [0, 0], [0, 1], step=5)
     _preds(run, 0, [2, 3], [1, 1], [1, 1], step=9)
     run.drawn(0)
-    assert run.samples.last.ids.tolist() == [2, 3]
+    assert run.samples.latest.ids.tolist() == [2, 3]
 
 
 def test_an_id_with_two_labels_refuses_the_epochs_samples_but_not_its_counts():
@@ -105,7 +105,7 @@ def test_a_rank_without_ids_is_left_out_and_said():
     _preds(run, 0, [0, 1], [0, 0], [0, 1])
     _preds(run, 1, None, [2, 2], [2, 2])
     run.drawn(0)
-    assert run.samples.last.ids.tolist() == [0, 1]
+    assert run.samples.latest.ids.tolist() == [0, 1]
     assert run.sample_problems == {sample_ids.RANKS_WITHOUT_IDS: 1}
 
 

@@ -18,7 +18,7 @@ from monitor.aggregates.confusion import SparseCounts
 from monitor.aggregates.run_samples import RunSamples
 from monitor.aggregates.sample_ids import SampleChunk
 from monitor.aggregates.sample_names import NamesTable
-from monitor.aggregates.samples import SampleHistory, TrainingMap
+from monitor.aggregates.samples import SampleHistory, TrainingMap, samples_summary
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
@@ -522,5 +522,6 @@ class RunState:
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
             **({"sample_problems": dict(sorted(self.sample_problems.items()))} if self.sample_problems else {}),
+            **samples_summary(self.samples, self.training_map, self.sample_ids_missing),
             "last_message_time": self.last_message_time,
         }

@@ -1,7 +1,7 @@
 """One epoch's sample-level data (protocol 1.3 ids) gathered from every rank, and merged once.
 
 Each `preds` (or `train_preds`) chunk that carries ids is kept as it came, per rank and validation
-pass, by the rule the confusion counts follow (`monitor.runstate._add_pass`). When the epoch is
+pass, by the rule the confusion counts follow (`monitor.aggregates.runstate._add_pass`). When the epoch is
 drawn, `merge` joins the ranks in rank order: an id sent twice with the same label keeps its first
 prediction (Lightning's DistributedSampler pads the ranks with repeated samples), and a merge that
 would give a wrong table is refused with a reason instead (`SampleProblem`).

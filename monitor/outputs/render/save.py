@@ -110,6 +110,11 @@ def write_text(path: pathlib.Path, text: str) -> None:
     _write_bytes_atomic(pathlib.Path(path), text.encode("utf-8", errors=_TEXT_ERRORS))
 
 
+def write_bytes(path: pathlib.Path, payload: bytes) -> None:
+    """Write ``payload`` as it is, atomically."""
+    _write_bytes_atomic(pathlib.Path(path), payload)
+
+
 def write_csv(path: pathlib.Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Write a header and rows as CSV with ``\\n`` line endings, atomically.
 
