@@ -58,9 +58,11 @@ class TinyData(L.LightningDataModule):
         self.use_sampler = use_sampler
         self.batch_size = batch_size
         self.train_set = make_split(TRAIN_PER_CLASS, seed=1)
-        if indexed_train:  # batches (x, y, index): the training samples' ids for track_train
-            self.train_set = IndexedDataset(self.train_set)
         self.val_set = make_split(VAL_PER_CLASS, seed=2)
+        if indexed_train:  # batches (x, y, index): the training samples' ids for track_train; and names
+            for split, dataset in (("train", self.train_set), ("val", self.val_set)):
+                dataset.sample_names = [f"{split}/{CLASS_NAMES[y]}/{i:03d}.png" for i, y in enumerate(dataset.targets)]
+            self.train_set = IndexedDataset(self.train_set)
 
     def train_dataloader(self) -> DataLoader:
         if not self.use_sampler:

@@ -16,7 +16,7 @@ from trainer_side.batches import BatchReader, missing_logits_warning
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, never_raises, resolve_spool
 from trainer_side.names import new_run_id
-from trainer_side.protocol import smallest_label_dtype
+from trainer_side.protocol import MAX_NAMES_PER_CHUNK, smallest_label_dtype
 from trainer_side.sample_ids import base_dataset, batch_ids, dataset_names, loader_order
 from trainer_side.sampler import find_tracking_sampler
 from trainer_side.targets import find_train_targets, within
@@ -92,6 +92,8 @@ class EmitterCallback(Callback):
         self._collector: ValidationCollector | None = None
         self._train: TrainingCollector | None = None  # track_train only
         self._warned_ids: set[str] = set()  # "val", "train": the missing-ids warning is given once each
+        self._train_names: list[str] = []  # track_train: the training set's names, sent a chunk per batch
+        self._train_names_sent = 0
         self._batches = BatchReader(self.batch_keys)
         self._warned_forward = False
         self._ended = False
@@ -100,7 +102,7 @@ class EmitterCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Picklable for ddp_spawn and checkpoint callbacks: configuration only, no socket, no tensors.
         state = self.__dict__.copy()
-        state.update(emitter=None, _collector=None, _train=None)
+        state.update(emitter=None, _collector=None, _train=None, _train_names=[])
         return state
 
     @property
@@ -225,14 +227,13 @@ class EmitterCallback(Callback):
             val_size=_size(val_set), train_size=_size(train_set) if self.track_train else None,
         )
         if trainer.global_rank == 0:
-            self._send_names("val", val_set)
-            if self.track_train:
-                self._send_names("train", train_set)
-
-    def _send_names(self, split: str, dataset: Any) -> None:
-        names = None if dataset is None else dataset_names(dataset)
-        if names:
-            self.emitter.sample_names(split, names)
+            names = None if val_set is None else dataset_names(val_set)
+            if names:
+                self.emitter.sample_names("val", names)
+            # A training set's names can be a million: they go one chunk per training batch instead of
+            # at once, so that they never fill the send queue.
+            self._train_names = (dataset_names(train_set) or []) if self.track_train and train_set is not None else []
+            self._train_names_sent = 0
 
     @never_raises
     def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
@@ -267,6 +268,9 @@ class EmitterCallback(Callback):
         self._train.add(outputs, batch)
         if self._train.chunk_ready:
             self._send_train_chunk(trainer)
+        if self._train_names_sent < len(self._train_names):
+            first, self._train_names_sent = self._train_names_sent, self._train_names_sent + MAX_NAMES_PER_CHUNK
+            self.emitter.sample_names("train", self._train_names[first:self._train_names_sent], first=first)
 
     def _send_train_chunk(self, trainer: Trainer) -> None:
         chunk = self._train.take_chunk()
