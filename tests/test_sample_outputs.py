@@ -7,12 +7,15 @@ import io
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap, samples_summary
 from monitor.outputs.console import MonitorConsole
 from monitor.outputs.sample_writer import NO_IDS_NOTE, SampleOutputs
 from monitor.outputs.render.pool import InlineRenderer
+
+pytestmark = pytest.mark.slow  # replays or draws whole runs
 
 CLASSES = ["cat", "dog", "bird"]
 

@@ -15,6 +15,8 @@ from monitor.replay import replay
 from trainer_side.msglog import LogWriter
 from trainer_side.protocol import IdRange, encode, make_message
 
+pytestmark = pytest.mark.slow  # replays or draws whole runs
+
 CLASSES = ["cat", "dog", "bird", "fish"]
 SAMPLE_FILES = ("per_sample.csv", "label_suspects.csv", "label_suspects.png", "summary.json",
                 "epoch_000/predictions.npy", "epoch_001/predictions.npy", "epoch_001/changes.json",
