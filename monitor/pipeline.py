@@ -144,6 +144,8 @@ class Pipeline:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
+            if run.start is not None:
+                self.samples.run_end(run, run_dir(self.out, run.run))
             self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
@@ -181,6 +183,7 @@ class Pipeline:
             run.on_run_end(message)
             self._render_ready(run)
             if run.finished:
+                self.samples.run_end(run, run_dir(self.out, run.run))
                 self.console.line(run_dir(self.out, run.run), run_end_line(run))
         if kind in ("run_start", "epoch_end", "run_end"):
             self._write_summary(run, at_once=kind != "epoch_end")

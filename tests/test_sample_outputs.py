@@ -86,3 +86,23 @@ def test_a_run_without_ids_gets_one_line_and_no_files(tmp_path):
     lines = (tmp_path / "old" / "console.txt").read_text().splitlines()
     assert lines == [f"run old: {NO_IDS_NOTE}: the trainer sent no sample ids (protocol before 1.3)"]
     assert samples_summary(None, None, run.sample_ids_missing) == {"sample_ids_missing": "the trainer sent no sample ids (protocol before 1.3)"}
+
+
+def test_a_large_training_map_is_written_at_the_run_end_with_one_line(tmp_path, monkeypatch):
+    from monitor.outputs import sample_writer
+
+    monkeypatch.setattr(sample_writer, "DATA_MAP_EVERY_EPOCH_MAX_IDS", 50)
+    console = MonitorConsole(Console(file=io.StringIO(), width=200), fresh=True)
+    outputs = SampleOutputs(InlineRenderer(), console)
+    run = SimpleNamespace(run="big", class_names=CLASSES, samples=None, training_map=TrainingMap(3),
+                          sample_names=Names(), sample_ids_missing=None, thumbnails_by_id={})
+    for number in range(2):
+        run.training_map.add_epoch(number, np.arange(100), np.zeros(100), np.zeros(100), np.full(100, 0.5))
+        outputs.epoch(run, number, tmp_path / "big", tmp_path / "big" / f"epoch_{number:03d}")
+    assert not (tmp_path / "big" / "data_map.csv").exists()
+    outputs.run_end(run, tmp_path / "big")
+    console.flush(wait=True)
+    assert len((tmp_path / "big" / "data_map.csv").read_text().splitlines()) == 101
+    assert (tmp_path / "big" / "data_map.png").exists()
+    notes = [line for line in (tmp_path / "big" / "console.txt").read_text().splitlines() if "when the run ends" in line]
+    assert len(notes) == 1

@@ -256,6 +256,11 @@ class TrainingMap:
     def nbytes(self) -> int:
         return self.state.nbytes
 
+    @property
+    def tracked(self) -> int:
+        """Training ids seen at least once."""
+        return int((self.state.seen[:self.state.size] > 0).sum())
+
     def rows(self) -> tuple[np.ndarray, ...]:
         """(ids, labels, confidence mean, variability (population std), correctness) of every id seen."""
         s = self.state
@@ -274,8 +279,7 @@ def samples_summary(history: SampleHistory | None, training_map: TrainingMap | N
     summary: dict = {"samples": {"tracked": int((s.seen[:s.size] > 0).sum()), "epochs": len(history.epochs),
                                  "ids_over_cap": history.ids_over_cap, "label_changed": history.label_changed}}
     if training_map is not None:
-        t = training_map.state
-        summary["training_map"] = {"tracked": int((t.seen[:t.size] > 0).sum()), "ids_over_cap": training_map.ids_over_cap,
+        summary["training_map"] = {"tracked": training_map.tracked, "ids_over_cap": training_map.ids_over_cap,
                                    "duplicates": training_map.duplicates, "late": training_map.late}
     return summary
 

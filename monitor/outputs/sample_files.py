@@ -9,14 +9,14 @@ format, whose bytes depend only on the content. The other files are for people a
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from monitor.aggregates import paired
 from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
-from monitor.outputs.render.save import csv_cell, write_bytes, write_json, write_text
+from monitor.outputs.render.save import csv_cell, write_bytes, write_json, write_text_parts
 
 PREDICTIONS_FILE = "predictions.npy"
 
@@ -49,10 +49,21 @@ def _fraction_column(values: np.ndarray | None, n: int) -> list[str]:
     return [f"{x:.4f}" if x == x and abs(x) != float("inf") else "" for x in np.asarray(values, np.float64).tolist()]
 
 
+ROWS_PER_PART = 65_536  # a large table is formatted and written this many rows at a time
+_FIELD_CACHE_MAX = 10_000
+
+
 def write_columns(path: Path, header: Sequence[str], columns: Sequence[Sequence[str]], text: set[int]) -> None:
-    """A CSV file from columns of cells already turned into text, as `write_csv` would write it: the
-    columns in `text` (names from the trainer) are neutralised (`csv_cell`) and quoted where needed;
-    the others hold numbers we formatted. Column-wise, so a 50,000-row table costs milliseconds."""
+    """A CSV file from columns of cells already turned into text (`write_column_parts`, one part)."""
+    write_column_parts(path, header, [columns], text)
+
+
+def write_column_parts(path: Path, header: Sequence[str], parts: Iterable[Sequence[Sequence[str]]],
+                       text: set[int]) -> None:
+    """A CSV file from parts, each a list of columns of cells already turned into text, as `write_csv`
+    would write it: the columns in `text` (names from the trainer) are neutralised (`csv_cell`) and
+    quoted where needed; the others hold numbers we formatted. Column-wise, so 50,000 rows cost
+    milliseconds, and part by part, so a million-row table never sits whole in memory."""
     cache: dict[str, str] = {}
 
     def field(value: str) -> str:
@@ -61,12 +72,24 @@ def write_columns(path: Path, header: Sequence[str], columns: Sequence[Sequence[
             done = str(csv_cell(value))
             if any(c in done for c in ',"\r\n'):
                 done = '"' + done.replace('"', '""') + '"'
+            if len(cache) >= _FIELD_CACHE_MAX:
+                cache.clear()
             cache[value] = done
         return done
 
-    cells = [[field(v) for v in column] if i in text else column for i, column in enumerate(columns)]
-    lines = [",".join(field(h) for h in header), *map(",".join, zip(*cells))]
-    write_text(path, "\n".join(lines) + "\n")
+    def lines() -> Iterator[str]:
+        yield ",".join(field(h) for h in header) + "\n"
+        for columns in parts:
+            cells = [[field(v) for v in column] if i in text else column for i, column in enumerate(columns)]
+            rows = list(map(",".join, zip(*cells)))
+            if rows:
+                yield "\n".join(rows) + "\n"
+
+    write_text_parts(path, lines())
+
+
+def _slices(count: int) -> Iterator[slice]:
+    return (slice(start, start + ROWS_PER_PART) for start in range(0, count, ROWS_PER_PART))
 
 
 def _int_column(values: np.ndarray) -> list[str]:
@@ -197,13 +220,16 @@ DATA_MAP_HEADER = ["id", "name", "label", "confidence_mean", "variability", "cor
 def write_per_sample(folder: Path, history: SampleHistory, class_names: Sequence[str],
                      names: Namer = id_names) -> None:
     rows = history.per_sample()
-    n = len(rows.ids)
-    first = rows.first_correct_epoch
-    write_columns(folder / "per_sample.csv", PER_SAMPLE_HEADER, [
-        _int_column(rows.ids), list(names(rows.ids)), _class_column(class_names, rows.labels),
-        _class_column(class_names, rows.last_pred), _fraction_column(rows.last_confidence, n),
-        _int_column(rows.epochs_seen), _int_column(rows.epochs_correct), _int_column(rows.forgetting_events),
-        ["" if e < 0 else str(e) for e in first.tolist()]], {1, 2, 3})
+
+    def part(rows_: slice) -> list[list[str]]:
+        ids = rows.ids[rows_]
+        return [_int_column(ids), list(names(ids)), _class_column(class_names, rows.labels[rows_]),
+                _class_column(class_names, rows.last_pred[rows_]),
+                _fraction_column(rows.last_confidence[rows_], len(ids)), _int_column(rows.epochs_seen[rows_]),
+                _int_column(rows.epochs_correct[rows_]), _int_column(rows.forgetting_events[rows_]),
+                ["" if e < 0 else str(e) for e in rows.first_correct_epoch[rows_].tolist()]]
+
+    write_column_parts(folder / "per_sample.csv", PER_SAMPLE_HEADER, map(part, _slices(len(rows.ids))), {1, 2, 3})
 
 
 def suspect_columns(history: SampleHistory, class_names: Sequence[str], names: Namer = id_names) -> list[list[str]]:
@@ -240,9 +266,13 @@ def write_data_map(folder: Path, training_map: TrainingMap, class_names: Sequenc
                    names: Namer = id_names) -> dict[str, int]:
     """data_map.csv; returns the number of training samples in each region."""
     ids, labels, mean, variability, correctness = training_map.rows()
-    n = len(ids)
     region = regions(mean, variability)
-    write_columns(folder / "data_map.csv", DATA_MAP_HEADER, [
-        _int_column(ids), list(names(ids)), _class_column(class_names, labels), _fraction_column(mean, n),
-        _fraction_column(variability, n), _fraction_column(correctness, n), region.tolist()], {1, 2})
+
+    def part(rows: slice) -> list[list[str]]:
+        some = ids[rows]
+        return [_int_column(some), list(names(some)), _class_column(class_names, labels[rows]),
+                _fraction_column(mean[rows], len(some)), _fraction_column(variability[rows], len(some)),
+                _fraction_column(correctness[rows], len(some)), region[rows].tolist()]
+
+    write_column_parts(folder / "data_map.csv", DATA_MAP_HEADER, map(part, _slices(len(ids))), {1, 2})
     return {name: int((region == name).sum()) for name in ("easy", "ambiguous", "hard")}

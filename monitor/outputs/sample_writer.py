@@ -13,6 +13,9 @@ from monitor.outputs.render.sample_figures import SUSPECT_THUMBNAILS, DataMapJob
 from monitor.outputs.render.sample_tables import suspects_table, changes_table
 
 NO_IDS_NOTE = "no sample-level files (changes, per-sample history, label suspects)"
+# A training map of more ids than this is written when the run ends (or the monitor stops), not at
+# every epoch: data_map.csv of a million training samples takes seconds of the pipeline thread.
+DATA_MAP_EVERY_EPOCH_MAX_IDS = 200_000
 
 
 class SampleOutputs:
@@ -25,6 +28,7 @@ class SampleOutputs:
         self.changes: dict[str, dict] = {}
         self._written: dict[str, tuple[int, int]] = {}  # run -> (last val epoch, last train epoch) written
         self._told: set[str] = set()  # runs told why they have no sample-level files
+        self._told_map: set[str] = set()  # runs told that their data map waits for the run's end
 
     def epoch(self, run, number: int, folder: Path, epoch_dir: Path) -> dict[str, float]:
         """Writes what epoch `number` added; returns its `changes/...` TensorBoard scalars (empty
@@ -40,10 +44,23 @@ class SampleOutputs:
             self.console.line(folder, f"run {run.run}: {NO_IDS_NOTE}: {run.sample_ids_missing}")
         training: TrainingMap | None = run.training_map
         if training is not None and training.epoch == number > train:
-            train = number
-            self._training(run, training, number, folder)
+            if training.tracked <= DATA_MAP_EVERY_EPOCH_MAX_IDS:
+                train = number
+                self._training(run, training, number, folder)
+            elif run.run not in self._told_map:
+                self._told_map.add(run.run)
+                self.console.line(folder, f"run {run.run}: {training.tracked:,} training samples tracked: data_map.csv "
+                                          "and data_map.png are written when the run ends")
         self._written[run.run] = (val, train)
         return scalars
+
+    def run_end(self, run, folder: Path) -> None:
+        """Writes the data map of a run whose last training epoch has none yet (a large map)."""
+        val, train = self._written.get(run.run, (-1, -1))
+        training: TrainingMap | None = run.training_map
+        if training is not None and training.epoch > train:
+            self._training(run, training, training.epoch, folder)
+            self._written[run.run] = (val, training.epoch)
 
     def _validation(self, run, history: SampleHistory, number: int, folder: Path, epoch_dir: Path) -> dict:
         names, class_names = partial(run.sample_names.names, "val"), run.class_names
