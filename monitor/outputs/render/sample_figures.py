@@ -117,7 +117,8 @@ def data_map_figure(mean: np.ndarray, variability: np.ndarray, correctness: np.n
         image = ax.imshow(np.log1p(counts.T), origin="lower", extent=(0, 0.5, 0, 1), aspect="auto", cmap="viridis",
                           interpolation="nearest")
         fig.colorbar(image, cax=bar_ax, label="log(1 + samples)")
-    style = {"fontsize": 10, "fontweight": "bold", "alpha": 0.9}
+    style = {"fontsize": 10, "fontweight": "bold",
+             "bbox": {"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 2}}
     ax.text(0.02, 0.95, "easy to learn", color=_EASY_COLOR, va="top", **style)
     ax.text(0.02, 0.04, "hard to learn", color=_HARD_COLOR, va="bottom", **style)
     ax.text(0.35, 0.5, "ambiguous", color=_AMBIGUOUS_COLOR, ha="center", **style)
