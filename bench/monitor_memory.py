@@ -25,8 +25,8 @@ With `--checkout DIR` the monitor of another checkout is measured instead.
   the pipeline runs it when an epoch with ids is drawn: `SampleHistory.add_epoch` and the sample-level
   files (predictions.npy, changes.json|csv, per_sample.csv, label_suspects.csv), 50,000 samples x
   100 epochs x 1,000 classes; the seconds per epoch (median and largest), label_suspects.png's render
-  apart (the monitor draws it in a worker), and this process's RSS growth from the first epoch to
-  the last. Then a training map of 1,281,167 ids (ImageNet's training set, track_train) over 3
+  apart (the monitor draws it in a worker), and this process's RSS growth from the second epoch
+  (the first with changes: every code path and scipy loaded) to the last. Then a training map of 1,281,167 ids (ImageNet's training set, track_train) over 3
   epochs: the RSS it adds and data_map.csv's seconds.
 
     python -m bench.monitor_memory [--quick] [--epochs N] [--classes N] [--checkout DIR] [--json FILE]
@@ -241,7 +241,7 @@ def sample_history(out: Path, samples: int, epochs: int, classes: int, train_ids
             job.run()
         render_s.append(time.perf_counter() - began)
         renderer.jobs.clear()
-        if epoch == 0:
+        if epoch == 1:  # the first epoch with changes: every code path (and scipy) is loaded
             start_mb = rss_mb(os.getpid())[0]
     end_mb = rss_mb(os.getpid())[0]
     before_train = rss_mb(os.getpid())[0]
