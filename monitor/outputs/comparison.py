@@ -169,7 +169,8 @@ def comparison_page(summary: dict, flipped: list[list]) -> str:
     flipped_rows = "".join("<tr>" + "".join(f"<td>{text(cell)}</td>" for cell in row) + "</tr>"
                            for row in flipped[:PAGE_FLIPPED_ROWS])
     body = (
-        f"<header><h1>{text(a)} vs {text(b)}</h1><span class=\"muted\">paired on sample id</span></header>"
+        f"<header><a href=\"../index.html\">&larr; all runs</a><h1>{text(a)} vs {text(b)}</h1>"
+        "<span class=\"muted\">paired on sample id</span></header>"
         f"{overview}<p class=\"note\">Exact McNemar test on the samples right in one run only; a p below 0.05 "
         "reads as a real difference. Files: "
         f"<a href=\"{href(COMPARISON_FILE)}\">{COMPARISON_FILE}</a>, <a href=\"{href(FLIPPED_FILE)}\">"
