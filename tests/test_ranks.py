@@ -61,7 +61,7 @@ def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
             assert np.concatenate([m["labels"] for m in preds]).tolist() == (ids // 10).tolist()
             assert np.concatenate([m["preds"] for m in preds]).tolist() == record[f"preds_{epoch}"].tolist()
     state, _ = replayed(run / "messages.mlog", tmp_path / "replayed")
-    last = state.samples.last
+    last = state.samples.latest
     assert state.samples.epochs == [0, 1] and last.ids.tolist() == list(range(40))
     by_id = {int(i): int(p) for r, record in enumerate(records) for i, p in zip(range(r, 40, 2), record["preds_1"])}
     assert last.preds.tolist() == [by_id[i] for i in range(40)]

@@ -41,7 +41,7 @@ def test_a_fit_sends_ranged_ids_label_confidences_and_training_records(tmp_path)
         assert [m["ids"] for m in preds] == [protocol.IdRange(0, 40)]  # one chunk, no bytes per sample
         assert run.samples is not None
     assert run.samples.epochs == [0, 1]
-    last = run.samples.last
+    last = run.samples.latest
     assert last.ids.tolist() == list(range(40)) and last.labels.tolist() == [i // 10 for i in range(40)]
     assert last.preds.tolist() == record["preds_1"].tolist()
     np.testing.assert_array_equal(last.confidence, record["confidence_1"].astype(np.float32))
