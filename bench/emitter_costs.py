@@ -30,6 +30,7 @@ from bench.common import PullSink, add_common_args, median, print_table, quantil
 from bench.harness import MonitorProcess, free_port
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector
+from trainer_side.train_collect import TrainingCollector
 from trainer_side.emitter import Emitter
 
 HOOKS = ("setup", "on_train_start", "on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end",
@@ -120,11 +121,29 @@ def preds_frame_bytes(num_classes: int, samples: int, batch: int = 100) -> int:
     for start in range(0, samples, batch):
         n = min(batch, samples - start)
         collector.add(logits[:n], torch.randint(0, num_classes, (n,), generator=generator))
-    preds, labels, confidence = collector.take_chunk()
+    chunk = collector.take_chunk()
     message = protocol.make_message("preds", "run-20240101-120000-abcd", 0, 1, 123,
-                                    {"epoch": 12, "step": 12345, "preds": preds, "labels": labels,
-                                     "confidence": confidence})
+                                    {"epoch": 12, "step": 12345, "preds": chunk.preds, "labels": chunk.labels,
+                                     "confidence": chunk.confidence})
     return len(protocol.encode(message))
+
+
+def sample_field_bytes(samples: int = 10_000) -> dict[str, float]:
+    """Bytes per validation sample that each protocol 1.3 field adds to a preds message of 43 classes:
+    ids as a range, explicit ids (every other sample, as a DistributedSampler's rank holds them),
+    and the label's probability."""
+    rng = np.random.default_rng(0)
+    base = {"epoch": 12, "step": 12345, "preds": rng.integers(0, 43, samples).astype(np.uint8),
+            "labels": rng.integers(0, 43, samples).astype(np.uint8),
+            "confidence": rng.random(samples).astype(np.float16)}
+    extra = {"ids as a range": {"ids": protocol.IdRange(0, samples)},
+             "explicit ids": {"ids": protocol.compact_ids(np.arange(0, 2 * samples, 2))},
+             "label_confidence": {"label_confidence": rng.random(samples).astype(np.float16)}}
+
+    def size(body: dict) -> int:
+        return len(protocol.encode(protocol.make_message("preds", "run-20240101-120000-abcd", 0, 1, 123, body)))
+
+    return {name: (size({**base, **fields}) - size(base)) / samples for name, fields in extra.items()}
 
 
 COLLECTOR_SETTINGS = {"confidence off, mistakes off (1.1)": {"confidence": False, "num_mistakes": 0},
@@ -151,6 +170,26 @@ def collector_costs(batches: int, batch: int, classes: int, image_side: int) -> 
             collector.add(logits, labels, images)
             if index >= 20:  # warm-up batches are not counted
                 times[name].append(time.perf_counter() - started)
+    return times
+
+
+def train_collector_costs(batches: int, batch: int, classes: int) -> list[float]:
+    """Seconds per TrainingCollector.add of one training batch (track_train=True: argmax, the label's
+    probability, ids from the batch), the trainer's added cost per training batch on this device."""
+    generator = torch.Generator().manual_seed(classes)
+    outputs = {"loss": torch.tensor(1.0), "logits": torch.randn(batch, classes, generator=generator) * 3}
+    batch_items = (torch.zeros(batch, 1), torch.randint(0, classes, (batch,), generator=generator),
+                   torch.randperm(1_281_167, generator=generator)[:batch])
+    collector = TrainingCollector(classes, chunk_size=10**9, batch_keys=None, id_key=2)
+    times = []
+    for index in range(batches + 20):
+        if index % 50 == 0:
+            collector.take_chunk()  # an epoch's end: bounded state
+            collector.reset()
+        started = time.perf_counter()
+        collector.add(outputs, batch_items)
+        if index >= 20:
+            times.append(time.perf_counter() - started)
     return times
 
 
@@ -218,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["classes", "frame, 350 samples", "frame, 10,000", "per sample @10,000", "marginal per sample", "target"],
                 [[c, s["frame_350"], s["frame_10000"], s["per_sample_10000"], s["per_sample_marginal"], targets[c]]
                  for c, s in sizes.items()])
+    fields = sample_field_bytes()
+    print_table("Bytes per validation sample that protocol 1.3's fields add (preds of 10,000 samples)",
+                ["field", "bytes per sample", "bound"],
+                [[name, value, {"ids as a range": "0", "explicit ids": "<= 4"}.get(name, "2")]
+                 for name, value in fields.items()])
     thumbs = {"demo 32x32 input (kept 32 px)": thumbnail_frame_bytes(32),
               "224x224 input (resized to 64 px)": thumbnail_frame_bytes(224)}
     print_table("Bytes per thumbnail batch (one samples message, 16 thumbnails, uint8 HxWx3)",
@@ -231,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 ["batch", "setting", "batches", "median µs", "p99 µs"],
                 [[label, name, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)]
                  for label, by_setting in collector_times.items() for name, t in by_setting.items()])
+    train_times = {label: train_collector_costs(batches, batch, classes)
+                   for label, (batch, classes) in (("batch 64, 10 classes", (64, 10)),
+                                                   ("batch 256, 1,000 classes", (256, 1000)))}
+    print_table("Trainer time per training batch with track_train=True (TrainingCollector.add, CPU; µs)",
+                ["batch", "batches", "median µs", "p99 µs"],
+                [[label, len(t), 1e6 * median(t), 1e6 * quantile(t, 0.99)] for label, t in train_times.items()])
     hooks_off = hook_costs(epochs, work / "hooks-off", num_mistakes=0)
     batch_hooks = {"num_mistakes=16 (default)": hooks["on_validation_batch_end"],
                    "num_mistakes=0": hooks_off["on_validation_batch_end"]}
@@ -251,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                  "close s", "RSS +MB after close"],
                 [[name, *(m["rss_growth_mb"][n] for n in checkpoints), m["sent"], m["dropped"], m["send_us_p99"],
                   m["close_s"], m["after_close_mb"]] for name, m in memory.items()])
-    write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "thumbnail_bytes": thumbs,
-                           "collector_add_s": collector_times, "batch_hook_s": batch_hooks, "memory": memory})
+    write_json(args.json, {"hooks_s": hooks, "send_s": sends, "preds_bytes": sizes, "sample_field_bytes": fields,
+                           "thumbnail_bytes": thumbs,
+                           "collector_add_s": collector_times, "train_collector_add_s": train_times, "batch_hook_s": batch_hooks, "memory": memory})
     return 0
 
 

@@ -25,8 +25,10 @@ from typing import Any
 from bench.common import add_common_args, median, print_table, write_json
 from bench.harness import MonitorProcess
 
-PER_BATCH_HOOKS = ("on_validation_batch_end", "on_validation_epoch_start", "on_train_epoch_end", "on_validation_end")
-EPOCH_COPY_HOOKS = ("on_validation_epoch_end",)  # where the one host copy per epoch is designed to happen
+PER_BATCH_HOOKS = ("on_validation_batch_end", "on_validation_epoch_start", "on_validation_end", "on_train_batch_end",
+                   "on_train_epoch_start")
+# Where the host copies are designed to happen: once per validation epoch, once per training epoch (track_train).
+EPOCH_COPY_HOOKS = ("on_validation_epoch_end", "on_train_epoch_end")
 
 
 def strict_sync(callback: Any, errors: list[str]) -> None:
@@ -56,10 +58,12 @@ def fit(config: str, endpoint: str | None, out: Path, epochs: int, sync_errors: 
     from trainer_side import EmitterCallback
     from trainer_side.demo import DemoClassifier, DigitsDataModule
 
-    datamodule = DigitsDataModule(batch_size=64, seed=0)
+    # The synchronization check also tracks the training set (track_train), whose batches carry ids.
+    datamodule = DigitsDataModule(batch_size=64, seed=0, indexed_train=sync_errors is not None)
     callbacks = []
     if config == "b":
-        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}", spool=str(out / "spool")))
+        callbacks.append(EmitterCallback(endpoint=endpoint, run=f"gpu-{time.time_ns()}", spool=str(out / "spool"),
+                                         track_train=sync_errors is not None))
         if sync_errors is not None:
             strict_sync(callbacks[0], sync_errors)
     elif config == "e":

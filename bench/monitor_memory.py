@@ -21,7 +21,16 @@ The figures are the monitor process's own; its render workers are separate proce
 below its RSS once loaded; growth and ceiling count from the latter.
 With `--checkout DIR` the monitor of another checkout is measured instead.
 
+- sample history (`--sample-history`, protocol 1.3, in this process): the per-sample layer alone, as
+  the pipeline runs it when an epoch with ids is drawn: `SampleHistory.add_epoch` and the sample-level
+  files (predictions.npy, changes.json|csv, per_sample.csv, label_suspects.csv), 50,000 samples x
+  100 epochs x 1,000 classes; the seconds per epoch (median and largest), label_suspects.png's render
+  apart (the monitor draws it in a worker), and this process's RSS growth from the second epoch
+  (the first with changes: every code path and scipy loaded) to the last. Then a training map of 1,281,167 ids (ImageNet's training set, track_train) over 3
+  epochs: the RSS it adds and data_map.csv's seconds.
+
     python -m bench.monitor_memory [--quick] [--epochs N] [--classes N] [--checkout DIR] [--json FILE]
+    python -m bench.monitor_memory --sample-history [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -186,6 +195,76 @@ def ceiling_mb(start: float, frame_mb: float, samples: int, senders: int = 1) ->
             + WORKING_BYTES_PER_SAMPLE * samples / MB)
 
 
+SAMPLE_COUNT, SAMPLE_EPOCHS, SAMPLE_CLASSES, TRAIN_IDS, TRAIN_EPOCHS = 50_000, 100, 1000, 1_281_167, 3
+
+
+def sample_history(out: Path, samples: int, epochs: int, classes: int, train_ids: int) -> dict[str, float]:
+    """The per-sample layer's seconds per epoch and memory (see the module docstring)."""
+    import io
+    import statistics
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from monitor.aggregates.samples import EpochSamples, SampleHistory, TrainingMap
+    from monitor.outputs.console import MonitorConsole
+    from monitor.outputs.sample_files import id_names
+    from monitor.outputs.sample_writer import SampleOutputs
+
+    class HeldJobs:  # the figures, drawn apart so that their time is not the pipeline's
+        def __init__(self) -> None:
+            self.jobs: list = []
+
+        def submit(self, job) -> None:
+            self.jobs.append(job)
+
+    rng = np.random.default_rng(0)
+    names = SimpleNamespace(names=lambda split, ids: id_names(np.asarray(ids)))
+    run = SimpleNamespace(run="bench", class_names=[f"class {i}" for i in range(classes)], samples=SampleHistory(classes),
+                          training_map=None, sample_names=names, sample_ids_missing=None, thumbnails_by_id={})
+    renderer = HeldJobs()
+    outputs = SampleOutputs(renderer, MonitorConsole(Console(file=io.StringIO()), fresh=True))
+    labels = rng.integers(0, classes, samples)
+    ids = np.arange(samples)
+    seconds, render_s, start_mb = [], [], 0.0
+    for epoch in range(epochs):
+        right = rng.random(samples) < min(0.95, 0.3 + 0.01 * epoch)
+        preds = np.where(right, labels, rng.integers(0, classes, samples))
+        confidence = rng.random(samples).astype(np.float32)
+        label_confidence = np.where(right, confidence, rng.random(samples) * 0.2).astype(np.float32)
+        began = time.perf_counter()
+        run.samples.add_epoch(EpochSamples(epoch, ids, labels, preds, confidence, label_confidence))
+        outputs.epoch(run, epoch, out, out / f"epoch_{epoch:03d}")
+        seconds.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        for job in renderer.jobs:
+            job.run()
+        render_s.append(time.perf_counter() - began)
+        renderer.jobs.clear()
+        if epoch == 1:  # the first epoch with changes: every code path (and scipy) is loaded
+            start_mb = rss_mb(os.getpid())[0]
+    end_mb = rss_mb(os.getpid())[0]
+    before_train = rss_mb(os.getpid())[0]
+    training = TrainingMap(classes)
+    run.training_map = training
+    train_labels = rng.integers(0, classes, train_ids)
+    for epoch in range(TRAIN_EPOCHS):
+        right = rng.random(train_ids) < 0.5
+        training.add_epoch(epoch, np.arange(train_ids), train_labels,
+                           np.where(right, train_labels, (train_labels + 1) % classes),
+                           rng.random(train_ids).astype(np.float16))
+    after_train = rss_mb(os.getpid())[0]
+    began = time.perf_counter()
+    outputs.run_end(run, out)  # a map this large is written at the run's end
+    data_map_s = time.perf_counter() - began
+    return {"samples": samples, "epochs": epochs, "classes": classes,
+            "epoch_median_s": statistics.median(seconds), "epoch_max_s": max(seconds),
+            "suspects_png_median_s": statistics.median(render_s), "growth_mb": end_mb - start_mb,
+            "start_mb": start_mb, "end_mb": end_mb, "history_mb": run.samples.nbytes / MB,
+            "train_ids": train_ids, "training_map_rss_mb": after_train - before_train,
+            "training_map_mb": training.nbytes / MB, "data_map_csv_s": data_map_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
@@ -195,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the project checkout whose monitor runs")
     parser.add_argument("--skip-flood", action="store_true")
     parser.add_argument("--skip-world", action="store_true")
+    parser.add_argument("--sample-history", action="store_true",
+                        help="measure the per-sample layer (protocol 1.3) in this process instead")
     args = parser.parse_args(argv)
+    if args.sample_history:
+        return _sample_history_main(args, argv)
     epochs, frames = (5, 200) if args.quick else (args.epochs, args.flood_frames)
     os.environ["PYTHONPATH"] = str(args.checkout)  # the monitor imports that checkout's code, not ours
     results: dict[str, dict[str, float]] = {}
@@ -223,6 +306,22 @@ def main(argv: list[str] | None = None) -> int:
         print_table("a normal run's artifacts beside a sender claiming a world of 2**20 (seconds from epoch end)",
                     list(results["world claim"]), [[round(d, 2) for d in results["world claim"].values()]])
     write_json(args.json, {"command": [PYTHON, "-m", "bench.monitor_memory", *(argv or [])], "results": results})
+    return 0
+
+
+def _sample_history_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    count, epochs, train = (5_000, 10, 100_000) if args.quick else (SAMPLE_COUNT, SAMPLE_EPOCHS, TRAIN_IDS)
+    with tempfile.TemporaryDirectory(prefix="bench-samples-") as tmp:
+        r = sample_history(Path(tmp), count, epochs, SAMPLE_CLASSES, train)
+    print_table(f"per-sample layer, {count:,} samples x {epochs} epochs x {SAMPLE_CLASSES:,} classes (seconds, MiB)",
+                ["epoch median", "epoch max", "suspects PNG", "RSS growth", "history arrays"],
+                [[round(r["epoch_median_s"], 3), round(r["epoch_max_s"], 3), round(r["suspects_png_median_s"], 3),
+                  round(r["growth_mb"], 1), round(r["history_mb"], 1)]])
+    print_table(f"training map of {train:,} ids over {TRAIN_EPOCHS} epochs (MiB, seconds)",
+                ["RSS added", "arrays", "data_map.csv at run end"],
+                [[round(r["training_map_rss_mb"], 1), round(r["training_map_mb"], 1), round(r["data_map_csv_s"], 2)]])
+    write_json(args.json, {"command": [PYTHON, "-m", "bench.monitor_memory", *(argv or [])],
+                           "results": {"sample history": r}})
     return 0
 
 

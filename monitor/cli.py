@@ -1,4 +1,4 @@
-"""The `monitor` command line: serve, replay, watch, inspect, keygen."""
+"""The `monitor` command line: serve, replay, watch, report, inspect, compare, keygen."""
 
 from __future__ import annotations
 
@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="message log(s) to inspect")
     inspect.add_argument("--skip-corrupt", action="store_true", help="read past damaged records")
 
+    from monitor.compare import add_parser as add_compare
+
+    add_compare(sub)
+
     keygen = sub.add_parser("keygen", help="create a ZeroMQ CURVE key pair (for --curve-secret and server_key=)",
                             description="Write NAME.key (public) and NAME.key_secret (secret, readable by its owner "
                                         "only) into DIR and print the public key. An existing pair is kept unless "
@@ -327,6 +331,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         from monitor.loginspect import inspect_logs
 
         return inspect_logs(args.logs, skip_corrupt=args.skip_corrupt, console=console)
+    if args.command == "compare":
+        from monitor.compare import run_compare
+
+        return run_compare(args, console)
     if args.command == "keygen":
         return _keygen(args.dir, args.name, console, force=args.force)
     raise UsageError(f"unknown command {args.command}")

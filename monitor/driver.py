@@ -143,7 +143,8 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
 
         caption = dashboard_caption(frames=intake.frames, rejected=intake.rejected + pipeline.rejected,
                                     render_queue=renderer.pending)
-        dashboard.show(dashboard_rows(pipeline.runs.values()), caption, endpoint=source.where, now=now)
+        dashboard.show(dashboard_rows(pipeline.runs.values(), pipeline.samples.changes), caption,
+                       endpoint=source.where, now=now)
 
     unprocessed, collecting, deadline = 0, gc.isenabled(), None
     with dashboard if dashboard is not None else contextlib.nullcontext():

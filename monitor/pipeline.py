@@ -19,6 +19,7 @@ from monitor.outputs.console import MonitorConsole
 from monitor.outputs.epoch_files import EpochOutputs
 from monitor.outputs.report.writer import Reports
 from monitor.outputs.run_files import run_end_line, write_run_start
+from monitor.outputs.sample_writer import SampleOutputs
 from monitor.outputs.summary import Summaries
 from trainer_side.protocol import Message
 
@@ -47,6 +48,7 @@ class Pipeline:
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
         self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
         self.epochs = EpochOutputs(renderer, console)
+        self.samples = SampleOutputs(renderer, console)  # changes, per-sample files, suspects, data map
         self.summaries = Summaries(out, self.reports, clock)
 
     @property
@@ -142,6 +144,8 @@ class Pipeline:
         """Renders everything still pending (end of a replay, or shutdown) and writes each run's summary."""
         for run in list(self.runs.values()):
             self._render_ready(run, flush=True)
+            if run.start is not None:
+                self.samples.run_end(run, run_dir(self.out, run.run))
             self._write_summary(run, at_once=True)
         self.console.flush(wait=True)
         self.renderer.drain()
@@ -167,6 +171,11 @@ class Pipeline:
             run.on_mistakes(message)
         elif kind == "sampled":
             run.on_sampled(message)
+        elif kind == "train_preds":
+            run.on_train_preds(message)
+        elif kind == "sample_names":
+            run.on_sample_names(message)
+            self._note_sample_problems(run)
         elif kind == "epoch_end":
             run.on_epoch_end(message, self.clock())
             self._render_ready(run)
@@ -174,6 +183,7 @@ class Pipeline:
             run.on_run_end(message)
             self._render_ready(run)
             if run.finished:
+                self.samples.run_end(run, run_dir(self.out, run.run))
                 self.console.line(run_dir(self.out, run.run), run_end_line(run))
         if kind in ("run_start", "epoch_end", "run_end"):
             self._write_summary(run, at_once=kind != "epoch_end")
@@ -193,12 +203,21 @@ class Pipeline:
             if not missing and run.start is not None:
                 run.release(number)
 
+    def _note_sample_problems(self, run: RunState) -> None:
+        for note in run.take_sample_notes():
+            self.console.line(run_dir(self.out, run.run), note)
+
     def _render_epoch(self, run: RunState, number: int) -> None:
         run.drawn(number)
+        self._note_sample_problems(run)
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return
-        self.epochs.draw(run, number, run_dir(self.out, run.run))
+        folder = run_dir(self.out, run.run)
+        self.epochs.draw(run, number, folder)
+        scalars = self.samples.epoch(run, number, folder, folder / f"epoch_{number:03d}")
+        if scalars and self.tensorboard is not None:
+            self.tensorboard.epoch(folder.name, number, {}, None, scalars)
 
 
 def describe_ranks(count: int, named: list[int]) -> str:

@@ -147,8 +147,8 @@ def test_no_images_or_no_image_tensors_keep_no_mistakes_and_raise_nothing():
     for logits, labels, images in _batches(3, [8, 8]):
         collector.add(logits, labels, images[:5])  # not one input per label
     assert collector.take_mistakes() is None
-    preds, labels, confidence = collector.take_chunk()
-    assert len(preds) == len(confidence) == 16 and confidence.dtype == np.float16
+    chunk = collector.take_chunk()
+    assert len(chunk.preds) == len(chunk.confidence) == 16 and chunk.confidence.dtype == np.float16
 
 
 def test_zero_mistakes_turns_them_off():
@@ -169,8 +169,8 @@ def test_chunks_carry_confidences_aligned_with_their_predictions():
             chunks.append(collector.take_chunk())
     chunks.append(collector.take_chunk())
     logits = torch.cat([b[0] for b in batches])
-    assert [len(c[0]) for c in chunks] == [20, 10]
-    np.testing.assert_array_equal(np.concatenate([c[2] for c in chunks]),
+    assert [len(c.preds) for c in chunks] == [20, 10]
+    np.testing.assert_array_equal(np.concatenate([c.confidence for c in chunks]),
                                   torch.softmax(logits.double(), 1).max(1).values.numpy().astype(np.float16))
 
 

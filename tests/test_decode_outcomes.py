@@ -55,7 +55,14 @@ BODIES: dict[str, dict[str, Any]] = {
     "metrics": {"epoch": 0, "stage": "val", "step": 0, "values": {"val/loss": 0.5, "acc": NAN, "n": 1}},
     "epoch_end": {"epoch": 0, "sent": 1, "dropped": 0},
     "run_end": {"status": "completed", "error": None, "sent": 1, "dropped": 0},
+    # protocol 1.3
+    "sample_names": {"split": "val", "first": 0, "names": ["a/0.png", "b/1.png"]},
+    "train_preds": {"epoch": 0, "ids": {"first": 4, "count": 3}, "labels": U1, "preds": U1,
+                    "label_confidence": array("<f2", [3])},
 }
+# preds and mistakes of protocol 1.3: every field of the 1.2 ones, then ids and label confidences
+BODIES["preds"] = {**BODIES["preds"], "ids": array("<u4", [3]), "label_confidence": array("<f2", [3])}
+BODIES["mistakes"] = {**BODIES["mistakes"], "ids": {"first": 0, "count": 2}}
 ABSENT = object()
 
 # Every field gets each of these; they cover msgpack's types, limits and the usual near misses.
@@ -84,10 +91,13 @@ MAPS = [{"mean": [0.5, 0.5], "std": [0.25]}, {"mean": [], "std": []}, {"mean": [
 
 # Float16 arrays (confidences, protocol 1.2), after the older cases so that their numbers stay.
 HALF_ARRAYS = [array("<f2", [3]), array("<f2", [2]), array("<f2", [2, 1])]
+# Id ranges (protocol 1.3), after those.
+ID_RANGES = [{"first": 0, "count": 3}, {"first": 0, "count": 2}, {"first": -1, "count": 3}, {"first": 0},
+             {"first": 0, "count": 3, "x": 1}, {"first": 2**64 - 1, "count": 3}, {"first": 1.0, "count": 3}]
 
 
 def values_for(valid: Any) -> list:
-    return SCALARS + CONTAINERS + (ARRAYS + MAPS + HALF_ARRAYS if isinstance(valid, dict) else [])
+    return SCALARS + CONTAINERS + (ARRAYS + MAPS + HALF_ARRAYS + ID_RANGES if isinstance(valid, dict) else [])
 
 
 def mutations() -> Iterator[tuple[str, dict]]:

@@ -50,7 +50,7 @@ DATA = Path(__file__).parent / "data"
 FIXTURE_LOG = DATA / "tiny_run.mlog"
 FIXTURE_RUN = "tiny-fixture"
 TINY_FRAMES = list(iter_frames(FIXTURE_LOG))
-KINDS = ("run_start", "preds", "samples", "sampled", "metrics", "epoch_end", "run_end")
+KINDS = ("run_start", "preds", "samples", "sampled", "metrics", "epoch_end", "run_end", "train_preds", "sample_names")
 MAP_MARKERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}  # the first byte of any msgpack map
 STOP_LINE = re.compile(r"(\d+) frames received, (\d+) rejected, (\d+) run\(s\)")
 COMMON = dict(deadline=None, derandomize=True, database=None,
@@ -92,14 +92,19 @@ def bodies() -> dict[str, dict]:
         "metrics": {"epoch": 0, "stage": "val", "step": 0, "values": {"val/loss": 0.5}},
         "epoch_end": {"epoch": 0, "sent": 1, "dropped": 0},
         "run_end": {"status": "completed", "error": None, "sent": 1, "dropped": 0},
+        "train_preds": {"epoch": 0, "ids": {"first": 1, "count": 3}, "labels": u1([2, 1, 0]), "preds": u1([0, 1, 2]),
+                        "label_confidence": {"dtype": "<f2", "shape": [3], "data": bytes(6)}},
+        "sample_names": {"split": "val", "first": 0, "names": ["a/0.png", "b/1.png"]},
     }
 
 
 REQUIRED = {"run_start": ("class_names", "normalization", "model"), "preds": ("epoch", "step", "preds", "labels"),
             "samples": ("epoch", "images", "labels", "preds"), "sampled": ("epoch", "indices"),
             "metrics": ("epoch", "stage", "step", "values"), "epoch_end": ("epoch", "sent", "dropped"),
-            "run_end": ("status", "sent", "dropped")}
-ARRAY_FIELDS = {"preds": ("preds", "labels"), "samples": ("images", "labels", "preds"), "sampled": ("indices",)}
+            "run_end": ("status", "sent", "dropped"), "train_preds": ("epoch", "label_confidence"),
+            "sample_names": ("split", "names")}
+ARRAY_FIELDS = {"preds": ("preds", "labels"), "samples": ("images", "labels", "preds"), "sampled": ("indices",),
+                "train_preds": ("labels", "preds", "label_confidence")}
 RUN_START = {**bodies()["run_start"], "train_targets": u1([0, 1, 2, 2])}
 
 
@@ -164,6 +169,10 @@ FIELD_CASES_BY_KIND: list[dict] = [
     message("preds", "?", preds=u1([0, 1])),  # 2 predictions for 3 labels
     message("samples", "?", labels=u1([0])),  # 2 images, 1 label
     message("epoch_end", "?", sent=-3),
+    message("train_preds", "?", ids={"first": 0, "count": 2}),  # a range of 2 for 3 predictions
+    message("train_preds", "?", ids={"first": -1, "count": 3}), message("train_preds", "?", ids={"first": 0}),
+    message("sample_names", "?", split="test"), message("sample_names", "?", names=["a"] * 1001),
+    message("sample_names", "?", names=["a", 3]),
 ]
 field_garbage = st.one_of(
     st.builds(lambda case, kind: one(case(kind), "field"), st.sampled_from(FIELD_CASES), kinds),

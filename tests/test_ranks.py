@@ -16,7 +16,9 @@ from monitor.pipeline import Pipeline
 from monitor.outputs.render.pool import InlineRenderer
 from test_calibration import reference_ece_mce
 from test_end_to_end import independent_confusion, read_confusion_csv
+from test_sample_ids_fit import replayed
 from trainer_side import protocol
+from trainer_side.msglog import iter_frames
 from trainer_side.protocol import make_message
 
 
@@ -49,6 +51,21 @@ def test_two_ddp_ranks_are_summed_and_their_draws_tracked(tmp_path):
         ece, _ = reference_ece_mce(confidence, right)
         assert history[epoch]["val/ece"] == pytest.approx(ece, abs=1e-12)
         assert (run / f"epoch_{epoch:03d}" / "misclassified.png").exists() == (not right.all())
+    # Sample ids (protocol 1.3): each rank sends its DistributedSampler's list, the monitor merges them.
+    frames = [protocol.decode(frame) for frame in iter_frames(run / "messages.mlog")]
+    for epoch in (0, 1):
+        for rank, record in enumerate(records):
+            preds = [m for m in frames if m.kind == "preds" and m.rank == rank and m["epoch"] == epoch]
+            ids = np.concatenate([m["ids"].astype(np.int64) for m in preds])
+            assert ids.tolist() == list(range(rank, 40, 2))
+            assert np.concatenate([m["labels"] for m in preds]).tolist() == (ids // 10).tolist()
+            assert np.concatenate([m["preds"] for m in preds]).tolist() == record[f"preds_{epoch}"].tolist()
+    state, _ = replayed(run / "messages.mlog", tmp_path / "replayed")
+    last = state.samples.latest
+    assert state.samples.epochs == [0, 1] and last.ids.tolist() == list(range(40))
+    by_id = {int(i): int(p) for r, record in enumerate(records) for i, p in zip(range(r, 40, 2), record["preds_1"])}
+    assert last.preds.tolist() == [by_id[i] for i in range(40)]
+    assert not state.sample_problems  # 40 samples on 2 ranks: no padding, no repeat
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world"] == 2 and sorted(summary["ranks"]) == ["0", "1"]
     assert summary["status"] == "completed"

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer_side import EmitterCallback, TrackingWeightedRandomSampler  # noqa: E402
+from trainer_side import EmitterCallback, IndexedDataset, TrackingWeightedRandomSampler  # noqa: E402
 
 CLASS_NAMES = ["circle", "square", "triangle", "star"]
 TRAIN_PER_CLASS = [60, 30, 15, 9]  # imbalanced on purpose: the sampler has something to balance
@@ -51,7 +51,7 @@ def make_split(per_class: list[int], seed: int) -> TargetsDataset:
 
 
 class TinyData(L.LightningDataModule):
-    def __init__(self, use_sampler: bool = True, batch_size: int = 16) -> None:
+    def __init__(self, use_sampler: bool = True, batch_size: int = 16, indexed_train: bool = False) -> None:
         super().__init__()
         self.class_to_idx = {name: i for i, name in enumerate(CLASS_NAMES)}
         self.normalization = NORMALIZATION
@@ -59,6 +59,10 @@ class TinyData(L.LightningDataModule):
         self.batch_size = batch_size
         self.train_set = make_split(TRAIN_PER_CLASS, seed=1)
         self.val_set = make_split(VAL_PER_CLASS, seed=2)
+        if indexed_train:  # batches (x, y, index): the training samples' ids for track_train; and names
+            for split, dataset in (("train", self.train_set), ("val", self.val_set)):
+                dataset.sample_names = [f"{split}/{CLASS_NAMES[y]}/{i:03d}.png" for i, y in enumerate(dataset.targets)]
+            self.train_set = IndexedDataset(self.train_set)
 
     def train_dataloader(self) -> DataLoader:
         if not self.use_sampler:
@@ -85,12 +89,12 @@ class TinyNet(L.LightningModule):
     def training_step(self, batch, batch_idx):
         if self.current_epoch == self.hparams.fail_at_epoch:
             raise RuntimeError(f"deliberate failure at epoch {self.current_epoch}")
-        x, y = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
         loss = nn.functional.cross_entropy(logits, y)
         self.log("train/loss", loss, on_step=False, on_epoch=True)
         self.log("train/acc_top1", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
-        return loss
+        return {"loss": loss, "logits": logits}
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -177,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-at", type=int, default=0)
     parser.add_argument("--checkpoint-dir", default=None, help="save last.ckpt here after every epoch")
     parser.add_argument("--resume", default=None, help="checkpoint to resume the fit from")
+    parser.add_argument("--track-train", action="store_true", help="EmitterCallback(track_train=True), indexed train set")
     args = parser.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
     torch.set_num_threads(1)
     recorder = PredictionRecorder()
     emitter = EmitterCallback(args.endpoint, run=args.run, spool=args.spool, num_thumbnails=args.thumbnails,
-                              num_mistakes=args.mistakes, queue_size=args.queue_size, linger_ms=args.linger_ms)
+                              num_mistakes=args.mistakes, queue_size=args.queue_size, linger_ms=args.linger_ms,
+                              track_train=args.track_train)
     callbacks = [emitter, recorder, Pacer(args.epoch_sleep, args.hold, args.hold_at)]
     if args.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True,
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         num_sanity_val_steps=1)
     model = TinyNet(fail_at_epoch=args.fail_at_epoch)
     try:
-        trainer.fit(model, datamodule=TinyData(use_sampler=not args.no_sampler), ckpt_path=args.resume)
+        trainer.fit(model, datamodule=TinyData(use_sampler=not args.no_sampler, indexed_train=args.track_train),
+                    ckpt_path=args.resume)
     finally:
         if args.record is not None:
             recorder.save(args.record, trainer.global_rank)

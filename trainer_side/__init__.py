@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Emitter", "EmitterCallback", "TrackingWeightedRandomSampler", "load_curve_keys", "model_summary"]
+__all__ = ["Emitter", "EmitterCallback", "IndexedDataset", "TrackingWeightedRandomSampler", "load_curve_keys",
+           "model_summary"]
 
 _HOMES = {
     "Emitter": "trainer_side.emitter",
     "EmitterCallback": "trainer_side.callback",
+    "IndexedDataset": "trainer_side.sample_ids",
     "TrackingWeightedRandomSampler": "trainer_side.sampler",
     "load_curve_keys": "trainer_side.options",
     "model_summary": "trainer_side.runinfo",
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from trainer_side.emitter import Emitter
     from trainer_side.options import load_curve_keys
     from trainer_side.runinfo import model_summary
+    from trainer_side.sample_ids import IndexedDataset
     from trainer_side.sampler import TrackingWeightedRandomSampler
 
 

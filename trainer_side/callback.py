@@ -16,9 +16,11 @@ from trainer_side.batches import BatchReader, missing_logits_warning
 from trainer_side.collect import ValidationCollector
 from trainer_side.emitter import DEFAULT_ENDPOINT, Emitter, never_raises, resolve_spool
 from trainer_side.names import new_run_id
-from trainer_side.protocol import smallest_label_dtype
+from trainer_side.protocol import MAX_NAMES_PER_CHUNK, smallest_label_dtype
+from trainer_side.sample_ids import base_dataset, batch_ids, dataset_names, loader_order
 from trainer_side.sampler import find_tracking_sampler
 from trainer_side.targets import find_train_targets, within
+from trainer_side.train_collect import TrainingCollector
 
 log = logging.getLogger("trainer_side")
 
@@ -48,6 +50,12 @@ class EmitterCallback(Callback):
         batch_keys: where the input and the target are in a batch: positions for tuples, keys for dicts.
             None (default): positions 0 and 1 of a tuple, a dict's image/images/input(s) and
             label(s)/target(s) keys (`trainer_side.batches`).
+        id_key: where a batch holds each sample's id (its dataset index): a dict key or a tuple position.
+            None (default): a dict's index/idx/id key, `IndexedDataset`'s third item, else the loader's
+            order (sequential, or a DistributedSampler without shuffling; `trainer_side.sample_ids`).
+        track_train: also send, per training sample and epoch, the given label's probability (Dataset
+            Cartography): `training_step` returns `{"loss": loss, "logits": logits}`, and the training
+            batches carry ids (`IndexedDataset` or an id key) unless the training loader is sequential.
         server_key, client_keys: ZeroMQ CURVE keys (see `monitor keygen`) when the monitor requires them.
 
     Raises:
@@ -63,7 +71,8 @@ class EmitterCallback(Callback):
                  num_thumbnails: int = 16, thumbnail_size: int = 64, num_mistakes: int = 16,
                  spool: str | os.PathLike | bool = True,
                  queue_size: int = 1000, linger_ms: int = 2000, chunk_size: int = 1_000_000,
-                 batch_keys: tuple[int | str, int | str] | None = None, server_key: str | bytes | None = None,
+                 batch_keys: tuple[int | str, int | str] | None = None, id_key: int | str | None = None,
+                 track_train: bool = False, server_key: str | bytes | None = None,
                  client_keys: tuple[str | bytes, str | bytes] | None = None) -> None:
         super().__init__()
         self._delivery = options.check_delivery(endpoint, spool, queue_size, linger_ms, server_key, client_keys)
@@ -75,11 +84,17 @@ class EmitterCallback(Callback):
         self.num_mistakes = options.check_nonneg_int(num_mistakes, "num_mistakes")
         self.chunk_size = options.check_positive_int(chunk_size, "chunk_size")
         self.batch_keys = options.check_batch_keys(batch_keys)
+        self.id_key = options.check_id_key(id_key)
+        self.track_train = options.check_flag(track_train, "track_train")
         self._reset()
 
     def _reset(self) -> None:
         self.emitter: Emitter | None = None
         self._collector: ValidationCollector | None = None
+        self._train: TrainingCollector | None = None  # track_train only
+        self._warned_ids: set[str] = set()  # "val", "train": the missing-ids warning is given once each
+        self._train_names: list[str] = []  # track_train: the training set's names, sent a chunk per batch
+        self._train_names_sent = 0
         self._batches = BatchReader(self.batch_keys)
         self._warned_forward = False
         self._ended = False
@@ -88,7 +103,7 @@ class EmitterCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Picklable for ddp_spawn and checkpoint callbacks: configuration only, no socket, no tensors.
         state = self.__dict__.copy()
-        state.update(emitter=None, _collector=None)
+        state.update(emitter=None, _collector=None, _train=None, _train_names=[])
         return state
 
     @property
@@ -110,7 +125,18 @@ class EmitterCallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self._collector is None:
             return
-        self._collector.reset()
+        self._collector.reset(loader_order(_first_loader(trainer.val_dataloaders)))
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._train is None:
+            return
+        self._train.reset(loader_order(trainer.train_dataloader))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._train is None or self.emitter is None:
+            return
+        self._collect_train_batch(trainer, outputs, batch)
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -168,9 +194,7 @@ class EmitterCallback(Callback):
         datamodule = trainer.datamodule
         train_loader = trainer.train_dataloader
         train_set = getattr(train_loader, "dataset", None)
-        val_loaders = trainer.val_dataloaders
-        val_loader = val_loaders[0] if isinstance(val_loaders, (list, tuple)) and val_loaders else val_loaders
-        val_set = getattr(val_loader, "dataset", None)
+        val_set = getattr(_first_loader(trainer.val_dataloaders), "dataset", None)
         sources = [datamodule, runinfo.unwrap_dataset(train_set), runinfo.unwrap_dataset(val_set)]
         found = find_train_targets(train_set)
         names = runinfo.discover_class_names(self.class_names, sources)
@@ -196,11 +220,23 @@ class EmitterCallback(Callback):
             sampler_info = {"type": type(sampler).__name__, "num_samples": int(sampler.num_samples),
                             "weights_per_class": sampler.weights_per_class(targets, len(names))}
         self._tracks_sampler = sampler_info is not None
+        if self.track_train:
+            self._train = TrainingCollector(len(names), chunk_size=self.chunk_size, batch_keys=self.batch_keys,
+                                            id_key=self.id_key)
         self.emitter.run_start(
             names, normalization=normalization, model=runinfo.model_summary(pl_module),
             train_targets=None if targets is None else targets.astype(smallest_label_dtype(len(names))),
             targets_missing=found.missing, sampler=sampler_info, hparams=dict(pl_module.hparams),
+            val_size=_size(val_set), train_size=_size(train_set) if self.track_train else None,
         )
+        if trainer.global_rank == 0:
+            names = None if val_set is None else dataset_names(val_set)
+            if names:
+                self.emitter.sample_names("val", names)
+            # A training set's names can be a million: they go one chunk per training batch instead of
+            # at once, so that they never fill the send queue.
+            self._train_names = (dataset_names(train_set) or []) if self.track_train and train_set is not None else []
+            self._train_names_sent = 0
 
     @never_raises
     def _collect_batch(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any) -> None:
@@ -212,7 +248,8 @@ class EmitterCallback(Callback):
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
             logits = self._fallback_forward(pl_module, inputs, outputs)
         images = inputs if isinstance(inputs, torch.Tensor) and self._collector.wants_images else None
-        self._collector.add(logits, labels, images)
+        ids = batch_ids(batch, self.id_key, self._collector.ids.order.in_batch)
+        self._collector.add(logits, labels, images, ids)
         if self._collector.chunk_ready:
             self._send_preds_chunk(trainer)
 
@@ -226,19 +263,47 @@ class EmitterCallback(Callback):
     def _send_preds_chunk(self, trainer: Trainer) -> None:
         chunk = self._collector.take_chunk()
         if chunk is not None:
-            self.emitter.preds(trainer.current_epoch, chunk[0], chunk[1], step=trainer.global_step,
-                               confidence=chunk[2])
+            self.emitter.preds(trainer.current_epoch, chunk.preds, chunk.labels, step=trainer.global_step,
+                               confidence=chunk.confidence, ids=chunk.ids, label_confidence=chunk.label_confidence)
+
+    @never_raises
+    def _collect_train_batch(self, trainer: Trainer, outputs: Any, batch: Any) -> None:
+        self._train.add(outputs, batch)
+        if self._train.chunk_ready:
+            self._send_train_chunk(trainer)
+        if self._train_names_sent < len(self._train_names):
+            first, self._train_names_sent = self._train_names_sent, self._train_names_sent + MAX_NAMES_PER_CHUNK
+            self.emitter.sample_names("train", self._train_names[first:self._train_names_sent], first=first)
+
+    def _send_train_chunk(self, trainer: Trainer) -> None:
+        chunk = self._train.take_chunk()
+        if chunk is not None:
+            self.emitter.train_preds(trainer.current_epoch, chunk.ids, chunk.labels, chunk.preds,
+                                     chunk.label_confidence)
+        self._warn_ids_missing("train", self._train.problem or self._train.ids.missing)
+
+    def _warn_ids_missing(self, split: str, why: str | None) -> None:
+        if why is None or split in self._warned_ids or self.emitter.rank != 0:
+            return
+        self._warned_ids.add(split)
+        if split == "val":
+            log.warning("EmitterCallback: the validation predictions carry no sample ids, so the monitor shows no "
+                        "per-sample changes, history or label suspects: %s.", why)
+        else:
+            log.warning("EmitterCallback(track_train=True) sends no training records: %s.", why)
 
     @never_raises
     def _send_validation(self, trainer: Trainer) -> None:
         self._send_preds_chunk(trainer)
+        self._warn_ids_missing("val", self._collector.ids.missing)
         thumbs = self._collector.take_thumbnails()
         if thumbs is not None:
             self.emitter.samples(trainer.current_epoch, thumbs.images, thumbs.labels, thumbs.preds)
         mistakes = self._collector.take_mistakes()
         if mistakes is not None:
+            known = len(mistakes.ids) == 0 or int(mistakes.ids.min()) >= 0
             self.emitter.mistakes(trainer.current_epoch, mistakes.images, mistakes.labels, mistakes.preds,
-                                  mistakes.confidence, top_k=self.num_mistakes)
+                                  mistakes.confidence, top_k=self.num_mistakes, ids=mistakes.ids if known else None)
 
     @never_raises
     def _send_metrics(self, trainer: Trainer, stage: str) -> None:
@@ -252,6 +317,8 @@ class EmitterCallback(Callback):
 
     @never_raises
     def _send_train_epoch(self, trainer: Trainer) -> None:
+        if self._train is not None:
+            self._send_train_chunk(trainer)
         indices = _rank_draw(trainer.train_dataloader) if self._tracks_sampler else None
         if indices is not None:
             self.emitter.sampled(trainer.current_epoch, indices)
@@ -264,6 +331,18 @@ class EmitterCallback(Callback):
         self._ended = True
         self._batches.report()
         self.emitter.run_end(status, error)
+
+
+def _first_loader(loaders: Any) -> Any:
+    return loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+
+
+def _size(dataset: Any) -> int | None:
+    """The number of ids a dataset's samples take: the length of the dataset under any Subset."""
+    try:
+        return None if dataset is None else len(base_dataset(dataset)[0])
+    except TypeError:
+        return None
 
 
 def _rank_draw(train_loader: Any) -> np.ndarray | None:

@@ -54,14 +54,14 @@ class DemoClassifier(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images).flatten(1))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        images, labels = batch[0], batch[1]  # (image, label, index) with --track-train
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log("train/acc_top1", topk_accuracy(logits, labels, 1), on_step=False, on_epoch=True,
                  batch_size=len(labels), sync_dist=True)
-        return loss
+        return {"loss": loss, "logits": logits.detach()}  # the logits for EmitterCallback(track_train=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for everything, sampler included (default: 0)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     parser.add_argument("--no-monitor", action="store_true", help="train without the EmitterCallback")
+    parser.add_argument("--track-train", action="store_true",
+                        help="also send each training sample's label probability (Dataset Cartography)")
     parser.add_argument("--accelerator", default="auto",
                         help="Lightning accelerator: auto, cpu, gpu, ... (default: auto)")
     parser.add_argument("--devices", type=_devices, default="auto",
@@ -133,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_workers < 0:
             raise ValueError(f"--num-workers must be 0 or more, got {args.num_workers}")
         datamodule = DigitsDataModule(data_dir=args.data, cache_dir=args.data_cache, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, seed=args.seed)
+                                      num_workers=args.num_workers, seed=args.seed, indexed_train=args.track_train)
         # Written (or checked) here, before the Trainer, so a bad or unwritable cache is a one-line error.
         datamodule.prepare_data()
         callbacks = []
         if not args.no_monitor:
             from trainer_side import EmitterCallback
 
-            callbacks.append(EmitterCallback(endpoint=args.endpoint, run=args.run))
+            callbacks.append(EmitterCallback(endpoint=args.endpoint, run=args.run, track_train=args.track_train))
     except (ValueError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

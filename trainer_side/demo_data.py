@@ -18,6 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from trainer_side.options import check_nonneg_int, check_positive_int
+from trainer_side.sample_ids import IndexedDataset
 from trainer_side.sampler import TrackingWeightedRandomSampler
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -223,8 +224,9 @@ class DigitsDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 64, num_workers: int = 0, seed: int = 0, indexed_train: bool = False) -> None:
         super().__init__()
+        self.indexed_train = indexed_train  # training items (image, label, index): ids for track_train
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.num_workers = check_nonneg_int(num_workers, "num_workers")
         self.seed = seed
@@ -255,6 +257,8 @@ class DigitsDataModule(L.LightningDataModule):
         self.val_set = OrderedImageFolder(self.root / "val", names, interleave=True,
                                           transform=image_transforms(False, self.normalization))
         self.train_targets = np.asarray(self.train_set.targets, dtype=np.int64)
+        if self.indexed_train:
+            self.train_set = IndexedDataset(self.train_set)
 
     def train_dataloader(self) -> DataLoader:
         counts = np.bincount(self.train_targets, minlength=len(self.class_to_idx))

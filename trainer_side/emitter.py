@@ -232,11 +232,13 @@ class Emitter:
     def run_start(self, class_names: Sequence[str], *, normalization: Mapping[str, Sequence[float]] | None = None,
                   model: Mapping[str, Any] | None = None, train_targets: np.ndarray | None = None,
                   class_counts: np.ndarray | None = None, sampler: Mapping[str, Any] | None = None,
-                  hparams: Mapping[str, Any] | None = None, targets_missing: str | None = None) -> bool:
+                  hparams: Mapping[str, Any] | None = None, targets_missing: str | None = None,
+                  val_size: int | None = None, train_size: int | None = None) -> bool:
         """What the monitor knows once per run: class names, and optionally the normalization (default
         ImageNet's), a model summary, the training targets or class counts (else `targets_missing`: one
-        line saying why, for the monitor to print), the sampler's weights per class, and
-        hyper-parameters (non-scalars are sent as their repr)."""
+        line saying why, for the monitor to print), the sampler's weights per class,
+        hyper-parameters (non-scalars are sent as their repr), and the sizes of the validation and
+        training sets that sample ids index (every id is below them)."""
         from trainer_side.runinfo import IMAGENET_NORMALIZATION, plain_hparams
 
         body = {
@@ -250,26 +252,61 @@ class Emitter:
         }
         if targets_missing is not None:
             body["targets_missing"] = str(targets_missing)[:protocol.MAX_REASON_LENGTH]
+        for key, size in (("val_size", val_size), ("train_size", train_size)):
+            if size is not None:
+                body[key] = int(size)
         return self._send("run_start", body)
 
     @never_raises
     def preds(self, epoch: int, preds: np.ndarray, labels: np.ndarray, step: int = 0,
-              confidence: np.ndarray | None = None) -> bool:
-        """Validation predictions (argmax) and labels, as non-negative integer arrays of equal length,
-        and optionally each prediction's top-1 confidence (softmax maximum; sent as float16)."""
+              confidence: np.ndarray | None = None, *, ids: np.ndarray | protocol.IdRange | None = None,
+              label_confidence: np.ndarray | None = None) -> bool:
+        """Validation predictions (argmax) and labels, as non-negative integer arrays of equal length;
+        optionally each prediction's top-1 confidence and its given label's probability (softmax;
+        sent as float16), and its sample's id: the dataset index, an integer array or an `IdRange`."""
         body = {"epoch": epoch, "step": step, "preds": _unsigned(preds), "labels": _unsigned(labels)}
         if confidence is not None:
             body["confidence"] = _half(confidence)
+        if ids is not None:
+            body["ids"] = _ids(ids)
+        if label_confidence is not None:
+            body["label_confidence"] = _half(label_confidence)
         return self._send("preds", body)
 
     @never_raises
+    def train_preds(self, epoch: int, ids: np.ndarray | protocol.IdRange, labels: np.ndarray, preds: np.ndarray,
+                    label_confidence: np.ndarray) -> bool:
+        """Training predictions of one epoch's samples (Dataset Cartography): their ids, labels,
+        argmax predictions and each given label's probability (float16)."""
+        return self._send("train_preds", {"epoch": epoch, "ids": _ids(ids), "labels": _unsigned(labels),
+                                          "preds": _unsigned(preds), "label_confidence": _half(label_confidence)})
+
+    @never_raises
+    def sample_names(self, split: str, names: Sequence[str], first: int = 0) -> bool:
+        """The names of samples `first, first + 1, ...` of a split ("val" or "train"), sent in chunks of
+        at most 1,000; a name longer than 200 characters is cut to 199 and an ellipsis. True when
+        every chunk was taken."""
+        if split not in protocol.SPLITS:
+            raise ValueError(f"split must be one of {list(protocol.SPLITS)}, got {split!r}")
+        taken = True
+        size, longest = protocol.MAX_NAMES_PER_CHUNK, protocol.MAX_NAME_LENGTH
+        for start in range(0, len(names), size):
+            chunk = [name if len(name) <= longest else name[:longest - 1] + "…"
+                     for name in map(str, names[start:start + size])]
+            taken = self._send("sample_names", {"split": split, "first": first + start, "names": chunk}) and taken
+        return taken
+
+    @never_raises
     def mistakes(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
-                 confidence: np.ndarray, top_k: int) -> bool:
+                 confidence: np.ndarray, top_k: int, ids: np.ndarray | None = None) -> bool:
         """The epoch's most confident wrong predictions on this rank, at most `top_k`, most confident
-        first: thumbnails (uint8 N×H×W×3), true classes, predictions and their confidences."""
-        return self._send("mistakes", {"epoch": epoch, "top_k": top_k, "images": images,
-                                       "labels": _unsigned(labels), "preds": _unsigned(preds),
-                                       "confidence": _half(confidence)})
+        first: thumbnails (uint8 N×H×W×3), true classes, predictions, their confidences and,
+        optionally, their sample ids."""
+        body = {"epoch": epoch, "top_k": top_k, "images": images, "labels": _unsigned(labels),
+                "preds": _unsigned(preds), "confidence": _half(confidence)}
+        if ids is not None:
+            body["ids"] = _ids(ids)
+        return self._send("mistakes", body)
 
     @never_raises
     def samples(self, epoch: int, images: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> bool:
@@ -409,6 +446,11 @@ def _unsigned(array: np.ndarray) -> np.ndarray:
     if array.size and int(array.min()) < 0:
         raise ValueError(f"class indices must be non-negative, got {int(array.min())}")
     return array.astype(protocol.smallest_label_dtype(int(array.max()) + 1 if array.size else 1))
+
+
+def _ids(ids: np.ndarray | protocol.IdRange) -> np.ndarray | protocol.IdRange:
+    """Sample ids as the protocol carries them: a range, or `<u4` (`<u8` when an id needs it)."""
+    return ids if isinstance(ids, protocol.IdRange) else protocol.compact_ids(ids)
 
 
 def _half(confidence: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ class Mistakes:
     labels: np.ndarray
     preds: np.ndarray
     confidence: np.ndarray  # float16
+    ids: np.ndarray  # int64: what the collector passed as each sample's id (-1: none)
 
 
 class HardestMistakes:
@@ -45,7 +46,7 @@ class HardestMistakes:
         self.reset()
 
     def reset(self) -> None:
-        # (score float32, thumbnails, labels, preds, confidence float16), sorted by score, descending
+        # (score float32, thumbnails, labels, preds, confidence float16, ids int64), by score, descending
         self._kept: tuple[torch.Tensor, ...] | None = None
         self.failed = False
 
@@ -53,9 +54,10 @@ class HardestMistakes:
     def wanted(self) -> bool:
         return self.top_k > 0 and not self.failed
 
-    def add(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, confidence: torch.Tensor) -> None:
-        """One batch: `labels`, `preds` (integer) and `confidence` (float16) of its N samples, on the
-        device of `images` (N×C×H×W)."""
+    def add(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, confidence: torch.Tensor,
+            ids: torch.Tensor | None = None) -> None:
+        """One batch: `labels`, `preds` (integer), `confidence` (float16) and optionally `ids` (integer)
+        of its N samples, on the device of `images` (N×C×H×W)."""
         count = min(self.top_k, labels.shape[0])
         if not self.wanted or count == 0:
             return
@@ -75,7 +77,8 @@ class HardestMistakes:
             self.failed = True  # no images to show, or thumbnails of another size than the kept ones
             self._kept = None
             return
-        candidates = (scores[order], thumbs, labels[order], preds[order], confidence[order])
+        ids = torch.full_like(scores, -1, dtype=torch.int64) if ids is None else ids.to(torch.int64)
+        candidates = (scores[order], thumbs, labels[order], preds[order], confidence[order], ids[order])
         if self._kept is not None:
             candidates = tuple(torch.cat([kept, new]) for kept, new in zip(self._kept, candidates))
         top = torch.sort(candidates[0], descending=True, stable=True).indices[:self.top_k]
@@ -92,9 +95,9 @@ class HardestMistakes:
         kept, self._kept = self._kept, None
         if kept is None:
             return None
-        scores, thumbs, labels, preds, confidence = (part.cpu().numpy() for part in kept)
+        scores, thumbs, labels, preds, confidence, ids = (part.cpu().numpy() for part in kept)
         mistaken = scores > NOT_A_MISTAKE
         return Mistakes(images=np.ascontiguousarray(thumbs[mistaken]),
                         labels=labels[mistaken].astype(label_dtype, copy=False),
                         preds=preds[mistaken].astype(label_dtype, copy=False),
-                        confidence=confidence[mistaken].astype(np.float16, copy=False))
+                        confidence=confidence[mistaken].astype(np.float16, copy=False), ids=ids[mistaken])

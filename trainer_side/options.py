@@ -216,3 +216,17 @@ def check_batch_keys(batch_keys: Any) -> tuple[int | str, int | str] | None:
         raise ValueError(f"batch_keys must be None or an (input, target) pair of positions or keys, got {batch_keys!r}")
     return tuple(batch_keys)  # type: ignore[return-value]
 
+
+
+def check_id_key(id_key: Any) -> int | str | None:
+    """Where a batch holds its sample ids: a dict key or a tuple position, or None to find them
+    (`trainer_side.sample_ids`)."""
+    if id_key is None or (isinstance(id_key, (int, str)) and not isinstance(id_key, bool)):
+        return id_key
+    raise ValueError(f"id_key must be None, a dict key (str) or a tuple position (int), got {id_key!r}")
+
+
+def check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

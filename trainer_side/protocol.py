@@ -1,12 +1,12 @@
-"""Wire codec, protocol v1 (1.2): a `Message` to one msgpack frame and back (pure: no sockets, no files).
+"""Wire codec, protocol v1 (1.3): a `Message` to one msgpack frame and back (pure: no sockets, no files).
 
-The field list of every kind lives in docs/protocol.md; the `SCHEMA` below is its executable form.
-The monitor imports this module too, so both ends validate with the same rules.
+The field list of every kind lives in docs/protocol.md; its executable form, `SCHEMA`, and the
+checkers are in `trainer_side.schema`, re-exported here. The monitor imports this module too, so both
+ends validate with the same rules.
 """
 
 from __future__ import annotations
 
-import math
 import time as _time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -14,46 +14,13 @@ from typing import Any, Callable, Mapping
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 2)
-
-# Little-endian integer and float types only: no object, string or big-endian dtypes ever decode.
-ARRAY_DTYPES = frozenset({"|u1", "<u2", "<u4", "<u8", "|i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
-MAX_ARRAY_DIMS = 8
-ENVELOPE_KEYS = ("v", "kind", "run", "rank", "world", "seq", "time", "sender")
-MAX_RUN_ID_LENGTH = 200
-# The emitter instance's identity (protocol 1.1): optional, so 1.0 senders decode with sender "".
-MAX_SENDER_LENGTH = 64
-# run_start.targets_missing (protocol 1.2): one line for the monitor's console.
-MAX_REASON_LENGTH = 500
-# A world this large is garbage, and the monitor keeps per-rank bookkeeping sized by it.
-MAX_WORLD_SIZE = 1 << 20
-MAX_DATA_PORT = 65534  # a monitor's receipts socket is the port after its data port
-
-
-class ProtocolError(ValueError):
-    """A frame that is not a valid protocol message. `reason` is a short code used for counting."""
-
-    reason = "invalid"
-
-
-class MalformedFrameError(ProtocolError):
-    reason = "malformed"
-
-
-class UnsupportedVersionError(ProtocolError):
-    reason = "version"
-
-
-class UnknownKindError(ProtocolError):
-    reason = "unknown_kind"
-
-
-class InvalidFieldError(ProtocolError):
-    reason = "field"
-
-
-class InvalidArrayError(ProtocolError):
-    reason = "array"
+from trainer_side.schema import (  # noqa: F401 - re-exported: the codec's public names
+    _FIELDS, ARRAY_DTYPES, ENVELOPE_KEYS, MAX_ARRAY_DIMS, MAX_NAME_LENGTH, MAX_NAMES_PER_CHUNK, MAX_REASON_LENGTH,
+    MAX_RUN_ID_LENGTH, MAX_SENDER_LENGTH, MAX_WORLD_SIZE, MAX_DATA_PORT, PROTOCOL_VERSION, SCHEMA, SPLITS, IdRange,
+    InvalidArrayError, InvalidFieldError, MalformedFrameError, ProtocolError, UnknownKindError,
+    UnsupportedVersionError, _array, _check_relations, _metric_map, _nonneg_int, _int, _float, _str,
+    smallest_label_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -89,276 +56,6 @@ def _checked_message(kind: str, run: str, rank: int, world: int, seq: int, time:
 
 
 # ---------------------------------------------------------------------------------------------
-# Field checkers: each takes the decoded msgpack value and returns the value to keep (or raises).
-# The scalar ones accept the exact type first: it is what nearly every frame holds, and the test is
-# cheaper than the general one below it, which still decides every other value.
-
-
-def _int(value: Any, name: str) -> int:
-    if type(value) is int:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidFieldError(f"{name} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def _nonneg_int(value: Any, name: str) -> int:
-    if type(value) is int and value >= 0:
-        return value
-    value = _int(value, name)
-    if value < 0:
-        raise InvalidFieldError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _float(value: Any, name: str) -> float:
-    if type(value) is float:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidFieldError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _str(value: Any, name: str) -> str:
-    if type(value) is str:
-        return value
-    if not isinstance(value, str):
-        raise InvalidFieldError(f"{name} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _reason(value: Any, name: str) -> str:
-    value = _str(value, name)
-    if len(value) > MAX_REASON_LENGTH:
-        raise InvalidFieldError(f"{name} must have at most {MAX_REASON_LENGTH} characters")
-    return value
-
-
-def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidFieldError(f"{name} must be a boolean, got {type(value).__name__}")
-    return value
-
-
-def _map(value: Any, name: str) -> dict:
-    if not isinstance(value, dict):
-        raise InvalidFieldError(f"{name} must be a map, got {type(value).__name__}")
-    return value
-
-
-def _str_list(value: Any, name: str) -> list[str]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise InvalidFieldError(f"{name} must be a list of strings")
-    return list(value)
-
-
-def _float_list(value: Any, name: str) -> list[float]:
-    if not isinstance(value, (list, tuple)):
-        raise InvalidFieldError(f"{name} must be a list of numbers")
-    return [_float(v, name) for v in value]
-
-
-def _metric_map(value: Any, name: str) -> dict[str, float]:
-    # Non-finite values are legal (a diverging loss is real information); the monitor shows gaps.
-    # One pass; the error labels are only formatted for a value that fails.
-    value = _map(value, name)
-    checked = {}
-    for key, item in value.items():
-        if type(key) is not str:
-            _str(key, f"{name} key")
-        checked[key] = item if type(item) is float else _float(item, f"{name}[{key}]")
-    return checked
-
-
-def _hparams(value: Any, name: str) -> dict[str, Any]:
-    # Scalars only, as docs/protocol.md says: bytes or nested values would break model_info.json.
-    value = _map(value, name)
-    for key, item in value.items():
-        _str(key, f"{name} key")
-        if item is not None and not isinstance(item, (bool, int, float, str)):
-            raise InvalidFieldError(f"{name}[{key}] must be a scalar, got {type(item).__name__}")
-    return value
-
-
-def _normalization(value: Any, name: str) -> dict[str, list[float]]:
-    value = _map(value, name)
-    mean = _float_list(value.get("mean"), f"{name}.mean")
-    std = _float_list(value.get("std"), f"{name}.std")
-    if len(mean) != len(std) or not mean:
-        raise InvalidFieldError(f"{name}: mean and std must be non-empty and of equal length")
-    if any(s <= 0 or not math.isfinite(s) for s in std):
-        raise InvalidFieldError(f"{name}.std must be finite and positive")
-    return {"mean": mean, "std": std}
-
-
-def _model(value: Any, name: str) -> dict[str, Any]:
-    value = _map(value, name)
-    return {
-        "class": _str(value.get("class"), f"{name}.class"),
-        "total_params": _nonneg_int(value.get("total_params"), f"{name}.total_params"),
-        "trainable_params": _nonneg_int(value.get("trainable_params"), f"{name}.trainable_params"),
-        "size_mb": _float(value.get("size_mb"), f"{name}.size_mb"),
-    }
-
-
-def _sampler(value: Any, name: str) -> dict[str, Any]:
-    value = _map(value, name)
-    return {
-        "type": _str(value.get("type"), f"{name}.type"),
-        "num_samples": _nonneg_int(value.get("num_samples"), f"{name}.num_samples"),
-        "weights_per_class": _array(value.get("weights_per_class"), f"{name}.weights_per_class", ndim=1),
-    }
-
-
-def _array(value: Any, name: str, ndim: int | None = None, kind: str | None = None) -> np.ndarray:
-    """Builds a read-only numpy view on the frame's bytes after checking dtype, shape and length."""
-    if not isinstance(value, dict):
-        raise InvalidArrayError(f"{name} must be an array map, got {type(value).__name__}")
-    dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
-    # The isinstance check first: a list or map dtype is unhashable and would raise TypeError.
-    if not isinstance(dtype, str) or dtype not in ARRAY_DTYPES:
-        raise InvalidArrayError(f"{name}: dtype {dtype!r} is not one of {sorted(ARRAY_DTYPES)}")
-    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_DIMS:
-        raise InvalidArrayError(f"{name}: shape must be a list of at most {MAX_ARRAY_DIMS} sizes")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise InvalidArrayError(f"{name}: shape entries must be non-negative integers, got {shape!r}")
-    if not isinstance(data, bytes):
-        raise InvalidArrayError(f"{name}: data must be bytes, got {type(data).__name__}")
-    np_dtype = np.dtype(dtype)
-    count = math.prod(shape)
-    if count * np_dtype.itemsize != len(data):
-        raise InvalidArrayError(
-            f"{name}: shape {list(shape)} of {dtype} needs {count * np_dtype.itemsize} bytes, got {len(data)}"
-        )
-    if ndim is not None and len(shape) != ndim:
-        raise InvalidArrayError(f"{name}: expected {ndim} dimensions, got {len(shape)}")
-    if kind is not None and np_dtype.kind not in kind:
-        raise InvalidArrayError(f"{name}: expected dtype kind in {kind!r}, got {dtype}")
-    try:
-        return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
-    except (ValueError, OverflowError) as exc:  # numpy's limits, e.g. an empty array with a 2**64 dimension
-        raise InvalidArrayError(f"{name}: shape {list(shape)} is not a valid array: {exc}") from None
-
-
-def _label_array(value: Any, name: str) -> np.ndarray:
-    return _array(value, name, ndim=1, kind="u")
-
-
-def _confidence_array(value: Any, name: str) -> np.ndarray:
-    """Top-1 confidences (protocol 1.2): float16 only, so that a sample costs 2 bytes on the wire."""
-    confidence = _array(value, name, ndim=1)
-    if confidence.dtype != np.float16:
-        raise InvalidArrayError(f"{name}: expected float16 ('<f2') confidences, got {confidence.dtype.str}")
-    return confidence
-
-
-def _optional(check: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
-    def checker(value: Any, name: str) -> Any:
-        return None if value is None else check(value, name)
-
-    checker.optional = True  # type: ignore[attr-defined]
-    return checker
-
-
-def _images(value: Any, name: str) -> np.ndarray:
-    images = _array(value, name, ndim=4, kind="u")
-    if images.dtype != np.uint8 or images.shape[3] != 3:
-        raise InvalidArrayError(f"{name}: expected uint8 N×H×W×3, got {images.dtype} {images.shape}")
-    return images
-
-
-# kind -> {field: checker}. A field whose checker is `_optional(...)` may be absent or nil.
-SCHEMA: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "run_start": {
-        "class_names": _str_list,
-        "normalization": _normalization,
-        "model": _model,
-        "train_targets": _optional(_label_array),
-        "class_counts": _optional(lambda v, n: _array(v, n, ndim=1, kind="iu")),
-        "sampler": _optional(_sampler),
-        "hparams": _optional(_hparams),
-        "num_samples": _optional(_nonneg_int),
-        "targets_missing": _optional(_reason),
-    },
-    "preds": {
-        "epoch": _nonneg_int,
-        "step": _nonneg_int,
-        "preds": _label_array,
-        "labels": _label_array,
-        "confidence": _optional(_confidence_array),
-    },
-    "samples": {
-        "epoch": _nonneg_int,
-        "images": _images,
-        "labels": _label_array,
-        "preds": _label_array,
-    },
-    "mistakes": {
-        "epoch": _nonneg_int,
-        "top_k": _nonneg_int,
-        "images": _images,
-        "labels": _label_array,
-        "preds": _label_array,
-        "confidence": _confidence_array,
-    },
-    "sampled": {
-        "epoch": _nonneg_int,
-        "indices": lambda v, n: _array(v, n, ndim=1, kind="iu"),
-    },
-    "metrics": {
-        "epoch": _nonneg_int,
-        "stage": _str,
-        "step": _nonneg_int,
-        "values": _metric_map,
-    },
-    "epoch_end": {
-        "epoch": _nonneg_int,
-        "sent": _nonneg_int,
-        "dropped": _nonneg_int,
-    },
-    "run_end": {
-        "status": _str,
-        "error": _optional(_str),
-        "sent": _nonneg_int,
-        "dropped": _nonneg_int,
-    },
-}
-
-# kind -> ((field, "kind.field" as errors name it, checker, optional), ...): SCHEMA, ready for decode.
-_FIELDS: dict[str, tuple[tuple[str, str, Callable[[Any, str], Any], bool], ...]] = {
-    kind: tuple((name, f"{kind}.{name}", check, getattr(check, "optional", False)) for name, check in fields.items())
-    for kind, fields in SCHEMA.items()
-}
-
-RUN_END_STATUSES = frozenset({"completed", "failed", "interrupted"})
-
-
-def _check_relations(kind: str, body: dict[str, Any]) -> None:
-    """Cross-field rules that a single field's checker cannot see."""
-    if kind == "preds" and len(body["preds"]) != len(body["labels"]):
-        raise InvalidFieldError(f"preds: {len(body['preds'])} predictions but {len(body['labels'])} labels")
-    if kind == "preds" and body["confidence"] is not None and len(body["confidence"]) != len(body["preds"]):
-        raise InvalidFieldError(f"preds: {len(body['preds'])} predictions but {len(body['confidence'])} confidences")
-    if kind == "mistakes":
-        n = body["images"].shape[0]
-        if len(body["labels"]) != n or len(body["preds"]) != n or len(body["confidence"]) != n:
-            raise InvalidFieldError(f"mistakes: {n} images need {n} labels, predictions and confidences")
-        if n > body["top_k"]:
-            raise InvalidFieldError(f"mistakes: {n} images but top_k is {body['top_k']}")
-    if kind == "samples":
-        n = body["images"].shape[0]
-        if len(body["labels"]) != n or len(body["preds"]) != n:
-            raise InvalidFieldError(f"samples: {n} images need {n} labels and {n} predictions")
-    if kind == "run_end" and body["status"] not in RUN_END_STATUSES:
-        raise InvalidFieldError(f"run_end.status must be one of {sorted(RUN_END_STATUSES)}, got {body['status']!r}")
-    if kind == "run_start" and not body["class_names"]:
-        raise InvalidFieldError("run_start.class_names must not be empty")
-    if kind == "run_start" and body["class_counts"] is not None and body["class_counts"].size \
-            and body["class_counts"].min() < 0:
-        raise InvalidFieldError("run_start.class_counts must not hold negative counts")
-
-
-# ---------------------------------------------------------------------------------------------
 # Encoding
 
 
@@ -367,6 +64,8 @@ def _pack_default(value: Any) -> Any:
         return encode_array(value)
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, IdRange):
+        return {"first": value.first, "count": value.count}
     raise TypeError(f"cannot encode {type(value).__name__} on the wire")
 
 
@@ -377,6 +76,18 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
         raise TypeError(f"dtype {array.dtype} is not allowed on the wire; use one of {sorted(ARRAY_DTYPES)}")
     data = np.ascontiguousarray(array, dtype=dtype).tobytes()
     return {"dtype": dtype.str, "shape": list(array.shape), "data": data}
+
+
+def compact_ids(ids: np.ndarray) -> np.ndarray | IdRange:
+    """Sample ids as the wire carries them: a range when consecutive (no bytes per sample), else
+    `<u4`, or `<u8` when an id needs it. Raises ValueError for a negative id."""
+    ids = np.asarray(ids)
+    if len(ids) and int(ids.min()) < 0:
+        raise ValueError(f"sample ids must be non-negative, got {int(ids.min())}")
+    if len(ids) and int(ids[-1]) - int(ids[0]) == len(ids) - 1 and bool((np.diff(ids) == 1).all()):
+        return IdRange(int(ids[0]), len(ids))
+    dtype = np.uint32 if not len(ids) or int(ids.max()) < 1 << 32 else np.uint64
+    return ids.astype(dtype)
 
 
 def encode(message: Message) -> bytes:
@@ -503,15 +214,6 @@ def _decode_slow(obj: Any) -> Message:
         raise UnknownKindError(f"unknown message kind {kind!r}")
     body = _checked_body(kind, fields, obj.get)
     return _checked_message(kind, run, rank, world, seq, wall, body, (version[0], version[1]), sender)
-
-
-def smallest_label_dtype(num_classes: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every class index of `num_classes` classes."""
-    if num_classes <= 1 << 8:
-        return np.dtype(np.uint8)
-    if num_classes <= 1 << 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
-"""What the monitor knows about a run: its state, confusion counts, calibration bins, per-class analysis.
+"""What the monitor knows about a run: its state, confusion counts, calibration bins, per-class analysis,
+per-sample state (ids, names, history).
 
 Pure state and arithmetic: imports neither `monitor.ingest` nor `monitor.outputs`."""

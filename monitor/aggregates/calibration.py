@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from trainer_side.protocol import Message
+from trainer_side.protocol import IdRange, Message
 
 NUM_BINS = 15
 # Bin b holds confidences in [EDGES[b], EDGES[b+1]); the last bin also holds 1.0.
@@ -96,6 +96,7 @@ class MergedMistakes:
     preds: np.ndarray
     confidence: np.ndarray  # float16
     ranks: np.ndarray
+    ids: np.ndarray | None = None  # int64 sample ids (protocol 1.3), when every rank sent them
 
 
 def merge_mistakes(by_rank: Mapping[int, Message]) -> MergedMistakes | None:
@@ -119,4 +120,13 @@ def merge_mistakes(by_rank: Mapping[int, Message]) -> MergedMistakes | None:
     return MergedMistakes(images=images,
                           labels=np.concatenate([m["labels"].astype(np.int64) for m in messages])[order],
                           preds=np.concatenate([m["preds"].astype(np.int64) for m in messages])[order],
-                          confidence=confidence[order], ranks=ranks[order])
+                          confidence=confidence[order], ranks=ranks[order], ids=_ids(messages, order))
+
+
+def _ids(messages: list[Message], order: np.ndarray) -> np.ndarray | None:
+    """The merged mistakes' sample ids, or None when a rank sent its mistakes without ids."""
+    parts = [m.get("ids") for m in messages]
+    if any(part is None for part in parts):
+        return None
+    return np.concatenate([part.array() if isinstance(part, IdRange) else part.astype(np.int64)
+                           for part in parts])[order]

@@ -15,6 +15,10 @@ import numpy as np
 
 from monitor.aggregates.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
 from monitor.aggregates.confusion import SparseCounts
+from monitor.aggregates.run_samples import RunSamples
+from monitor.aggregates.sample_ids import SampleChunk
+from monitor.aggregates.sample_names import NamesTable
+from monitor.aggregates.samples import SampleHistory, TrainingMap, samples_summary
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
@@ -58,6 +62,10 @@ class EpochState:
     first_end_at: float | None = None  # monotonic time of the first epoch_end, for the timeout only
     released: bool = False
     accuracy: float | None = None  # from the confusion counts, kept when they are freed
+    # rank -> (source, its chunks' sample-level data; None for a chunk without ids): the confusion rule
+    val_samples: dict[int, tuple[Source, list[SampleChunk | None]]] = field(default_factory=dict)
+    train_samples: dict[int, tuple[Source, list[SampleChunk]]] = field(default_factory=dict)  # track_train
+    samples_taken: bool = False  # handed to the run's sample history (once, at its first draw)
 
 
 def _add_pass(per_rank: dict, rank: int, source: Source, part: Any, add: Callable[[Any, Any], Any]) -> None:
@@ -115,6 +123,39 @@ class RunState:
         self.last_message_at: float | None = None  # the pipeline's clock; only for staleness, never in artifacts
         self.last_message_time: float | None = None  # the latest message's own time (the sender's clock)
         self.stale = False  # unfinished, and silent for longer than the monitor's --stale-after
+        self.per_sample = RunSamples(run)  # protocol 1.3: ids, names, the sample history
+
+    # --- per-sample state (protocol 1.3), as the outputs read it -------------------------------
+
+    @property
+    def samples(self) -> SampleHistory | None:
+        """The validation set's per-sample history; None until an epoch with sample ids is drawn."""
+        return self.per_sample.history
+
+    @property
+    def training_map(self) -> TrainingMap | None:
+        """The training set's cartography (track_train); None until training records are drawn."""
+        return self.per_sample.training_map
+
+    @property
+    def sample_names(self) -> NamesTable:
+        return self.per_sample.names
+
+    @property
+    def sample_ids_missing(self) -> str | None:
+        """Why the run has no per-sample data, in one line (None when it has, or no epoch was drawn)."""
+        return self.per_sample.ids_missing
+
+    @property
+    def thumbnails_by_id(self) -> dict[int, np.ndarray]:
+        return self.per_sample.thumbnails_by_id
+
+    @property
+    def sample_problems(self) -> Counter[str]:
+        return self.per_sample.problems
+
+    def take_sample_notes(self) -> list[str]:
+        return self.per_sample.take_notes()
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -253,16 +294,41 @@ class RunState:
         why = None if confidence is None else check_confidence(confidence)
         if why is not None:
             raise RejectedMessage(f"preds: {why}")
+        self._check_label_confidence(message)
         epoch = self._open_epoch(message)
         counts = SparseCounts.of(preds, labels, self.num_classes)
         rank, source = message.rank, (getattr(message, "sender", ""), message["step"])
         _add_pass(epoch.confusion, rank, source, counts, lambda a, b: SparseCounts.total([a, b]))
         bins = None if confidence is None else CalibrationBins.of(confidence, preds, labels)
         _add_pass(epoch.calibration, rank, source, bins, CalibrationBins.__add__)
+        _add_pass(epoch.val_samples, rank, source, [SampleChunk.of(message)], list.__add__)
+        self.per_sample.saw_preds(message)
         return epoch
+
+    def _check_label_confidence(self, message: Message) -> None:
+        label_confidence = message.get("label_confidence")
+        why = None if label_confidence is None else check_confidence(label_confidence)
+        if why is not None:
+            raise RejectedMessage(f"{message.kind}: label_confidence: {why}")
+
+    def on_train_preds(self, message: Message) -> EpochState:
+        """Training-set predictions (track_train): kept per rank until the epoch is drawn."""
+        self._check_labels(message, message["preds"], message["labels"])
+        self._check_label_confidence(message)
+        epoch = self._open_epoch(message)
+        _add_pass(epoch.train_samples, message.rank, (message.sender, 0), [SampleChunk.of(message)], list.__add__)
+        return epoch
+
+    def on_sample_names(self, message: Message) -> None:
+        """A chunk of sample names; rank 0's are kept (every rank would send the same)."""
+        if message.rank == 0:
+            self.per_sample.add_names(message)
 
     def on_mistakes(self, message: Message) -> EpochState:
         self._check_labels(message, message["labels"], message["preds"])
+        ids, size = message.get("ids"), None if self.start is None else self.start.get("val_size")
+        if ids is not None and size is not None and len(ids) and int(ids.max()) >= size:
+            raise RejectedMessage(f"mistakes: sample id {int(ids.max())} is not below val_size {size}")
         why = check_confidence(message["confidence"])
         if why is not None:
             raise RejectedMessage(f"mistakes: {why}")
@@ -368,6 +434,11 @@ class RunState:
         bins = self.calibration(number)
         if bins is not None and bins.total:
             self.history.setdefault(number, {}).update({"val/ece": bins.ece(), "val/mce": bins.mce()})
+        epoch = self.epochs[number]
+        if not epoch.samples_taken and not epoch.released and self.start is not None:
+            epoch.samples_taken = True
+            self.per_sample.take_epoch(number, epoch.val_samples, epoch.train_samples, self.start, self.num_classes,
+                                       lambda: self.hardest_mistakes(number))
         self.dirty.discard(number)
         self.rendered.add(number)
 
@@ -385,6 +456,8 @@ class RunState:
         epoch.samples = None
         epoch.mistakes.clear()
         epoch.sampled.clear()
+        epoch.val_samples.clear()
+        epoch.train_samples.clear()
         epoch.ended_ranks.clear()
         epoch.released = True
 
@@ -448,5 +521,7 @@ class RunState:
                              "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
+            **({"sample_problems": dict(sorted(self.sample_problems.items()))} if self.sample_problems else {}),
+            **samples_summary(self.samples, self.training_map, self.sample_ids_missing),
             "last_message_time": self.last_message_time,
         }

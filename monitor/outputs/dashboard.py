@@ -15,8 +15,8 @@ from monitor.outputs.render.tables import display_name
 from monitor.aggregates.runstate import RunState
 
 _SHOWN_METRICS = ("train/loss", "val/loss", "val/acc_top1")
-COLUMNS = ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1", "Msgs", "MB", "Dropped",
-           "Gaps", "Last artifact")
+COLUMNS = ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1", "Changes", "Msgs", "MB",
+           "Dropped", "Gaps", "Last artifact")
 # The terminal is redrawn at most this often: a redraw costs CPU in the monitor's own process, which is
 # not at idle priority.
 MIN_REDRAW_S = 1.0
@@ -26,8 +26,16 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
-def dashboard_rows(runs: Iterable[RunState]) -> list[tuple[str, ...]]:
-    """One row of text per run, in COLUMNS order."""
+def changes_cell(changes: Mapping | None) -> str:
+    """The latest epoch's changes against the one before: newly right / newly wrong and McNemar's p
+    ("+12/−5 p=0.21"); "—" without sample ids or before the second epoch."""
+    if changes is None:
+        return "—"
+    return f"+{changes['newly_correct']:,}/−{changes['newly_wrong']:,} p={changes['mcnemar_p']:.2g}"
+
+
+def dashboard_rows(runs: Iterable[RunState], changes: Mapping[str, Mapping] | None = None) -> list[tuple[str, ...]]:
+    """One row of text per run, in COLUMNS order; `changes`: run -> its latest changes.json content."""
     rows = []
     for run in runs:
         metrics = run.history.get(run.latest_epoch, {}) if run.latest_epoch is not None else {}
@@ -35,6 +43,7 @@ def dashboard_rows(runs: Iterable[RunState]) -> list[tuple[str, ...]]:
         rows.append((
             display_name(run.run), f"{len(run.ranks)}/{run.world}", "—" if run.latest_epoch is None else str(run.latest_epoch),
             run.status, *(_fmt(metrics.get(name)) for name in _SHOWN_METRICS),
+            changes_cell(None if changes is None else changes.get(run.run)),
             str(sum(c.messages for c in ranks)), f"{sum(c.bytes for c in ranks) / 1e6:.2f}",
             str(sum(c.dropped for c in ranks)), str(sum(c.gaps for c in ranks)),
             display_name(run.artifacts[-1] if run.artifacts else "—", 60),

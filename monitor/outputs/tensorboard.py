@@ -9,6 +9,8 @@ every event (Lightning's own scalars count global steps). Tags:
     history/<metric>                          every finite metric of history.csv
     macro_avg/<m>, weighted_avg/<m>           per_class_metrics.csv's average rows, m in precision, recall, f1
     per_class/<m>/<index>_<class name>        per class, for runs with at most `max_classes` classes
+    changes/<what>                            changes.json against the epoch before (sample ids, protocol 1.3):
+                                              newly_correct, newly_wrong, accuracy_diff, mcnemar_p
 
 One background thread does the work (reading PNGs, encoding, checksumming, appending); the pipeline
 and the render pool's completion thread only queue small items. A live monitor never waits on that
@@ -171,12 +173,13 @@ class TensorBoardWriter:
         self._put(("figures", Path(path)))
 
     def epoch(self, run_folder: str, number: int, history: Mapping[str, float],
-              classes: Sequence[ClassMetricsRow] | None) -> None:
-        """An epoch's history metrics (finite ones) and per-class metrics (None: not computed)."""
+              classes: Sequence[ClassMetricsRow] | None, extra: Mapping[str, float] | None = None) -> None:
+        """An epoch's history metrics (finite ones), per-class metrics (None: not computed) and
+        `extra` scalars under their own tags (the sample-level `changes/...`)."""
         capped = classes is not None and sum(row.index is not None for row in classes) > self.max_classes
         if capped:  # only the averages are logged: the queue need not hold the classes
             classes = [row for row in classes if row.index is None]
-        self._put(("scalars", run_folder, number, dict(history), classes, capped))
+        self._put(("scalars", run_folder, number, dict(history), classes, capped, dict(extra or {})))
 
     @property
     def not_written(self) -> int:
@@ -281,8 +284,9 @@ class TensorBoardWriter:
         return self._event(wall_time=time.time(), step=step, summary=summary).SerializeToString()
 
     def _scalar_events(self, run_folder: str, number: int, history: dict[str, float],
-                       classes: Sequence[ClassMetricsRow] | None, capped: bool) -> list[tuple[str, bytes]]:
-        scalars = history_scalars(history)
+                       classes: Sequence[ClassMetricsRow] | None, capped: bool,
+                       extra: dict[str, float]) -> list[tuple[str, bytes]]:
+        scalars = {**history_scalars(history), **extra}
         if classes is not None:
             scalars.update(class_scalars(classes, self.max_classes))
             if capped and run_folder not in self._warned:

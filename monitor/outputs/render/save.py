@@ -110,6 +110,16 @@ def write_text(path: pathlib.Path, text: str) -> None:
     _write_bytes_atomic(pathlib.Path(path), text.encode("utf-8", errors=_TEXT_ERRORS))
 
 
+def write_bytes(path: pathlib.Path, payload: bytes) -> None:
+    """Write ``payload`` as it is, atomically."""
+    _write_bytes_atomic(pathlib.Path(path), payload)
+
+
+def write_text_parts(path: pathlib.Path, parts: Iterable[str]) -> None:
+    """Write the concatenation of ``parts`` as UTF-8, atomically, holding one part at a time."""
+    _write_bytes_atomic(pathlib.Path(path), (part.encode("utf-8", errors=_TEXT_ERRORS) for part in parts))
+
+
 def write_csv(path: pathlib.Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """Write a header and rows as CSV with ``\\n`` line endings, atomically.
 
@@ -138,7 +148,7 @@ def csv_cell(cell: object) -> object:
     return cell
 
 
-def _write_bytes_atomic(path: pathlib.Path, payload: bytes) -> None:
+def _write_bytes_atomic(path: pathlib.Path, payload: bytes | Iterable[bytes]) -> None:
     """Write to a temporary sibling, then rename it over ``path``.
 
     A reader (``monitor watch``, an image viewer) sees either the old file or the new one, never a
@@ -151,7 +161,11 @@ def _write_bytes_atomic(path: pathlib.Path, payload: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            if isinstance(payload, bytes):
+                handle.write(payload)
+            else:
+                for part in payload:
+                    handle.write(part)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

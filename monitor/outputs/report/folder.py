@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitor.outputs.report.samples_section import SampleFiles, read_sample_files
+
 # An epoch's figures, in the order the page shows them, with their captions; each only where its file
 # exists. Other PNGs in the epoch folder follow under their file names.
 EPOCH_FIGURES: tuple[tuple[str, str], ...] = (
@@ -24,7 +26,7 @@ EPOCH_FIGURES: tuple[tuple[str, str], ...] = (
 # An epoch's data files the page links to, each where it exists (the whole confusion matrix or, above
 # 1,000 classes, its nonzero cells).
 EPOCH_FILES = ("per_class_metrics.csv", "top_confusions.csv", "confusion_matrix.csv", "confusion_matrix_cells.csv",
-               "sampler_distribution.json")
+               "sampler_distribution.json", "changes.json", "changes.csv")
 HISTORY_FIGURES = ("loss_history.png", "accuracy_history.png")  # first; other training_history PNGs follow
 _EPOCH_DIR = re.compile(r"epoch_(\d{3,})")
 
@@ -50,6 +52,7 @@ class RunFolder:
     epoch_files: dict[int, list[str]] = field(default_factory=dict)  # epoch -> its EPOCH_FILES that exist
     epoch_data: list[int] = field(default_factory=list)  # epochs whose report data file exists
     dataset_data: bool = False  # whether DATASET_DATA exists
+    samples: SampleFiles = field(default_factory=SampleFiles)  # the sample-level files (protocol 1.3)
 
     @property
     def run(self) -> str:
@@ -96,7 +99,7 @@ def read_run(folder: Path, *, figures: bool = True) -> RunFolder | None:
         history_figures=[Figure(f"training_history/{n}", _title(n)) for n in ordered], epochs=epochs,
         epoch_files=files,
         epoch_data=[n for n, path in epoch_folders(folder) if (path / EPOCH_DATA).is_file()],
-        dataset_data=(folder / DATASET_DATA).is_file())
+        dataset_data=(folder / DATASET_DATA).is_file(), samples=read_sample_files(folder, summary))
 
 
 EPOCH_DATA = "report_data.js"  # each epoch folder's tables for the page, loaded when that epoch is shown

@@ -5,7 +5,9 @@ Pure builders: run folder contents in, text out."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from monitor.outputs.report.folder import RunFolder, history_series
 from monitor.outputs.report.html import REFRESH_S, document, href, status_badge, text
@@ -38,8 +40,26 @@ def run_entry(run: RunFolder) -> RunEntry:
                     {metric: history_series(run.history, metric) for metric, _ in OVERLAID})
 
 
-def index_page(entries: list[RunEntry]) -> str:
-    """The runs index, runs in the order given. Reloads itself every REFRESH_S seconds while a run is running."""
+@dataclass(frozen=True)
+class ComparisonEntry:
+    """A `monitor compare` folder beside the runs: its name and the one-line result."""
+
+    folder: str
+    run_a: str
+    run_b: str
+    verdict: str
+
+
+def comparison_entries(out: Path) -> list[ComparisonEntry]:
+    from monitor.outputs.comparison import comparisons_under
+
+    return [ComparisonEntry(folder, str(s.get("run_a")), str(s.get("run_b")), str(s.get("verdict", "")))
+            for folder, s in comparisons_under(out)]
+
+
+def index_page(entries: list[RunEntry], comparisons: Sequence[ComparisonEntry] = ()) -> str:
+    """The runs index, runs in the order given, then the comparisons. Reloads itself every REFRESH_S
+    seconds while a run is running."""
     rows = "".join(
         f'<tr><td style="border-left: 6px solid {PALETTE[i % len(PALETTE)]}">'
         f'<a href="{href(entry.folder + "/index.html")}">{text(entry.run)}</a></td>'
@@ -52,10 +72,25 @@ def index_page(entries: list[RunEntry]) -> str:
     charts = "".join(_chart(metric, title, entries) for metric, title in OVERLAID
                      if any(entry.series.get(metric) for entry in entries))
     body = (f'<header><h1>Training runs</h1><span class="muted">{len(entries)} run(s)</span></header>{table}'
-            + (f'<h2>Validation curves</h2><div class="columns">{charts}</div>' if charts else ""))
+            + (f'<h2>Validation curves</h2><div class="columns">{charts}</div>' if charts else "")
+            + _comparisons(comparisons, len(entries)))
     live = any(entry.status == "running" for entry in entries)
     script = f"setTimeout(function () {{ location.reload(); }}, {REFRESH_S * 1000});\n" if live else ""
     return document("Training runs", body, script=script)
+
+
+def _comparisons(comparisons: Sequence[ComparisonEntry], runs: int) -> str:
+    """The comparisons' links, and the command that makes one."""
+    how = ('<p class="note">Is one run really better than another on the same validation samples? '
+           "<code>monitor compare OUT/RUN_A OUT/RUN_B --out OUT/compare-a-b</code> pairs them on sample id "
+           "(exact McNemar test, paired bootstrap intervals) and is listed here.</p>")
+    if not comparisons:
+        return f"<h2>Comparisons</h2>{how}" if runs >= 2 else ""
+    rows = "".join(f'<tr><td><a href="{href(c.folder + "/comparison.html")}">{text(c.folder)}</a></td>'
+                   f"<td>{text(c.run_a)}</td><td>{text(c.run_b)}</td><td>{text(c.verdict)}</td></tr>"
+                   for c in comparisons)
+    return ('<h2>Comparisons</h2><table><thead><tr><th>comparison</th><th>run A</th><th>run B</th>'
+            f"<th>accuracy B − A</th></tr></thead><tbody>{rows}</tbody></table>{how}")
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:

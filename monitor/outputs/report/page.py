@@ -16,6 +16,7 @@ from typing import Any
 
 from monitor.outputs.render.tables import model_not_sent
 from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
+from monitor.outputs.report.samples_section import SAMPLES_DATA, samples_section
 from monitor.outputs.report.html import (REFRESH_S, asset, document, href, json_script, key_value_table, script_json,
                                  status_badge, text)
 
@@ -43,11 +44,12 @@ def run_page(run: RunFolder) -> str:
     sections = [_header(run), _status(run), _history(run),
                 _epoch_section(run, selected) if selected is not None else
                 "<h2>Epochs</h2><p class=\"note\">No epoch drawn yet.</p>",
-                _model(run), _dataset_section(run)]
+                samples_section(run.samples), _model(run), _dataset_section(run)]
     data = {
         "live": live, "refresh_s": REFRESH_S, "max_rows": MAX_TABLE_ROWS, "selected": selected,
         "epochs": [_epoch_entry(run, number) for number in epochs],
         "dataset": href(DATASET_DATA) if run.dataset_data else None,
+        "samples": href(SAMPLES_DATA) if run.samples.data else None,
     }
     body = "\n".join(sections) + "\n" + json_script("report-data", data)
     return document(f"{run.run} — training report", body, script=asset("report.js"))

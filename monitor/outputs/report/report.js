@@ -21,11 +21,13 @@
   }
 
   /* A sortable table of `spec` ({columns: [{name, number}], rows, footer}) in `holder`, showing at
-     most `limit` rows; a click on a header sorts by that column (again: the other way). */
-  function dataTable(holder, spec, limit, note) {
+     most `limit` rows (with `paged`, `limit` rows a page and buttons to turn them); a click on a
+     header sorts by that column (again: the other way). */
+  function dataTable(holder, spec, limit, note, paged) {
     holder.textContent = "";
     var order = spec.rows.map(function (row, i) { return i; });
-    var sortBy = null, descending = false;
+    var sortBy = null, descending = false, first = 0;
+    var pager = paged && spec.rows.length > limit ? el("div", null, "epoch-bar") : null;
     var table = el("table", null, "data");
     var head = el("thead"), headRow = el("tr"), body = el("tbody");
     spec.columns.forEach(function (column, c) {
@@ -34,6 +36,7 @@
         descending = sortBy === c ? !descending : false;
         sortBy = c;
         sortRows(c, column.number, descending);
+        first = 0;
         Array.prototype.forEach.call(headRow.children, function (h) { h.removeAttribute("aria-sort"); });
         th.setAttribute("aria-sort", descending ? "descending" : "ascending");
         fill();
@@ -77,10 +80,27 @@
     }
     function fill() {
       body.textContent = "";
-      order.slice(0, limit).forEach(function (i) { body.appendChild(rowOf(spec.rows[i])); });
+      order.slice(first, first + limit).forEach(function (i) { body.appendChild(rowOf(spec.rows[i])); });
+      if (pager) pager.querySelector("span").textContent = "rows " + (first + 1).toLocaleString("en") + "–" +
+        Math.min(first + limit, spec.rows.length).toLocaleString("en") + " of " +
+        spec.rows.length.toLocaleString("en") + (note ? " (all of them in " + note + ")" : "");
+    }
+    function turn(step) {
+      var last = Math.floor((spec.rows.length - 1) / limit) * limit;
+      first = Math.max(0, Math.min(last, first + step * limit));
+      fill();
+    }
+    if (pager) {
+      var back = el("button", "previous"), next = el("button", "next");
+      back.addEventListener("click", function () { turn(-1); });
+      next.addEventListener("click", function () { turn(1); });
+      pager.appendChild(back);
+      pager.appendChild(next);
+      pager.appendChild(el("span", null, "note"));
+      holder.appendChild(pager);
     }
     fill();
-    if (spec.rows.length > limit) {
+    if (!pager && spec.rows.length > limit) {
       holder.appendChild(el("p", "Showing " + limit.toLocaleString("en") + " of " +
         spec.rows.length.toLocaleString("en") + " rows in the chosen order (sort by a column to see others)" +
         (note ? "; all of them in " + note : "") + ".", "note"));
@@ -177,6 +197,16 @@
     var script = el("script");
     script.src = page.dataset;
     document.head.appendChild(script);
+  }
+  window.reportSamples = function (data) {
+    if (data.suspects) dataTable(document.getElementById("suspects"), data.suspects, 20, "label_suspects.csv", true);
+    if (data.per_sample) dataTable(document.getElementById("per-sample"), data.per_sample, 50,
+      "per_sample.csv", true);
+  };
+  if (page.samples) {
+    var samples = el("script");
+    samples.src = page.samples;
+    document.head.appendChild(samples);
   }
   if (page.live) setTimeout(function () { location.reload(); }, page.refresh_s * 1000);
 })();

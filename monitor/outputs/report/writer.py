@@ -20,7 +20,8 @@ from typing import Callable
 
 from monitor.outputs.render.save import write_text
 from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_folders, read_epoch, read_run
-from monitor.outputs.report.index import RunEntry, index_page, run_entry
+from monitor.outputs.report.index import RunEntry, comparison_entries, index_page, run_entry
+from monitor.outputs.report.samples_section import SAMPLES_DATA, samples_script
 from monitor.outputs.report.page import CONFUSION_ROWS, dataset_script, epoch_script, run_page
 
 log = logging.getLogger("monitor")
@@ -89,6 +90,11 @@ class Reports:
         self._index(at_once=True)
         return written
 
+    def write_index(self) -> None:
+        """The runs index alone, from the run folders as they are (`monitor compare`)."""
+        self._index_due = True
+        self._index(at_once=True)
+
     def _write_run(self, name: str, epochs: set[int]) -> int:
         folder = self.out / name
         self._page_written[name] = self.clock()
@@ -101,6 +107,11 @@ class Reports:
             run = read_run(folder)
             if run is None:
                 return 0
+            if epochs:  # the sample-level files change with each drawn epoch
+                script = samples_script(folder)
+                if script is not None:
+                    write_text(folder / SAMPLES_DATA, script)
+                    run = dataclasses.replace(run, samples=dataclasses.replace(run.samples, data=True))
             if run.dataset is not None and name not in self._datasets:
                 script = dataset_script(run.dataset)
                 if script is not None:
@@ -121,7 +132,7 @@ class Reports:
             return
         self._index_due, self._index_written = False, now
         try:
-            write_text(self.out / PAGE, index_page(self._runs()))
+            write_text(self.out / PAGE, index_page(self._runs(), comparison_entries(self.out)))
         except OSError as exc:
             log.error("cannot write %s (%s)", self.out / PAGE, exc.strerror or exc)
 
