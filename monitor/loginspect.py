@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from monitor.outputs.render.tables import display_name
+from monitor.aggregates.runstate import RejectedMessage, RunState
 from monitor.aggregates.sequence import SequenceGaps
 from trainer_side import protocol
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
@@ -38,6 +39,51 @@ class LogReport:
     examples: dict[str, str] = field(default_factory=dict)  # reason code -> the first frame's message
     read: ReadReport = field(default_factory=ReadReport)
     warnings: list[str] = field(default_factory=list)
+    # run -> [(reason, count, first line)]: the per-sample problems a replay counts in summary.json
+    sample_problems: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
+
+
+class SampleChecks:
+    """The per-sample refusals and notes (protocol 1.3) that a replay of the log counts, found by the
+    runs' state alone: each epoch is merged when every rank ended it, or at the end; nothing is drawn."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunState] = {}
+
+    def see(self, message: protocol.Message) -> None:
+        run = self.runs.get(message.run)
+        if run is None:
+            run = self.runs[message.run] = RunState(message.run, message.world)
+        handlers = {"run_start": run.on_run_start, "preds": run.on_preds, "train_preds": run.on_train_preds,
+                    "sample_names": run.on_sample_names, "run_end": run.on_run_end,
+                    "epoch_end": lambda m: run.on_epoch_end(m, 0.0)}
+        handler = handlers.get(message.kind)
+        if handler is None:
+            return
+        try:
+            run.account(message, 0)
+            handler(message)
+        except RejectedMessage:
+            return  # counted by the monitor as a refused message, not as a per-sample problem
+        if message.kind in ("epoch_end", "run_end"):
+            self._merge_ready(run, flush=False)
+
+    def _merge_ready(self, run: RunState, flush: bool) -> None:
+        for number, missing, _ in run.ready_epochs(0.0, None, flush=flush):
+            run.drawn(number)
+            if not missing and run.start is not None:
+                run.release(number)
+
+    def problems(self) -> dict[str, list[tuple[str, int, str]]]:
+        found = {}
+        for name, run in sorted(self.runs.items()):
+            self._merge_ready(run, flush=True)
+            # A reason's line is taken when it first occurs, so lines and reasons come in the same order.
+            lines = run.take_sample_notes()
+            if run.sample_problems:
+                found[name] = [(reason, count, line) for (reason, count), line
+                               in zip(run.sample_problems.items(), lines)]
+        return found
 
 
 def inspect_log(path: Path, *, skip_corrupt: bool) -> LogReport:
@@ -47,6 +93,7 @@ def inspect_log(path: Path, *, skip_corrupt: bool) -> LogReport:
         CorruptLogError: a damaged record, unless `skip_corrupt`.
     """
     report = LogReport(path)
+    checks = SampleChecks()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TruncatedLogWarning)
         for _, frame in iter_records(path, skip_corrupt=skip_corrupt, report=report.read):
@@ -64,7 +111,9 @@ def inspect_log(path: Path, *, skip_corrupt: bool) -> LogReport:
             rank.sequence.see(message.seq, run_start=message.kind == "run_start", time=message.time,
                               sender=message.sender)
             rank.world = message.world
+            checks.see(message)
     report.warnings = [str(w.message) for w in caught]
+    report.sample_problems = checks.problems()
     return report
 
 
@@ -92,6 +141,16 @@ def report_tables(report: LogReport) -> list[Table]:
             # The example quotes the frame: shown like the monitor's tables, controls neutralized.
             rejected.add_row(reason, str(count), display_name(report.examples[reason], 200))
         tables.append(rejected)
+    if report.sample_problems:
+        samples = Table(title="Per-sample data (sample ids) refused or noted, as summary.json counts them",
+                        title_justify="left")
+        for column in ("Run", "Reason", "Count", "First"):
+            samples.add_column(column)
+        for run, problems in report.sample_problems.items():
+            for i, (reason, count, line) in enumerate(problems):
+                samples.add_row(display_name(run, protocol.MAX_RUN_ID_LENGTH) if i == 0 else "", reason, str(count),
+                                display_name(line, 300))
+        tables.append(samples)
     if report.read.skipped or report.read.truncated_at is not None:
         problems = Table(title="Damaged records", title_justify="left")
         problems.add_column("What")

@@ -211,3 +211,27 @@ def test_name_problems_reach_the_summary():
     run.on_sample_names(_wire("sample_names", 0, 1, {"split": "val", "first": 0, "names": ["a" * 300]}))
     assert run.summary()["sample_problems"] == {"names_too_long": 1}
     assert "longer than 200 characters" in run.take_sample_notes()[0]
+
+
+def test_monitor_inspect_shows_the_per_sample_problems_a_replay_counts(tmp_path):
+    from monitor.loginspect import inspect_log, report_tables
+    from trainer_side.msglog import LogWriter
+
+    def frame(kind, rank, seq, body):
+        return encode(make_message(kind, "r", rank, 2, seq, body, time=1.0, sender=f"s{rank}"))
+
+    start = {"class_names": ["a", "b", "c"], "normalization": {"mean": [0.5], "std": [0.5]},
+             "model": {"class": "M", "total_params": 1, "trainable_params": 1, "size_mb": 0.0}, "val_size": 10}
+    writer = LogWriter(tmp_path / "messages.mlog")
+    for rank, ids, labels in ((0, [0, 1], [0, 1]), (1, [1, 2], [2, 0])):  # id 1 with labels 1 and 2
+        writer.append(frame("run_start", rank, 0, start))
+        writer.append(frame("preds", rank, 1, {"epoch": 0, "step": 3, "preds": np.zeros(2, U1),
+                                               "labels": np.asarray(labels, U1), "ids": np.asarray(ids, np.uint32)}))
+        writer.append(frame("sample_names", rank, 2, {"split": "val", "first": 0, "names": ["n" * 201]}))
+        writer.append(frame("epoch_end", rank, 3, {"epoch": 0, "sent": 4, "dropped": 0}))
+    writer.close()
+    report = inspect_log(tmp_path / "messages.mlog", skip_corrupt=False)
+    problems = report.sample_problems["r"]
+    assert [(reason, count) for reason, count, _ in problems] == [("names_too_long", 1), ("conflicting_labels", 1)]
+    assert "sample id 1 came with two different labels" in problems[1][2]
+    assert any(table.title.startswith("Per-sample data") for table in report_tables(report))
