@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("monitor")
 
 SUMMARY_EVERY_S = 1.0
+NAMED_IN_LINES = 10  # ranks (or errors) a console line names; the rest are counted
 
 
 class Pipeline:
@@ -47,6 +48,7 @@ class Pipeline:
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
         self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
         self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
+        self._late_ends: dict[str, int] = {}  # run -> run_ends told after the run had finished
         self._without_confidence: set[str] = set()  # runs told that their trainer sends no confidences
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
@@ -166,18 +168,24 @@ class Pipeline:
             run.on_epoch_end(message, self.clock())
             self._render_ready(run)
         elif kind == "run_end":
+            was_finished = run.finished
             run.on_run_end(message)
             self._render_ready(run)
-            if run.finished:
+            if run.finished and not was_finished:
                 self._write_run_end(run)
+                self._write_summary(run, at_once=True)
+                return
+            if was_finished:
+                self._late_run_end(run, message)
         if kind in ("run_start", "epoch_end", "run_end"):
-            self._write_summary(run, at_once=kind != "epoch_end")
+            self._write_summary(run)
 
     def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
-        """Writes the run's summary.json, with what could not be logged; after an epoch end, at most
-        once per SUMMARY_EVERY_S per run (later ones are written by `tick`): the summary lists every
-        rank, so a sender's flood of epoch ends from many ranks would otherwise cost time proportional
-        to ranks times messages. A failed write (a full disk) is reported, not raised."""
+        """Writes the run's summary.json, with what could not be logged, and the run's page: at once
+        when `at_once` (the run just finished or went stale, or the end), else at most once per
+        SUMMARY_EVERY_S per run (a later one is written by `tick`). Both list or count every rank, so
+        a write per message would cost each message time in proportion to the ranks. A failed write
+        (a full disk) is reported, not raised."""
         now = self.clock()
         if not at_once and now - self._summary_written.get(run.run, -math.inf) < SUMMARY_EVERY_S:
             self._summaries_due.add(run.run)
@@ -319,18 +327,34 @@ class Pipeline:
         return metrics
 
     def _write_run_end(self, run: RunState) -> None:
+        """The console line of a run that just finished: its status, the ranks with drops or gaps and
+        the ranks' errors (at most NAMED_IN_LINES of each, and how many more)."""
         folder = run_dir(self.out, run.run)
-        summary = run.summary()
-        gaps = {rank: c["gaps"] for rank, c in summary["ranks"].items() if c["gaps"]}
-        dropped = {rank: c["dropped"] for rank, c in summary["ranks"].items() if c["dropped"]}
+        dropped = [(rank, c.dropped) for rank, c in sorted(run.ranks.items()) if c.dropped]
+        gaps = [(rank, c.gaps) for rank, c in sorted(run.ranks.items()) if c.gaps]
         text = f"run {run.run} {run.status}"
         if dropped:
-            text += "; dropped by the emitter: " + ", ".join(f"rank {r}: {n}" for r, n in dropped.items())
+            text += "; dropped by the emitter: " + _per_rank(dropped)
         if gaps:
-            text += "; sequence gaps: " + ", ".join(f"rank {r}: {n}" for r, n in gaps.items())
-        for error in run.errors:
+            text += "; sequence gaps: " + _per_rank(gaps)
+        for error in run.errors[:NAMED_IN_LINES]:
             text += f"\n  {error}"
+        if len(run.errors) > NAMED_IN_LINES:
+            text += f"\n  and {len(run.errors) - NAMED_IN_LINES:,} more errors (summary.json lists them all)"
         self.console.line(folder, text)
+
+    def _late_run_end(self, run: RunState, message: Message) -> None:
+        """A rank's run_end after its run had finished (a rank's failure finishes it): a line for each
+        of the first NAMED_IN_LINES such ranks of the run, then one line for all the others."""
+        told = self._late_ends[run.run] = self._late_ends.get(run.run, 0) + 1
+        folder = run_dir(self.out, run.run)
+        if told <= NAMED_IN_LINES:
+            error = message["error"]
+            self.console.line(folder, f"run {run.run}: rank {message.rank} ended {message['status']}"
+                                      + (f": {error}" if error else ""))
+        elif told == NAMED_IN_LINES + 1:
+            self.console.line(folder, f"run {run.run}: more ranks ended after it finished; summary.json and the "
+                                      "run's page give each rank's status and error")
 
 
 STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a dot, so no run can collide
@@ -378,6 +402,15 @@ def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[p
     record = table if len(rows) <= tables.RECORD_MAX_CLASS_ROWS else partial(
         table, shown=pick(rows, tables.RECORD_MAX_CLASS_ROWS))
     return record, partial(table, shown=pick(rows)) if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
+
+
+def _per_rank(counts: list[tuple[int, int]]) -> str:
+    """"rank 3: 5, rank 9: 1", naming at most NAMED_IN_LINES ranks and counting the rest."""
+    text = ", ".join(f"rank {rank}: {n}" for rank, n in counts[:NAMED_IN_LINES])
+    if len(counts) > NAMED_IN_LINES:
+        rest = counts[NAMED_IN_LINES:]
+        text += f" and {sum(n for _, n in rest):,} more in {len(rest):,} other ranks"
+    return text
 
 
 def _csv_value(value: float | None) -> str:
