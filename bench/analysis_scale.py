@@ -30,11 +30,11 @@ from bench.common import add_common_args, print_table, write_json
 from bench.harness import MonitorProcess, process_tree, wait_for
 from bench.monitor_memory import rss_mb
 from bench.synthetic import send_epoch, start_run
-from monitor.confusion import WHOLE_MATRIX_MAX_CLASSES
-from monitor.pipeline import SUMMARY_EVERY_S
-from monitor.render.figures import CELL_TEXT_MAX_CLASSES
-from monitor.report.folder import EPOCH_DATA
-from monitor.report.writer import PAGE
+from monitor.aggregates.confusion import WHOLE_MATRIX_MAX_CLASSES
+from monitor.outputs.summary import SUMMARY_EVERY_S
+from monitor.outputs.render.confusion_figures import CELL_TEXT_MAX_CLASSES
+from monitor.outputs.report.folder import EPOCH_DATA
+from monitor.outputs.report.writer import PAGE
 from trainer_side.emitter import Emitter
 
 RUN = "scale"

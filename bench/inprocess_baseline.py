@@ -6,7 +6,7 @@ validation epoch end: the confusion heatmap (PNG + CSV), the sample grid PNG, th
 history PNGs, and rich tables (sampler distribution, epoch summary) printed to a console file.
 At fit start: the class distribution and model information tables.
 
-It draws with the monitor's own builders (monitor.render), which are already faster than typical
+It draws with the monitor's own builders (monitor.outputs.render), which are already faster than typical
 callbacks (cell counts as glyph paths, no constrained-layout pass on the grid), so this baseline is
 conservative: a naive callback would stall longer.
 """
@@ -22,8 +22,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from monitor.render import figures, tables
-from monitor.render.save import save_figure, write_csv
+from monitor.outputs.render import tables
+from monitor.outputs.render.confusion_figures import confusion_figure
+from monitor.outputs.render.history_figures import history_figures
+from monitor.outputs.render.sample_grid import sample_grid_figure
+from monitor.outputs.render.save import save_figure, write_csv
 from trainer_side.collect import make_thumbnails
 from trainer_side.runinfo import model_summary
 from trainer_side.sampler import find_tracking_sampler
@@ -82,15 +85,15 @@ class InProcessObservability(Callback):
         counts = self.confusion.compute().cpu().numpy()
         write_csv(folder / "confusion_matrix.csv", ["true\\pred", *self.class_names],
                   ([n, *map(int, row)] for n, row in zip(self.class_names, counts)))
-        save_figure(figures.confusion_figure(counts, self.class_names, f"Confusion matrix — epoch {epoch}"),
+        save_figure(confusion_figure(counts, self.class_names, f"Confusion matrix — epoch {epoch}"),
                     folder / "confusion_matrix.png")
         if self.thumbs:
-            save_figure(figures.sample_grid_figure(torch.cat(self.thumbs).numpy(), torch.cat(self.thumb_labels).tolist(),
+            save_figure(sample_grid_figure(torch.cat(self.thumbs).numpy(), torch.cat(self.thumb_labels).tolist(),
                                                    torch.cat(self.thumb_preds).tolist(), self.class_names),
                         folder / "sample_predictions.png")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self.history.setdefault(epoch, {}).update(metrics)
-        loss, accuracy = figures.history_figures(self.history)
+        loss, accuracy = history_figures(self.history)
         save_figure(loss, self.out / "training_history" / "loss_history.png")
         save_figure(accuracy, self.out / "training_history" / "accuracy_history.png")
         sampler = find_tracking_sampler(trainer.train_dataloader)

@@ -11,7 +11,7 @@ sender's claims add to another run's artifacts.
   takes them (waiting up to 30 s a frame, so every buffer on the way stays full), while the
   monitor's pipeline falls behind. Prints the peak RSS beside the ceiling the monitor states: its
   RSS once loaded, plus the hand-off queue's capacity, one receive batch and RCVHWM frames per
-  sender (monitor/handoff.py).
+  sender (monitor/ingest/handoff.py).
 - world claim: a sender claims a world of 2**20 ranks and sends 50 epochs from rank 0 alone (the
   other ranks never end them); then a normal run sends three epochs, and the seconds from each of
   its epoch ends to its confusion matrix on disk are printed.
@@ -177,9 +177,9 @@ def ceiling_mb(start: float, frame_mb: float, samples: int, senders: int = 1) ->
     capacity + one receive batch + RCVHWM frames per sender + the working memory of the preds message
     being counted (WORKING_BYTES_PER_SAMPLE a sample)."""
     try:
-        from monitor.confusion import WORKING_BYTES_PER_SAMPLE
-        from monitor.handoff import DEFAULT_CAPACITY, RCVHWM
-        from monitor.receiver import BATCH_BYTES
+        from monitor.aggregates.confusion import WORKING_BYTES_PER_SAMPLE
+        from monitor.ingest.handoff import DEFAULT_CAPACITY, RCVHWM
+        from monitor.ingest.receiver import BATCH_BYTES
     except ImportError:
         return None
     return (start + DEFAULT_CAPACITY / MB + BATCH_BYTES / MB + frame_mb + RCVHWM * frame_mb * senders

@@ -29,7 +29,7 @@ import numpy as np
 from bench.analysis_scale import epoch_files
 from bench.common import add_common_args, median, print_table, quantile, write_json
 from bench.harness import PYTHON, ROOT, MonitorProcess
-from monitor.logbook import run_dir
+from monitor.folders import run_dir
 from trainer_side import protocol
 
 PROBE_MS = 2.0
@@ -92,7 +92,7 @@ def probed_serve(record_path: Path, argv: list[str]) -> int:
     `Intake.accept_many` and `Intake.accept`, which the receiver calls right after taking frames from
     the socket."""
     from monitor import cli
-    from monitor.intake import Intake
+    from monitor.ingest.intake import Intake
 
     arrivals: list[tuple[float, float, str, str, int]] = []
     accept, accept_many = Intake.accept, Intake.accept_many

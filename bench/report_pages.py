@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from bench.common import add_common_args, median, print_table, write_json
-from monitor.render.save import write_csv, write_json as save_json
-from monitor.report.folder import EPOCH_DATA
-from monitor.report.writer import Reports
+from monitor.outputs.render.save import write_csv, write_json as save_json
+from monitor.outputs.report.folder import EPOCH_DATA
+from monitor.outputs.report.writer import Reports
 
 FIGURES = ("confusion_matrix.png", "sample_predictions.png", "confusion_matrix_normalized.png", "misclassified.png")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import add_common_args, median, print_table, write_json
-from monitor.render.jobs import ConfusionJob
-from monitor.tensorboard_events import TensorBoardOptions, TensorBoardWriter, masked_crc32c
+from monitor.outputs.render.jobs import ConfusionJob
+from monitor.outputs.tensorboard import TensorBoardOptions, TensorBoardWriter, masked_crc32c
 
 
 def confusion_png(classes: int, folder: Path) -> Path:

@@ -51,8 +51,8 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_tensorboard(parser: argparse.ArgumentParser) -> None:
-    """--tensorboard (monitor/tensorboard_events.py), the same on serve, watch and replay."""
-    from monitor.tensorboard_events import DEFAULT_MAX_CLASSES, INSTALL_HINT
+    """--tensorboard (monitor/outputs/tensorboard.py), the same on serve, watch and replay."""
+    from monitor.outputs.tensorboard import DEFAULT_MAX_CLASSES, INSTALL_HINT
 
     group = parser.add_argument_group("TensorBoard", f"optional; needs the tensorboard extra: {INSTALL_HINT}")
     group.add_argument("--tensorboard", type=Path, metavar="DIR",
@@ -74,7 +74,7 @@ def _tensorboard(args: argparse.Namespace):
         # Event files hold wall times: inside a run folder they would break replay's byte-identical output.
         raise UsageError(f"--tensorboard {args.tensorboard} is inside --out {args.out}; give a folder beside it, "
                          "e.g. --tensorboard tb_logs")
-    from monitor.tensorboard_events import TensorBoardMissing, TensorBoardOptions, check_available
+    from monitor.outputs.tensorboard import TensorBoardMissing, TensorBoardOptions, check_available
 
     try:
         check_available()
@@ -84,8 +84,8 @@ def _tensorboard(args: argparse.Namespace):
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:
-    """What senders may claim (monitor/quotas.py): a frame over a limit is refused, counted, not logged."""
-    from monitor.quotas import GB, Limits
+    """What senders may claim (monitor/ingest/quotas.py): a frame over a limit is refused, counted, not logged."""
+    from monitor.ingest.quotas import GB, Limits
 
     default = Limits()
     group = parser.add_argument_group("limits", "what senders may claim; a frame over a limit is refused (not "
@@ -104,7 +104,7 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace):
-    from monitor.quotas import GB, Limits
+    from monitor.ingest.quotas import GB, Limits
 
     return Limits(max_runs=args.max_runs, max_run_bytes=int(args.max_run_gb * GB),
                   max_total_bytes=int(args.max_total_gb * GB), max_classes=args.max_classes,
@@ -332,14 +332,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 def _check_serve_args(args: argparse.Namespace):
     """The bind address and the CURVE key files; returns the keys (None without --curve-secret)."""
-    from monitor.endpoint import check_bind
+    from monitor.ingest.endpoint import check_bind
 
     check_bind(args.bind, args.allow_remote)
     return _curve_keys(args)
 
 
 def _check_http(args: argparse.Namespace) -> tuple[str, int] | None:
-    from monitor.endpoint import check_http
+    from monitor.ingest.endpoint import check_http
 
     return None if args.http is None else check_http(args.http, args.allow_remote)
 
@@ -355,7 +355,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     else:
         if not args.out.is_dir():
             raise FileNotFoundError(f"no such folder: {args.out} (give LOGs to replay into it)")
-        from monitor.report.writer import Reports
+        from monitor.outputs.report.writer import Reports
 
         runs = Reports(args.out).write_all()
         if not runs:
@@ -376,7 +376,7 @@ def _curve_keys(args: argparse.Namespace):
         return None
     import zmq.auth
 
-    from monitor.endpoint import CurveServerKeys
+    from monitor.ingest.endpoint import CurveServerKeys
 
     if not args.curve_secret.is_file():
         raise UsageError(f"--curve-secret: no such file {args.curve_secret} (create one with `monitor keygen DIR`)")

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from monitor.intake import Intake
+from monitor.ingest.intake import Intake
 from monitor.signals import STOP_S, stop_requested_at
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from monitor.pipeline import Pipeline
-    from monitor.tensorboard_events import TensorBoardOptions
+    from monitor.outputs.tensorboard import TensorBoardOptions
 
 TICK_S = 0.25
 
@@ -125,7 +125,7 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
     pipeline.logbook, pipeline.reporter = intake.logbook, reporter
     renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run, and TensorBoard
     if settings.tensorboard is not None:
-        from monitor.tensorboard_events import TensorBoardWriter
+        from monitor.outputs.tensorboard import TensorBoardWriter
 
         # A replay has no sender to keep up with: it waits for the event writer rather than drop.
         pipeline.tensorboard = TensorBoardWriter(settings.tensorboard, out, wait=not source.live)
@@ -139,7 +139,7 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
     def refresh(now: bool = False) -> None:
         if dashboard is None or not dashboard.active:
             return
-        from monitor.dashboard import dashboard_caption, dashboard_rows
+        from monitor.outputs.dashboard import dashboard_caption, dashboard_rows
 
         caption = dashboard_caption(frames=intake.frames, rejected=intake.rejected + pipeline.rejected,
                                     render_queue=renderer.pending)
@@ -196,10 +196,10 @@ def _start_live(console: Console, settings: Settings, stop: threading.Event):  #
 
     if stop.is_set():
         return None
-    from monitor.confusion import confusion_counts
-    from monitor.console import MonitorConsole
-    from monitor.dashboard import Dashboard
-    from monitor.render.pool import ProcessRenderer
+    from monitor.aggregates.confusion import confusion_counts
+    from monitor.outputs.console import MonitorConsole
+    from monitor.outputs.dashboard import Dashboard
+    from monitor.outputs.render.pool import ProcessRenderer
 
     if stop.is_set():
         return None
@@ -223,18 +223,21 @@ def _start_live(console: Console, settings: Settings, stop: threading.Event):  #
 
 def _start_inline(console: Console, settings: Settings):  # type: ignore[no-untyped-def]
     """Replay's renderer and console: everything drawn in this thread, console.txt written anew."""
-    from monitor.console import MonitorConsole
-    from monitor.render.pool import InlineRenderer
+    from monitor.outputs.console import MonitorConsole
+    from monitor.outputs.render.pool import InlineRenderer
 
     return InlineRenderer(), MonitorConsole(console if settings.show_tables else None, fresh=True), None
 
 
 def _write_stats(out: Path, source: Source, outcome: Outcome, console: Console) -> None:
-    from monitor.pipeline import STATS_FILE, write_stats
+    from monitor.outputs.summary import STATS_FILE, write_stats
 
+    pipeline = outcome.pipeline
+    logbook = source.intake.logbook if source.intake.logbook is not None or pipeline is None else pipeline.logbook
     try:
         write_stats(out, frames=source.intake.frames, frame_bytes=source.intake.bytes, rejected=outcome.rejected,
-                    pipeline=outcome.pipeline, logbook=source.intake.logbook, curve_refused=source.curve_refusals)
+                    runs={} if pipeline is None else {run.run: run.status for run in pipeline.runs.values()},
+                    log_stats=None if logbook is None else logbook.stats(), curve_refused=source.curve_refusals)
     except OSError as exc:
         console.print(f"monitor: error: cannot write {out / STATS_FILE}: {exc.strerror or exc}", highlight=False)
 

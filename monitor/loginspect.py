@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from monitor.render.tables import display_name
-from monitor.sequence import SequenceGaps
+from monitor.outputs.render.tables import display_name
+from monitor.aggregates.sequence import SequenceGaps
 from trainer_side import protocol
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
@@ -24,7 +24,7 @@ class RankReport:
     world: int = 1
 
     def gaps(self) -> list[tuple[int, int]]:
-        """Missing sequence-number ranges [first, last] (see monitor.sequence)."""
+        """Missing sequence-number ranges [first, last] (see monitor.aggregates.sequence)."""
         return self.sequence.ranges()
 
 

@@ -1,40 +1,37 @@
-"""decode → dispatch → aggregate → render: the one path that live frames and replayed logs both take."""
+"""decode → dispatch → aggregate → outputs: the one path that live frames and replayed logs both take.
+
+The pipeline routes: each message updates its run's state (`monitor.aggregates.runstate`), and what
+that makes ready goes to the outputs, which write their own files (`monitor.outputs`)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from monitor import analysis
-from monitor.confusion import SparseCounts
-from monitor.console import MonitorConsole
-from monitor.render.jobs import HistoryJob, ReliabilityJob, SampleGridJob, confusion_jobs
-from monitor.logbook import LogBook, run_dir
-from monitor.rejections import RateLimitedLines, rejection_line
-from monitor.render import tables
-from monitor.render.save import write_csv, write_json
-from monitor.report.writer import Reports
-from monitor.runstate import RefusedSender, RejectedMessage, RunState
+from monitor.aggregates.runstate import RefusedSender, RejectedMessage, RunState
+from monitor.folders import run_dir
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.rejections import RateLimitedLines, rejection_line
+from monitor.outputs.console import MonitorConsole
+from monitor.outputs.epoch_files import EpochOutputs
+from monitor.outputs.report.writer import Reports
+from monitor.outputs.run_files import late_run_end_line, run_end_line, write_run_start
+from monitor.outputs.summary import Summaries
 from trainer_side.protocol import Message
 
 if TYPE_CHECKING:
-    from monitor.tensorboard_events import TensorBoardWriter
+    from monitor.outputs.tensorboard import TensorBoardWriter
 
 log = logging.getLogger("monitor")
 
-SUMMARY_EVERY_S = 1.0
-NAMED_IN_LINES = 10  # ranks (or errors) a console line names; the rest are counted
-
 
 class Pipeline:
-    """Takes decoded messages in order (`handle`) and keeps each run's state, artifacts and
-    console record up to date: JSON and CSV written here, figures submitted to `renderer`, tables
-    to `console`. `tick` (live) and `finish` (end) draw what is pending."""
+    """Takes decoded messages in order (`handle`), keeps each run's state and hands what is ready to
+    the outputs: figures to `renderer`, tables to `console`, files written by the output modules.
+    `tick` (live) and `finish` (end) draw what is pending."""
 
     def __init__(self, out: Path, renderer, console: MonitorConsole, *, epoch_timeout: float | None = None,
                  stale_after: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -46,14 +43,21 @@ class Pipeline:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.rejected: Counter[str] = Counter()  # well-formed messages whose content was refused
-        self._summary_written: dict[str, float] = {}  # run -> clock() of its last summary.json
-        self._summaries_due: set[str] = set()  # runs whose summary.json waits for `tick`
-        self._late_ends: dict[str, int] = {}  # run -> run_ends told after the run had finished
-        self._without_confidence: set[str] = set()  # runs told that their trainer sends no confidences
         self.logbook: LogBook | None = None  # the runs' logs: what could not be logged goes into the summaries
         self.reporter: RateLimitedLines | None = None  # explains rejections, rate-limited (else one note each)
-        self.tensorboard: TensorBoardWriter | None = None  # --tensorboard: figures and scalars as events too
         self.reports = Reports(out, clock=clock)  # the HTML pages, rewritten with each summary.json
+        self.epochs = EpochOutputs(renderer, console)
+        self.summaries = Summaries(out, self.reports, clock)
+        self._late_ends: dict[str, int] = {}  # run -> its ranks' run_ends after it had finished
+
+    @property
+    def tensorboard(self) -> TensorBoardWriter | None:
+        """--tensorboard: figures and scalars as events too."""
+        return self.epochs.tensorboard
+
+    @tensorboard.setter
+    def tensorboard(self, writer: TensorBoardWriter | None) -> None:
+        self.epochs.tensorboard = writer
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class Pipeline:
                                   "marks it running again)")
                 self._render_ready(run, flush=True)
                 self._write_summary(run, at_once=True)
-            elif run.run in self._summaries_due:
+            elif self.summaries.is_due(run):
                 self._write_summary(run)
         self.reports.write_pending()
         self.console.flush()
@@ -155,7 +159,7 @@ class Pipeline:
             first = run.start is None
             run.on_run_start(message)
             if first:
-                self._write_run_start(run)
+                write_run_start(run, run_dir(self.out, run.run), self.console)
         elif kind == "preds":
             run.on_preds(message)
         elif kind == "samples":
@@ -172,68 +176,23 @@ class Pipeline:
             run.on_run_end(message)
             self._render_ready(run)
             if run.finished and not was_finished:
-                self._write_run_end(run)
+                self.console.line(run_dir(self.out, run.run), run_end_line(run))
                 self._write_summary(run, at_once=True)
                 return
             if was_finished:
                 self._late_run_end(run, message)
         if kind in ("run_start", "epoch_end", "run_end"):
-            self._write_summary(run)
+            self._write_summary(run)  # at most once a second: it lists every rank
 
     def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
-        """Writes the run's summary.json, with what could not be logged, and the run's page: at once
-        when `at_once` (the run just finished or went stale, or the end), else at most once per
-        SUMMARY_EVERY_S per run (a later one is written by `tick`). Both list or count every rank, so
-        a write per message would cost each message time in proportion to the ranks. A failed write
-        (a full disk) is reported, not raised."""
-        now = self.clock()
-        if not at_once and now - self._summary_written.get(run.run, -math.inf) < SUMMARY_EVERY_S:
-            self._summaries_due.add(run.run)
-            return
-        self._summaries_due.discard(run.run)
-        self._summary_written[run.run] = now
-        summary = run.summary()
-        problem = None if self.logbook is None else self.logbook.status(run.run)
-        if problem is not None:
-            summary["log"] = problem
-        path = run_dir(self.out, run.run) / "summary.json"
-        try:
-            write_json(path, summary)
-        except OSError as exc:
-            log.error("cannot write %s (%s)", path, exc.strerror or exc)
-            return
-        self.reports.write_run(path.parent, summary)
+        self.summaries.write(run, None if self.logbook is None else self.logbook.status(run.run), at_once=at_once)
 
-    # --- run start ----------------------------------------------------------------------------
-
-    def _write_run_start(self, run: RunState) -> None:
-        start, folder, names = run.start, run_dir(self.out, run.run), run.class_names
-        write_json(folder / "labels_mapping.json", {
-            "num_classes": len(names),
-            "class_to_idx": {name: i for i, name in enumerate(names)},
-            "idx_to_class": {str(i): name for i, name in enumerate(names)},
-            "normalization": start["normalization"],
-        })
-        write_json(folder / "model_info.json", {**start["model"], "hparams": start["hparams"] or {}})
-        counts = run.class_counts()
-        if counts is not None:
-            rows = tables.class_distribution_rows(names, [int(c) for c in counts])
-            write_json(folder / "dataset_statistics.json", {
-                "total": int(counts.sum()),
-                "classes": [{"name": r.name, "index": r.index, "count": r.count,
-                             "percentage": round(r.percentage, 4)} for r in rows],
-            })
-            self.console.table(folder, *_shortened(partial(tables.class_distribution_table, rows), rows,
-                                                   tables.smallest_and_largest))
-        else:
-            reason = start.get("targets_missing") or "the trainer sent no train targets or class counts"
-            self.console.line(folder, f"run {run.run}: no dataset class distribution: {reason}")
-        self.console.table(folder, partial(tables.model_info_table, dict(start["model"])))
-        if start["sampler"] is None and start["train_targets"] is None:
-            self.console.line(folder, f"run {run.run}: no sampler distribution tables: they need the train targets")
-        elif start["sampler"] is None:
-            self.console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; "
-                                      "no sampler distribution tables")
+    def _late_run_end(self, run: RunState, message: Message) -> None:
+        """A rank's run_end after its run had finished (a rank's failure finishes it)."""
+        told = self._late_ends[run.run] = self._late_ends.get(run.run, 0) + 1
+        line = late_run_end_line(run, message, told)
+        if line is not None:
+            self.console.line(run_dir(self.out, run.run), line)
 
     # --- epochs -------------------------------------------------------------------------------
 
@@ -248,133 +207,11 @@ class Pipeline:
                 run.release(number)
 
     def _render_epoch(self, run: RunState, number: int) -> None:
-        epoch = run.epochs[number]
         run.drawn(number)
         if run.start is None:
             self.console.note(f"run {run.run}: epoch {number} cannot be drawn: its run_start never arrived")
             return
-        folder = run_dir(self.out, run.run)
-        epoch_dir = folder / f"epoch_{number:03d}"
-        names = run.class_names
-        counts = run.confusion(number)
-        per_class = None
-        if counts is not None:  # None once released: then only late metrics redraw the epoch's summary
-            for job in confusion_jobs(epoch_dir, counts, names, number):
-                self.renderer.submit(job)
-            per_class = self._write_analysis(folder, epoch_dir, number, counts, names)
-        if epoch.samples is not None:
-            s = epoch.samples
-            self.renderer.submit(SampleGridJob(epoch_dir / "sample_predictions.png", s["images"], s["labels"],
-                                               s["preds"], names))
-        self._submit_calibration(run, number, epoch_dir, has_preds=counts is not None)
-        sampler = run.sampler_counts(number)
-        if sampler is not None:
-            rows = tables.sampler_rows(names, [int(c) for c in sampler[0]], [float(e) for e in sampler[1]])
-            write_json(epoch_dir / "sampler_distribution.json", {
-                "epoch": number, "draws": int(sampler[0].sum()),
-                "classes": [{"name": r.name, "index": r.index, "sampled": r.sampled,
-                             "expected": round(r.expected, 6),
-                             "ratio": None if r.ratio is None else round(r.ratio, 6)} for r in rows],
-            })
-            self.console.table(folder, *_shortened(partial(tables.sampler_table, rows, number), rows,
-                                                   tables.furthest_from_expected))
-        if run.history:
-            self.renderer.submit(HistoryJob(folder / "training_history",
-                                            {e: dict(v) for e, v in sorted(run.history.items())}))
-            columns = run.history_columns()
-            write_csv(folder / "history.csv", ["epoch", *columns],
-                      ([e, *(_csv_value(run.history[e].get(c)) for c in columns)] for e in sorted(run.history)))
-        self.console.table(folder, partial(
-            tables.epoch_summary_table, run.run, number, dict(run.history.get(number, {})),
-            epoch.accuracy if counts is None else counts.accuracy(), run.world))
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(folder.name, number, run.finite_metrics(number), per_class)
-
-    def _submit_calibration(self, run: RunState, number: int, epoch_dir: Path, *, has_preds: bool) -> None:
-        """reliability_diagram.png and misclassified.png, for a trainer that sent confidences (1.2);
-        for one that did not, a line once per run."""
-        bins, mistakes = run.calibration(number), run.hardest_mistakes(number)
-        if bins is None and has_preds and run.run not in self._without_confidence:
-            self._without_confidence.add(run.run)
-            self.console.line(epoch_dir.parent, f"run {run.run}: its trainer sends no confidences (protocol before "
-                                                 "1.2), so there is no reliability diagram, ECE or MCE")
-        if bins is not None and bins.total:
-            self.renderer.submit(ReliabilityJob(epoch_dir / "reliability_diagram.png", bins,
-                                                f"Reliability diagram — epoch {number}"))
-        if mistakes is not None:
-            self.renderer.submit(SampleGridJob(epoch_dir / "misclassified.png", mistakes.images, mistakes.labels,
-                                               mistakes.preds, run.class_names, mistakes.confidence))
-
-    def _write_analysis(self, folder: Path, epoch_dir: Path, number: int, counts: SparseCounts,
-                        names: list[str]) -> list[analysis.ClassMetricsRow]:
-        """per_class_metrics.csv and top_confusions.csv, and their console tables; returns the
-        per-class rows."""
-        metrics = analysis.per_class_metrics(counts, names)
-        fraction = analysis.format_fraction
-        write_csv(epoch_dir / "per_class_metrics.csv", ["class", "index", "precision", "recall", "f1", "support"],
-                  ([r.name, "" if r.index is None else r.index, fraction(r.precision), fraction(r.recall),
-                    fraction(r.f1), r.support] for r in metrics))
-        confusions = analysis.top_confusions(counts, names)
-        write_csv(epoch_dir / "top_confusions.csv", ["true", "pred", "count", "share_of_true"],
-                  ([r.true, r.pred, r.count, fraction(r.share_of_true)] for r in confusions.rows))
-        self.console.table(folder, partial(tables.worst_classes_table, analysis.worst_by_f1(metrics),
-                                           metrics[-2:], counts.classes, number))
-        if confusions.rows:
-            self.console.table(folder, partial(tables.top_confusions_table, confusions.rows[:10],
-                                               confusions.total_cells, number))
-        else:
-            self.console.line(folder, f"epoch {number}: no confusions (every validation prediction was right)")
-        return metrics
-
-    def _write_run_end(self, run: RunState) -> None:
-        """The console line of a run that just finished: its status, the ranks with drops or gaps and
-        the ranks' errors (at most NAMED_IN_LINES of each, and how many more)."""
-        folder = run_dir(self.out, run.run)
-        dropped = [(rank, c.dropped) for rank, c in sorted(run.ranks.items()) if c.dropped]
-        gaps = [(rank, c.gaps) for rank, c in sorted(run.ranks.items()) if c.gaps]
-        text = f"run {run.run} {run.status}"
-        if dropped:
-            text += "; dropped by the emitter: " + _per_rank(dropped)
-        if gaps:
-            text += "; sequence gaps: " + _per_rank(gaps)
-        for error in run.errors[:NAMED_IN_LINES]:
-            text += f"\n  {error}"
-        if len(run.errors) > NAMED_IN_LINES:
-            text += f"\n  and {len(run.errors) - NAMED_IN_LINES:,} more errors (summary.json lists them all)"
-        self.console.line(folder, text)
-
-    def _late_run_end(self, run: RunState, message: Message) -> None:
-        """A rank's run_end after its run had finished (a rank's failure finishes it): a line for each
-        of the first NAMED_IN_LINES such ranks of the run, then one line for all the others."""
-        told = self._late_ends[run.run] = self._late_ends.get(run.run, 0) + 1
-        folder = run_dir(self.out, run.run)
-        if told <= NAMED_IN_LINES:
-            error = message["error"]
-            self.console.line(folder, f"run {run.run}: rank {message.rank} ended {message['status']}"
-                                      + (f": {error}" if error else ""))
-        elif told == NAMED_IN_LINES + 1:
-            self.console.line(folder, f"run {run.run}: more ranks ended after it finished; summary.json and the "
-                                      "run's page give each rank's status and error")
-
-
-STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a dot, so no run can collide
-
-
-def write_stats(out: Path, *, frames: int, frame_bytes: int, rejected: Counter[str], pipeline: Pipeline | None,
-                logbook: LogBook | None = None, curve_refused: int = 0) -> None:
-    """What this monitor process took in and refused, by reason, for scripts and tests.
-
-    Args:
-        pipeline: gives the runs and their status; None when nothing was processed.
-        logbook: the logs whose failures are reported; default, the pipeline's.
-        curve_refused: CURVE handshakes refused (senders, not frames).
-    """
-    write_json(out / STATS_FILE, {
-        "frames": frames, "bytes": frame_bytes, "rejected": dict(sorted(rejected.items())),
-        "runs": {} if pipeline is None else {run.run: run.status for run in pipeline.runs.values()},
-        **({"curve_handshakes_refused": curve_refused} if curve_refused else {}),
-        **_log_stats(logbook if logbook is not None or pipeline is None else pipeline.logbook),
-    })
+        self.epochs.draw(run, number, run_dir(self.out, run.run))
 
 
 def describe_ranks(count: int, named: list[int]) -> str:
@@ -385,33 +222,3 @@ def describe_ranks(count: int, named: list[int]) -> str:
         return f"{shown} and {rest:,} more"
     head, _, last = shown.rpartition(", ")
     return f"{head} and {last}" if head else last
-
-
-def _log_stats(logbook: LogBook | None) -> dict:
-    stats: dict = {}
-    if logbook is not None and logbook.not_logged:
-        stats.update(not_logged=dict(sorted(logbook.not_logged.items())), log_error=logbook.last_error)
-    if logbook is not None and logbook.rejected_not_kept:
-        stats["rejected_not_kept"] = logbook.rejected_not_kept  # beyond the rejected-frames log's cap
-    return stats
-
-
-def _shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:
-    """A per-class table for console.txt and the terminal's shorter version (None: the same), each
-    drawing only the rows `pick` chooses where the run has more classes than they show."""
-    record = table if len(rows) <= tables.RECORD_MAX_CLASS_ROWS else partial(
-        table, shown=pick(rows, tables.RECORD_MAX_CLASS_ROWS))
-    return record, partial(table, shown=pick(rows)) if len(rows) > tables.TERMINAL_MAX_CLASS_ROWS else None
-
-
-def _per_rank(counts: list[tuple[int, int]]) -> str:
-    """"rank 3: 5, rank 9: 1", naming at most NAMED_IN_LINES ranks and counting the rest."""
-    text = ", ".join(f"rank {rank}: {n}" for rank, n in counts[:NAMED_IN_LINES])
-    if len(counts) > NAMED_IN_LINES:
-        rest = counts[NAMED_IN_LINES:]
-        text += f" and {sum(n for _, n in rest):,} more in {len(rest):,} other ranks"
-    return text
-
-
-def _csv_value(value: float | None) -> str:
-    return "" if value is None else repr(float(value))

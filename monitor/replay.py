@@ -11,14 +11,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from monitor.driver import Settings, Source, drive
-from monitor.intake import Intake
-from monitor.logbook import LogBook
-from monitor.quotas import Limits, Quotas
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.quotas import Limits, Quotas
 from trainer_side.msglog import ReadReport, TruncatedLogWarning, iter_records
 
 if TYPE_CHECKING:
     from monitor.pipeline import Pipeline
-    from monitor.tensorboard_events import TensorBoardOptions
+    from monitor.outputs.tensorboard import TensorBoardOptions
 
 PROGRESS_MIN_BYTES = 8 << 20  # smaller logs replay too fast for a bar to help
 

@@ -14,20 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.driver import TICK_S, Settings, Source, drive
-from monitor.endpoint import CurveServerKeys, check_bind
-from monitor.logbook import REJECTED_LOG
-from monitor.quotas import Limits
-from monitor.receiver import Receiver
-from monitor.report.http import ReportServer
-from monitor.rejections import RateLimitedLines
-from monitor.handoff import Handoff
+from monitor.ingest.endpoint import CurveServerKeys, check_bind
+from monitor.ingest.logbook import REJECTED_LOG
+from monitor.ingest.quotas import Limits
+from monitor.ingest.receiver import Receiver
+from monitor.outputs.report.http import ReportServer
+from monitor.ingest.rejections import RateLimitedLines
+from monitor.ingest.handoff import Handoff
 from monitor.signals import PROCESS_S, STOP_S, stop_on_signals
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from monitor.pipeline import Pipeline
-    from monitor.tensorboard_events import TensorBoardOptions
+    from monitor.outputs.tensorboard import TensorBoardOptions
 
 
 class SocketSource(Source):

@@ -20,16 +20,16 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from monitor.driver import Settings, Source, drive
-from monitor.intake import Intake
-from monitor.logbook import LogBook
-from monitor.quotas import Limits, Quotas
-from monitor.rejections import RateLimitedLines
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.quotas import Limits, Quotas
+from monitor.ingest.rejections import RateLimitedLines
 from monitor.signals import PROCESS_S, stop_on_signals
 from trainer_side.msglog import CorruptLogError, LogFollower, TruncatedLogWarning
 
 if TYPE_CHECKING:
     from monitor.pipeline import Pipeline
-    from monitor.tensorboard_events import TensorBoardOptions
+    from monitor.outputs.tensorboard import TensorBoardOptions
 
 RESCAN_S = 2.0
 

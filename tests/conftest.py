@@ -3,7 +3,9 @@ with the benchmarks), and the tiny trainer.
 
 Every Emitter a test makes is closed after the test, passed or failed (`close_emitters`): an open one
 keeps a ZeroMQ context that can hold the interpreter at exit. Tests that start processes or run a
-Lightning fit are marked `slow`; `pytest -m "not slow"` (make check) runs the rest.
+Lightning fit, or sleep, are marked `slow` here, by the names they use; tests that replay and draw
+whole runs carry `@pytest.mark.slow` themselves. `pytest -m "not slow"` (make check) runs the rest:
+the codec, the aggregates, the tables and the figures' data, the quick loop while working.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ def close_emitters(monkeypatch, tmp_path_factory):
 
 
 # What a test names (or a fixture it uses) that starts monitor, render-worker or trainer processes,
-# forks, or runs a Lightning fit (an integration test of the callback, seconds each).
+# forks, runs a Lightning fit (an integration test of the callback, seconds each) or sleeps.
 SLOW_NAMES = {"MonitorProcess", "run_tiny", "subprocess", "ProcessRenderer", "start_monitor", "served_run",
-              "fork", "Trainer"}
+              "fork", "Trainer", "sleep"}
 SLOW_TIMEOUT_S = 600  # a slow test's own timeout (the others get pyproject's): a DDP trainer alone may take 400 s
 
 

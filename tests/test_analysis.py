@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 from sklearn.metrics import precision_recall_fscore_support
 
-from monitor import analysis
-from monitor.confusion import SparseCounts
-from monitor.render import tables
+from monitor.aggregates import analysis
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render import tables
 from monitor.replay import replay
 from trainer_side import protocol
 from trainer_side.msglog import LogWriter, iter_frames
@@ -148,6 +148,7 @@ def test_without_samples_every_figure_is_zero():
     assert analysis.top_confusions(SparseCounts.of(np.array([], int), np.array([], int), 3), ["a", "b", "c"]).rows == []
 
 
+@pytest.mark.slow
 def test_replaying_the_recorded_run_writes_both_files_for_every_epoch(tmp_path):
     run = _replay(tmp_path)
     expected = dict(np.load(DATA / "tiny_run_expected.npz"))
@@ -164,6 +165,7 @@ def test_replaying_the_recorded_run_writes_both_files_for_every_epoch(tmp_path):
         assert f"Worst classes by F1 — epoch {epoch}" in console and f"Top confusions — epoch {epoch}" in console
 
 
+@pytest.mark.slow
 def test_formula_like_class_names_are_neutralised_in_both_files(tmp_path):
     hostile = ["=1+1", "@SUM(A1)", "+cmd", "-x"]
     messages = [protocol.decode(frame) for frame in iter_frames(FIXTURE_LOG)]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.calibration import EDGES, NUM_BINS, CalibrationBins, merge_mistakes
-from monitor.runstate import RejectedMessage, RunState
+from monitor.aggregates.calibration import EDGES, NUM_BINS, CalibrationBins, merge_mistakes
+from monitor.aggregates.runstate import RejectedMessage, RunState
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector, make_thumbnails, top1
 from trainer_side.mistakes import HardestMistakes
@@ -364,7 +364,7 @@ def test_mistake_thumbnails_of_another_size_than_another_ranks_are_refused():
 
 
 def test_reliability_diagram_shows_each_bins_accuracy_and_count_and_the_errors():
-    from monitor.render.calibration_figures import reliability_figure
+    from monitor.outputs.render.calibration_figures import reliability_figure
 
     rng = np.random.default_rng(2)
     confidence = np.concatenate([rng.uniform(0.5, 1.0, 5000), [0.1]]).astype(np.float16)

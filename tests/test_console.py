@@ -8,14 +8,15 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from rich.text import Text
 
-from monitor.console import MonitorConsole
-from monitor.render.jobs import TableJob
+from monitor.outputs.console import MonitorConsole
+from monitor.outputs.render.jobs import TableJob
 from monitor.pipeline import Pipeline
-from monitor.render import tables
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render import tables
+from monitor.outputs.render.pool import InlineRenderer
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import decode
 
@@ -41,6 +42,7 @@ def _inline(out: Path) -> tuple[str, str]:
     return (out / RUN / "console.txt").read_text(encoding="utf-8"), terminal.file.getvalue()
 
 
+@pytest.mark.slow
 def test_offloaded_tables_come_out_in_order_and_identical_to_inline_ones(tmp_path):
     expected_record, expected_screen = _inline(tmp_path / "inline")
     held: list[tuple[TableJob, Future]] = []
@@ -69,6 +71,7 @@ def test_offloaded_tables_come_out_in_order_and_identical_to_inline_ones(tmp_pat
     assert terminal.file.getvalue() == expected_screen
 
 
+@pytest.mark.slow
 def test_a_table_worker_that_cannot_take_jobs_leaves_the_tables_to_the_monitor(tmp_path):
     expected_record, expected_screen = _inline(tmp_path / "inline")
 

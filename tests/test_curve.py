@@ -20,7 +20,7 @@ import zmq.auth
 import monitor.serve
 from conftest import free_port
 from monitor.cli import main
-from monitor.endpoint import BindError, check_bind
+from monitor.ingest.endpoint import BindError, check_bind
 from trainer_side.emitter import Emitter
 from trainer_side.msglog import iter_frames
 

@@ -88,6 +88,7 @@ def inspect_summary(out: str) -> tuple[int, int]:
 @settings(max_examples=40, **COMMON)
 @given(cut=st.one_of(st.integers(HEADER_SIZE, len(LOG_BYTES)), st.sampled_from(ENDS),
                      st.sampled_from([end + 1 for end in ENDS[:-1]])))
+@pytest.mark.slow
 def test_inspect_of_a_log_cut_at_any_byte_counts_every_whole_record_before_the_cut(capfd, cut):
     whole = [frame for (offset, frame), end in zip(RECORDS, ENDS) if end <= cut]
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +113,7 @@ def test_a_log_cut_inside_its_header_is_refused_in_one_line(capfd, tmp_path):
         assert_one_line_error(err, command, str(path), "too short to be a message log")
 
 
+@pytest.mark.slow
 def test_replay_of_a_cut_log_renders_every_whole_record_before_the_cut(capfd, tmp_path, clean):
     cut = OFFSETS[14] + 100  # inside the thumbnails of epoch 2, after its predictions
     path = tmp_path / "cut.mlog"
@@ -133,6 +135,7 @@ def test_replay_of_a_cut_log_renders_every_whole_record_before_the_cut(capfd, tm
 # ----------------------------------------------------------------------------------------- bit flips
 
 
+@pytest.mark.slow
 def test_replay_stops_at_a_flipped_bit_with_a_one_line_error_naming_the_offset(capfd, tmp_path, damaged):
     code, out, err = cli(capfd, "replay", damaged, "--out", tmp_path / "out", "--quiet")
     assert code == 2
@@ -141,6 +144,7 @@ def test_replay_stops_at_a_flipped_bit_with_a_one_line_error_naming_the_offset(c
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_replay_with_skip_corrupt_resumes_at_the_next_whole_record(capfd, tmp_path, damaged, clean):
     code, out, err = cli(capfd, "replay", damaged, "--out", tmp_path / "out", "--quiet", "--skip-corrupt")
     assert code == 0 and err == ""
@@ -178,6 +182,7 @@ DAMAGEABLE_BITS = st.integers(8 * HEADER_SIZE, 8 * len(LOG_BYTES) - 1).filter(
     lambda bit: not OFFSETS[-1] <= bit // 8 < OFFSETS[-1] + 4)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, **COMMON)
 @given(bit=DAMAGEABLE_BITS)
 def test_any_flipped_bit_is_named_by_its_record_and_skipped_to_the_next(capfd, bit):

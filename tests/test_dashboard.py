@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from monitor.dashboard import COLUMNS, MIN_REDRAW_S, Dashboard, dashboard_caption
+from monitor.outputs.dashboard import COLUMNS, MIN_REDRAW_S, Dashboard, dashboard_caption
 
 
 class Clock:

@@ -49,6 +49,7 @@ def test_split_is_deterministic_disjoint_and_imbalanced_as_designed() -> None:
     assert split_digits(targets, seed=1).train.tolist() != split.train.tolist()
 
 
+@pytest.mark.slow
 def test_written_folder_matches_the_split(digits_root: Path) -> None:
     split = split_digits(load_digits().target)
     assert _png_counts(digits_root, "train") == split.class_counts("train") == EXPECTED_TRAIN

@@ -8,12 +8,13 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from monitor.driver import Settings, Source, drive
-from monitor.intake import Intake
-from monitor.logbook import LogBook
-from monitor.pipeline import STATS_FILE
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
+from monitor.outputs.summary import STATS_FILE
 from trainer_side.msglog import iter_frames
 
 FIXTURE_LOG = Path(__file__).parent / "data" / "tiny_run.mlog"
@@ -49,6 +50,7 @@ class Frames(Source):
         super().close()
 
 
+@pytest.mark.slow
 def test_a_finite_source_is_read_through_and_every_frame_counted_in_stats(tmp_path):
     frames = list(iter_frames(FIXTURE_LOG))
     source = Frames(tmp_path, list(frames), per_feed=7)
@@ -61,6 +63,7 @@ def test_a_finite_source_is_read_through_and_every_frame_counted_in_stats(tmp_pa
     assert list(iter_frames(tmp_path / "tiny-fixture" / "messages.mlog")) == frames
 
 
+@pytest.mark.slow
 def test_a_stop_ends_the_feeds_and_the_source_says_what_it_left(tmp_path):
     frames = list(iter_frames(FIXTURE_LOG))
     stop = threading.Event()

@@ -110,6 +110,7 @@ def test_callback_arguments_are_checked_at_once(kwargs, match):
         EmitterCallback(**kwargs)
 
 
+@pytest.mark.slow
 def test_messages_are_numbered_per_run_and_rank(pull):
     emitter = Emitter(pull.endpoint, run="numbers", rank=1, world_size=3)
     emitter.run_start(["a", "b"])
@@ -201,6 +202,7 @@ def test_a_forked_child_never_uses_the_parents_socket(pull):
     assert [m.kind for m in messages] == ["run_start", "metrics"] and "parent" in messages[1]["values"]
 
 
+@pytest.mark.slow
 def test_emitter_and_callback_pickle_without_their_socket(pull):
     emitter = Emitter(pull.endpoint, run="pickled")
     emitter.run_start(["a"])

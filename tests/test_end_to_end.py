@@ -145,13 +145,14 @@ def test_no_trainer_side_module_imports_a_monitor_library():
 
 def test_the_import_probe_can_see_a_heavy_import():
     # Guards the probes above: the same check does notice a monitor-side module when one is loaded.
-    assert "matplotlib" in _loaded_heavy("import monitor.render.figures")
+    assert "matplotlib" in _loaded_heavy("import monitor.outputs.render.confusion_figures")
 
 
 def test_calibration_and_hardest_mistakes_match_the_recorded_logits(served_run):
     from PIL import Image
 
-    from monitor.render.figures import WRONG_COLOR, sample_grid_cells
+    from monitor.outputs.render.drawing import WRONG_COLOR
+    from monitor.outputs.render.sample_grid import sample_grid_cells
     from test_calibration import reference_ece_mce
 
     tmp, record = served_run

@@ -19,12 +19,12 @@ import pytest
 from rich.console import Console
 
 from conftest import ROOT, tree_bytes
-from monitor.console import MonitorConsole
-from monitor.intake import Intake
-from monitor.logbook import LogBook
+from monitor.outputs.console import MonitorConsole
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.receiver import BATCH_FRAMES
-from monitor.render import save
+from monitor.ingest.receiver import BATCH_FRAMES
+from monitor.outputs.render import save
 from trainer_side import protocol
 from trainer_side.protocol import make_message
 

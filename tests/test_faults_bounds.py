@@ -15,11 +15,11 @@ import zmq
 from rich.console import Console
 
 from conftest import MonitorProcess, wait_for
-from monitor.console import MonitorConsole
-from monitor.intake import Intake
-from monitor.logbook import LogBook
+from monitor.outputs.console import MonitorConsole
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol
 from trainer_side.protocol import make_message
@@ -63,7 +63,7 @@ def _pipeline(tmp_path, clock=None, timeout=None) -> tuple[Pipeline, list[str]]:
 
 
 def test_the_handoff_waits_when_full_and_frees_bytes_as_the_reader_takes_them():
-    from monitor.handoff import MESSAGE_OVERHEAD, Handoff
+    from monitor.ingest.handoff import MESSAGE_OVERHEAD, Handoff
 
     unit = 2000 - MESSAGE_OVERHEAD  # one message costing 2,000 bytes in all
     handoff = Handoff(capacity=5000)
@@ -82,7 +82,7 @@ def test_the_handoff_waits_when_full_and_frees_bytes_as_the_reader_takes_them():
 
 
 def test_a_batch_larger_than_the_capacity_passes_alone_and_close_ends_a_wait():
-    from monitor.handoff import Handoff
+    from monitor.ingest.handoff import Handoff
 
     handoff = Handoff(capacity=100)
     assert handoff.put_many([("big", 10_000)])  # an empty queue takes any batch: no frame is stuck
@@ -100,8 +100,8 @@ def test_a_batch_larger_than_the_capacity_passes_alone_and_close_ends_a_wait():
 
 
 def test_a_flood_fills_zeromq_not_the_monitor_and_every_frame_is_logged_and_queued(tmp_path):
-    from monitor.handoff import Handoff
-    from monitor.receiver import Receiver
+    from monitor.ingest.handoff import Handoff
+    from monitor.ingest.receiver import Receiver
 
     receiver = Receiver("tcp://127.0.0.1:0", tmp_path / "out", max_message_bytes=4 << 20)
     receiver.messages = Handoff(capacity=2 << 20)  # nobody reads it while the sender floods
@@ -141,6 +141,7 @@ def test_a_flood_fills_zeromq_not_the_monitor_and_every_frame_is_logged_and_queu
 # --- item 7b: confusion counts, sparse and freed ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_twelve_ranks_of_tiny_preds_keep_a_few_cells_each_and_the_sum_is_exact(tmp_path):
     pipeline, _ = _pipeline(tmp_path)
     classes, world = 1000, 12
@@ -277,7 +278,7 @@ def test_a_normal_runs_artifacts_appear_beside_a_sender_claiming_a_world_of_a_mi
 
 
 def _intake(tmp_path, **limits) -> Intake:
-    from monitor.quotas import Limits, Quotas
+    from monitor.ingest.quotas import Limits, Quotas
 
     return Intake(LogBook(tmp_path, flush_every=1), Quotas(Limits(**limits)))
 
@@ -342,17 +343,17 @@ def test_serve_refuses_a_run_over_max_runs_and_says_which_flag_raises_it(tmp_pat
 
 
 def test_a_flood_of_epoch_ends_from_many_ranks_rewrites_summary_json_once_per_second(tmp_path, monkeypatch):
-    import monitor.pipeline as pipeline_module
+    import monitor.outputs.summary as summary_module
 
     written: list[int] = []
-    real = pipeline_module.write_json
+    real = summary_module.write_json
 
     def counting(path, payload):
         if path.name == "summary.json":
             written.append(len(payload["ranks"]))
         real(path, payload)
 
-    monkeypatch.setattr(pipeline_module, "write_json", counting)
+    monkeypatch.setattr(summary_module, "write_json", counting)
     clock = FakeClock()
     pipeline, _ = _pipeline(tmp_path, clock, timeout=30.0)
     world = 1000

@@ -19,9 +19,9 @@ import pytest
 from rich.console import Console
 
 from conftest import free_port, wait_for
-from monitor.console import MonitorConsole
+from monitor.outputs.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from monitor.replay import replay
 from test_end_to_end import read_confusion_csv
 from trainer_side import Emitter, protocol
@@ -73,6 +73,7 @@ def figures(what: str, sent: int, logged: int, reported: int) -> None:
 # --- item 1: a trainer that ends while the monitor is absent, starting, dead or frozen ------------
 
 
+@pytest.mark.slow
 def test_no_monitor_at_all_every_message_is_reported_and_the_spool_rebuilds_the_run(tmp_path, caplog):
     spool = tmp_path / "spool"
     emitter = Emitter(f"tcp://127.0.0.1:{free_port()}", run="alone", spool=spool, linger_ms=300)
@@ -282,6 +283,7 @@ def test_two_trainings_under_one_run_id_are_not_mixed(tmp_path):
     assert sum("two trainings are sending under this run id" in n for n in notes) == 1  # said once
 
 
+@pytest.mark.slow
 def test_a_resumed_emitter_that_repeats_epochs_replaces_them(tmp_path):
     pipeline, _ = pipeline_for(tmp_path)
     feed(pipeline, [message("run_start", "resumed", 0, "aaaa", start_body(CLASSES))])

@@ -109,6 +109,7 @@ def test_keygen_refuses_a_name_that_is_not_a_plain_file_name(capfd, tmp_path, na
 HOSTILE_NAMES = ["=1+1", "@SUM(A1)", "+cmd", "\tx"]
 
 
+@pytest.mark.slow
 def test_formula_like_class_and_metric_names_are_neutralised_in_every_csv(tmp_path):
     start = with_body(TINY[0], class_names=HOSTILE_NAMES)
     messages = [start]
@@ -195,8 +196,8 @@ def full_disk(monkeypatch):
 
 
 def test_frames_that_cannot_be_logged_are_reported_and_logging_resumes_when_space_is_freed(tmp_path, full_disk):
-    from monitor.intake import Intake
-    from monitor.logbook import LogBook
+    from monitor.ingest.intake import Intake
+    from monitor.ingest.logbook import LogBook
 
     intake = Intake(LogBook(tmp_path, flush_every=1 << 30))
     first = intake.accept_many(TINY_FRAMES[:7])
@@ -238,7 +239,7 @@ def test_a_log_writer_keeps_whole_records_through_a_full_disk(tmp_path, full_dis
 
 def test_the_receive_thread_survives_a_full_disk_and_logs_again_once_space_is_freed(tmp_path, full_disk):
     from conftest import free_port, wait_for
-    from monitor.receiver import Receiver
+    from monitor.ingest.receiver import Receiver
 
     receiver = Receiver(f"tcp://127.0.0.1:{free_port()}", tmp_path, max_message_bytes=1 << 20)
     context = zmq.Context()
@@ -410,6 +411,7 @@ GAP_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GAP_CASES)
 def test_inspect_and_replay_count_the_same_sequence_gaps(tmp_path, case):
     from monitor.loginspect import inspect_log
@@ -463,7 +465,7 @@ def test_inspect_shows_each_rejection_reason_with_its_count_and_an_example(capfd
 
 
 def test_repeated_lines_are_shown_first_then_at_most_once_per_interval_with_a_count():
-    from monitor.rejections import RateLimitedLines
+    from monitor.ingest.rejections import RateLimitedLines
 
     now = [0.0]
     lines = RateLimitedLines(interval_s=5.0, clock=lambda: now[0])
@@ -532,9 +534,9 @@ def _shown(output: str, reason: str) -> int:
 
 
 def test_refused_frames_are_kept_for_inspect_up_to_a_byte_cap(tmp_path, monkeypatch):
-    from monitor import logbook as logbook_module
-    from monitor.intake import Intake
-    from monitor.logbook import REJECTED_LOG, LogBook
+    from monitor.ingest import logbook as logbook_module
+    from monitor.ingest.intake import Intake
+    from monitor.ingest.logbook import REJECTED_LOG, LogBook
 
     monkeypatch.setattr(logbook_module, "MAX_REJECTED_LOG_BYTES", 12 + 3 * (8 + 100))
     book = LogBook(tmp_path, flush_every=1 << 30)

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from conftest import ROOT, MonitorProcess, children_of, free_port, wait_for
-from monitor.render.pool import ProcessRenderer
+from monitor.outputs.render.pool import ProcessRenderer
 from test_renderer import Sleep
 from trainer_side import protocol
 from trainer_side.msglog import CorruptLogError, TruncatedLogWarning, iter_frames

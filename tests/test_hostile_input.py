@@ -36,12 +36,12 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from conftest import tree_bytes, wait_for
-from monitor.console import MonitorConsole
-from monitor.intake import Intake
-from monitor.logbook import LogBook
+from monitor.outputs.console import MonitorConsole
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.quotas import Limits, Quotas
-from monitor.render.pool import InlineRenderer
+from monitor.ingest.quotas import Limits, Quotas
+from monitor.outputs.render.pool import InlineRenderer
 from monitor.replay import replay
 from trainer_side import protocol
 from trainer_side.msglog import iter_frames
@@ -383,6 +383,7 @@ def test_decode_raises_only_protocol_errors(frame):
 # ------------------------------------------------------------------------------------- in-process path
 
 
+@pytest.mark.slow
 @settings(max_examples=25, **COMMON)
 @given(items=st.lists(st.tuples(st.integers(0, len(TINY_FRAMES)), designed_garbage), min_size=1, max_size=40))
 def test_in_process_counts_every_rejection_by_reason_and_the_valid_run_is_untouched(clean, items):
@@ -422,6 +423,7 @@ OUT_OF_RANGE = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=15, **COMMON)
 @given(bad=st.lists(st.tuples(st.integers(1, len(TINY_FRAMES)), OUT_OF_RANGE), min_size=1, max_size=6))
 def test_out_of_range_messages_for_the_valid_run_are_refused_and_change_no_aggregate(clean, bad):
@@ -442,6 +444,7 @@ def test_out_of_range_messages_for_the_valid_run_are_refused_and_change_no_aggre
         assert tree_bytes(out / FIXTURE_RUN, skip) == {k: v for k, v in clean["digest_files"].items() if k not in skip}
 
 
+@pytest.mark.slow
 def test_out_of_range_preds_leave_the_confusion_matrix_files_byte_for_byte(clean, tmp_path):
     stream = list(TINY_FRAMES)
     bad = pack(envelope("preds", FIXTURE_RUN, 7, epoch=1, step=16, preds=u1([0, 4, 1]), labels=u1([1, 1, 1])))
@@ -504,6 +507,7 @@ def test_contradicting_content_is_refused_without_raising(tmp_path, case):
         assert rejected == Counter(content=1)
 
 
+@pytest.mark.slow
 def test_a_sender_inventing_run_ids_cannot_exhaust_file_descriptors(tmp_path):
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))

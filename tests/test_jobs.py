@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.confusion import SparseCounts, confusion_counts
-from monitor.render.jobs import ConfusionJob, pack_cells, pack_counts, unpack_counts
+from monitor.aggregates.confusion import SparseCounts, confusion_counts
+from monitor.outputs.render.jobs import ConfusionJob, pack_cells, pack_counts, unpack_counts
 
 
 def _reference(preds: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

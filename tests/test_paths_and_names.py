@@ -21,12 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from monitor.console import MonitorConsole
-from monitor.intake import Intake
-from monitor.logbook import LogBook, run_dir
+from monitor.outputs.console import MonitorConsole
+from monitor.ingest.intake import Intake
+from monitor.folders import run_dir
+from monitor.ingest.logbook import LogBook
 from monitor.pipeline import Pipeline
-from monitor.render.tables import TABLE_NAME_MAX_CHARS, TABLE_WIDTH
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.tables import TABLE_NAME_MAX_CHARS, TABLE_WIDTH
+from monitor.outputs.render.pool import InlineRenderer
 from trainer_side import protocol
 from trainer_side.emitter import Emitter
 from trainer_side.msglog import iter_frames
@@ -140,6 +141,7 @@ def hostile(tmp_path_factory):
     return tmp, ["[bold red]full run[/] ../x", *runs], intake, pipeline
 
 
+@pytest.mark.slow
 def test_nothing_is_written_outside_out_or_the_spool_folder(hostile):
     tmp, runs, intake, pipeline = hostile
     assert sum(intake.rejected.values()) == 0 and sum(pipeline.rejected.values()) == 0

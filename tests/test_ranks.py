@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console
 
 from conftest import MonitorProcess, run_tiny
-from monitor.console import MonitorConsole
+from monitor.outputs.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from test_calibration import reference_ece_mce
 from test_end_to_end import independent_confusion, read_confusion_csv
 from trainer_side import protocol

@@ -7,9 +7,9 @@ import queue
 
 import pytest
 
-from monitor.intake import Intake
-from monitor.logbook import LogBook
-from monitor.handoff import Handoff
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.handoff import Handoff
 from trainer_side import protocol
 from trainer_side.msglog import LogWriter, iter_frames
 

@@ -20,15 +20,16 @@ from matplotlib.patches import PathPatch
 from matplotlib.text import Text
 from rich.console import Console
 
-from monitor.render import save
-from monitor.confusion import SparseCounts
-from monitor.render.figures import (CELL_TEXT_MAX_CLASSES, CORRECT_COLOR, NO_DATA_NOTE,
-                                    WRONG_COLOR, CellLabel, ConfusionPlot, MatrixView, cell_labels, confusion_figure,
-                                    display_label, history_figures, percent_text, sample_grid_cells,
-                                    sample_grid_figure)
-from monitor.render.matrix_views import normalized_view
-from monitor.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
-from monitor.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
+from monitor.outputs.render import save
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render.confusion_figures import (CELL_TEXT_MAX_CLASSES, CellLabel, ConfusionPlot, MatrixView,
+                                                      cell_labels, confusion_figure, percent_text)
+from monitor.outputs.render.drawing import CORRECT_COLOR, NO_DATA_NOTE, WRONG_COLOR, display_label
+from monitor.outputs.render.history_figures import history_figures
+from monitor.outputs.render.sample_grid import sample_grid_cells, sample_grid_figure
+from monitor.outputs.render.matrix_views import normalized_view
+from monitor.outputs.render.save import PNG_DPI, save_figure, write_csv, write_json, write_text
+from monitor.outputs.render.tables import (TERMINAL_MAX_CLASS_ROWS, ClassDistributionRow, SamplerRow,
                                    class_distribution_rows, class_distribution_table,
                                    epoch_summary_table, furthest_from_expected, model_info_table,
                                    sampler_rows, sampler_table, smallest_and_largest, table_text)
@@ -111,6 +112,7 @@ def test_different_figures_save_to_different_bytes(tmp_path):
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_concurrent_saves_match_a_serial_save(tmp_path):
     # The monitor renders in worker threads; pyplot's global state would make this racy.
     names = [f"class {i}" for i in range(12)]
@@ -270,6 +272,7 @@ def test_confusion_figure_without_counts_has_blank_cells():
     assert not np.array_equal(with_counts, render_rgb(fig))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 10, 43])
 def test_confusion_layout_keeps_every_label_and_the_colour_bar_on_the_canvas(n):
     # Fixed layout, no layout engine: the margins must come from the names' real extents.
@@ -333,6 +336,7 @@ def test_confusion_figure_rejects_bad_input(counts, names):
         confusion_figure(counts, names, "t")
 
 
+@pytest.mark.slow
 def test_thousand_class_confusion_saves_the_diagonal_visibly(tmp_path):
     # Timing is a benchmark's business, not a test's.
     rng = np.random.default_rng(0)

@@ -15,8 +15,8 @@ import pytest
 
 from rich.table import Table
 
-from monitor.render.jobs import ConfusionJob, HistoryJob, TableJob
-from monitor.render.pool import InlineRenderer, ProcessRenderer
+from monitor.outputs.render.jobs import ConfusionJob, HistoryJob, TableJob
+from monitor.outputs.render.pool import InlineRenderer, ProcessRenderer
 
 # The jobs below run in spawned workers, which import this module by name to unpickle them.
 

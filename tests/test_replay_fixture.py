@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from monitor.render.figures import CORRECT_COLOR, WRONG_COLOR, sample_grid_cells
+from monitor.outputs.render.drawing import CORRECT_COLOR, WRONG_COLOR
+from monitor.outputs.render.sample_grid import sample_grid_cells
 from monitor.replay import replay
 from tiny_training import CLASS_NAMES, NORMALIZATION
 
@@ -37,6 +38,7 @@ def _rgb(hex_color: str) -> np.ndarray:
     return np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
 
 
+@pytest.mark.slow
 def test_confusion_matrices_match_the_recorded_predictions(replayed):
     run, expected = replayed
     for epoch in EPOCHS:

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
-from monitor.endpoint import BindError, check_http
-from monitor.logbook import run_dir
-from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
-from monitor.report.http import ReportServer
-from monitor.report.index import index_page, run_entry
-from monitor.report.page import run_page
-from monitor.report.writer import Reports
+from monitor.ingest.endpoint import BindError, check_http
+from monitor.folders import run_dir
+from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_figures, read_run
+from monitor.outputs.report.http import ReportServer
+from monitor.outputs.report.index import index_page, run_entry
+from monitor.outputs.report.page import run_page
+from monitor.outputs.report.writer import Reports
 from report_runs import HOSTILE_CLASS, HOSTILE_RUN, replay_into, write_spool
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import decode
@@ -68,6 +68,7 @@ def sweep(tmp_path_factory):
     return out, logs
 
 
+@pytest.mark.slow
 def test_markup_in_run_ids_and_class_names_is_text_on_the_page_never_markup(sweep):
     out, _ = sweep
     for page in (out / "index.html", run_dir(out, HOSTILE_RUN) / "index.html"):
@@ -166,6 +167,7 @@ def test_a_running_run_reloads_itself_and_a_finished_one_does_not(sweep, tmp_pat
     assert json.loads(parse(run_page(running)).scripts[0])["live"] is True
 
 
+@pytest.mark.slow
 def test_replaying_a_log_twice_writes_the_same_pages_byte_for_byte(sweep, tmp_path):
     out, logs = sweep
     again = tmp_path / "again"
@@ -176,6 +178,7 @@ def test_replaying_a_log_twice_writes_the_same_pages_byte_for_byte(sweep, tmp_pa
         assert (again / page).read_bytes() == (out / page).read_bytes(), page
 
 
+@pytest.mark.slow
 def test_monitor_report_without_logs_rebuilds_the_pages_replay_wrote(sweep, tmp_path, capsys):
     out, logs = sweep
     copy = tmp_path / "copy"
@@ -189,6 +192,7 @@ def test_monitor_report_without_logs_rebuilds_the_pages_replay_wrote(sweep, tmp_
     assert {p: p.read_bytes() for p in pages} == before
 
 
+@pytest.mark.slow
 def test_monitor_report_with_logs_replays_them_and_writes_the_pages(sweep, tmp_path, capsys):
     _, logs = sweep
     assert main(["report", *map(str, logs["lr-0.01"]), "--out", str(tmp_path / "r")]) == 0
@@ -243,7 +247,7 @@ def _status(folder: Path) -> str | None:
 
 
 def test_a_page_is_rewritten_only_when_its_summary_changed_or_an_epoch_was_drawn(sweep, tmp_path, monkeypatch):
-    import monitor.report.writer as writer_module
+    import monitor.outputs.report.writer as writer_module
 
     out, _ = sweep
     folder = run_dir(out, "lr-0.01")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from browser import broken_images, check_index, check_run_page, open_browser, skip_reason, table_rows
-from monitor.logbook import run_dir
-from monitor.report.page import MAX_TABLE_ROWS
-from monitor.report.http import ReportServer
+from monitor.folders import run_dir
+from monitor.outputs.report.page import MAX_TABLE_ROWS
+from monitor.outputs.report.http import ReportServer
 from report_runs import HOSTILE_CLASS, HOSTILE_RUN, replay_into, write_spool
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))

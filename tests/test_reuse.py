@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.confusion import SparseCounts
-from monitor.render import reuse
-from monitor.render.figures import ConfusionPlot, HistoryPlot, MatrixView, SampleGridPlot
-from monitor.render.figures import counts_matrix_view as view
-from monitor.render.matrix_views import normalized_view, top_view
-from monitor.render.save import save_figure
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render import reuse
+from monitor.outputs.render.confusion_figures import ConfusionPlot, MatrixView
+from monitor.outputs.render.history_figures import HistoryPlot
+from monitor.outputs.render.sample_grid import SampleGridPlot
+from monitor.outputs.render.confusion_figures import counts_matrix_view as view
+from monitor.outputs.render.matrix_views import normalized_view, top_view
+from monitor.outputs.render.save import save_figure
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +120,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_redrawn_figures_save_the_bytes_of_new_ones(tmp_path, case):
     kind, epochs = CASES[case]
@@ -133,6 +136,7 @@ def test_redrawn_figures_save_the_bytes_of_new_ones(tmp_path, case):
     assert len(kept) == len(layouts) < len(epochs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_figure_saves_the_same_bytes_whatever_it_drew_before(tmp_path, case):
     """Every state of a layout, drawn after every other state of that layout, against a new figure:
@@ -174,6 +178,7 @@ def test_a_plot_whose_draw_failed_is_not_kept():
         assert plot is not failed
 
 
+@pytest.mark.slow
 def test_only_the_most_recently_used_plots_are_kept():
     def plot_for(n: int):
         with reuse.plot_of(ConfusionPlot, view(np.eye(n, dtype=np.int64), [str(i) for i in range(n)], "t")) as plot:

@@ -18,10 +18,10 @@ from rich.console import Console
 
 from bench.synthetic import class_names, confidences, predictions, send_run
 from conftest import MonitorProcess, tree_bytes, wait_for
-from monitor import confusion
-from monitor.confusion import SparseCounts
-from monitor.render.jobs import confusion_jobs
-from monitor.render.matrix_views import counts_view, normalized_view, top_view
+from monitor.aggregates import confusion
+from monitor.aggregates.confusion import SparseCounts
+from monitor.outputs.render.jobs import confusion_jobs
+from monitor.outputs.render.matrix_views import counts_view, normalized_view, top_view
 from monitor.replay import replay
 from test_analysis import _assert_matches_sklearn
 from test_calibration import reference_ece_mce
@@ -133,6 +133,7 @@ def _no_whole_matrix(self: SparseCounts) -> np.ndarray:
     return self.blocks(1)
 
 
+@pytest.mark.slow
 def test_up_to_the_whole_matrix_size_the_csv_is_the_whole_matrix(tmp_path):
     classes = 60
     labels, preds = predictions(classes, 2000, seed=2)
@@ -152,6 +153,7 @@ def test_a_small_run_gets_no_top_view(tmp_path):
     assert [job.png.name for job in jobs] == ["confusion_matrix.png", "confusion_matrix_normalized.png"]
 
 
+@pytest.mark.slow
 def test_a_20000_class_run_gets_every_artifact_in_bounded_memory_without_a_whole_matrix(monkeypatch, tmp_path):
     classes, samples = 20_000, 20_000
     monkeypatch.setattr(SparseCounts, "dense", _no_whole_matrix)

@@ -12,9 +12,9 @@ import torch
 from rich.console import Console
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from monitor.console import MonitorConsole
+from monitor.outputs.console import MonitorConsole
 from monitor.pipeline import Pipeline
-from monitor.render.pool import InlineRenderer
+from monitor.outputs.render.pool import InlineRenderer
 from trainer_side import Emitter
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import MAX_REASON_LENGTH, InvalidFieldError, decode, encode, make_message

@@ -23,9 +23,10 @@ pytest.importorskip("tensorboard", reason="the tensorboard extra is not installe
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference_masked_crc32c  # noqa: E402
 
-from monitor import cli, tensorboard_events  # noqa: E402
+from monitor import cli  # noqa: E402
+from monitor.outputs import tensorboard as events  # noqa: E402
 from monitor.replay import replay  # noqa: E402
-from monitor.tensorboard_events import IMAGE_TAGS, TensorBoardOptions, TensorBoardWriter, masked_crc32c  # noqa: E402
+from monitor.outputs.tensorboard import IMAGE_TAGS, TensorBoardOptions, TensorBoardWriter, masked_crc32c  # noqa: E402
 from trainer_side import protocol  # noqa: E402
 from trainer_side.msglog import LogWriter, iter_frames  # noqa: E402
 
@@ -62,6 +63,7 @@ def _one_per_epoch(events: list) -> dict[int, object]:
     return {event.step: event for event in events}
 
 
+@pytest.mark.slow
 def test_every_epoch_figure_is_an_image_with_the_exact_png_bytes(replayed):
     run, events = replayed
     logged = set(events.Tags()["images"])
@@ -109,6 +111,7 @@ def test_history_scalars_equal_history_csv(replayed):
             assert logged[epoch] == pytest.approx(value, rel=1e-6), (column, epoch)
 
 
+@pytest.mark.slow
 def test_class_names_with_slashes_and_spaces_give_distinct_single_level_tags(tmp_path):
     names = ["cat/dog", "cat dog", "cat_dog", "a/b c"]
     messages = [protocol.decode(frame) for frame in iter_frames(FIXTURE_LOG)]
@@ -129,6 +132,7 @@ def test_class_names_with_slashes_and_spaces_give_distinct_single_level_tags(tmp
         assert _one_per_epoch(events.Scalars(tag))[2].value == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_runs_with_more_classes_than_the_cap_get_the_averages_only_and_one_warning(tmp_path, caplog):
     _, events = _replay(tmp_path, max_classes=3)
     scalars = events.Tags()["scalars"]
@@ -141,8 +145,8 @@ def test_runs_with_more_classes_than_the_cap_get_the_averages_only_and_one_warni
 
 
 def test_tags_follow_tensorflows_character_rules():
-    assert tensorboard_events.tag_part("a/b c\ud800é.x-y") == "a_b_c_é.x-y"
-    assert tensorboard_events.tag_part("val/loss [bold]", keep_slash=True) == "val/loss__bold_"
+    assert events.tag_part("a/b c\ud800é.x-y") == "a_b_c_é.x-y"
+    assert events.tag_part("val/loss [bold]", keep_slash=True) == "val/loss__bold_"
 
 
 @pytest.mark.parametrize("inside", [".", "run/tb"])
@@ -168,7 +172,7 @@ def test_without_tensorboard_the_option_fails_at_start_with_the_install_line(tmp
 
 
 def test_a_live_writer_never_waits_it_drops_and_counts_and_close_keeps_its_deadline(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard_events, "MAX_QUEUED", 4)
+    monkeypatch.setattr(events, "MAX_QUEUED", 4)
     writer = TensorBoardWriter(TensorBoardOptions(tmp_path / "tb"), tmp_path / "out")
     busy, release = threading.Event(), threading.Event()
 
@@ -212,7 +216,7 @@ def test_an_epoch_figure_is_logged_once_per_content_and_only_from_its_epoch_fold
 
 
 def _png(width: int, height: int) -> bytes:
-    from monitor.render.save import encode_png
+    from monitor.outputs.render.save import encode_png
 
     return encode_png(np.full((height, width, 4), 128, np.uint8), 100)
 

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from monitor import confusion
-from monitor.calibration import CalibrationBins
-from monitor.confusion import SparseCounts
+from monitor.aggregates import confusion
+from monitor.aggregates.calibration import CalibrationBins
+from monitor.aggregates.confusion import SparseCounts
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from monitor.render.tables import TerminalView
+    from monitor.outputs.render.tables import TerminalView
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,10 @@ class ConfusionJob:
         return _unpacked_confusion_job, (type(self), state)
 
     def run(self) -> None:
-        from monitor.render.figures import ConfusionPlot
-        from monitor.render.matrix_views import VIEWS
-        from monitor.render.reuse import plot_of
-        from monitor.render.save import save_figure
+        from monitor.outputs.render.confusion_figures import ConfusionPlot
+        from monitor.outputs.render.matrix_views import VIEWS
+        from monitor.outputs.render.reuse import plot_of
+        from monitor.outputs.render.save import save_figure
 
         counts = self.counts if isinstance(self.counts, SparseCounts) else SparseCounts.of_matrix(self.counts)
         if self.csv is not None:
@@ -61,8 +61,8 @@ def confusion_jobs(epoch_dir: Path, counts: SparseCounts, class_names: Sequence[
                    epoch: int) -> list[ConfusionJob]:
     """An epoch's confusion artifacts: the counts (PNG and CSV), the row-normalized matrix, and, above
     CELL_TEXT_MAX_CLASSES classes, the most confused classes named on both axes."""
-    from monitor.analysis import TOP_MATRIX_CLASSES
-    from monitor.render.figures import CELL_TEXT_MAX_CLASSES
+    from monitor.aggregates.analysis import TOP_MATRIX_CLASSES
+    from monitor.outputs.render.confusion_figures import CELL_TEXT_MAX_CLASSES
 
     classes = counts.classes
     csv = "confusion_matrix.csv" if classes <= confusion.WHOLE_MATRIX_MAX_CLASSES else "confusion_matrix_cells.csv"
@@ -81,7 +81,7 @@ def write_confusion_csv(path: Path, counts: SparseCounts, class_names: Sequence[
     """Up to WHOLE_MATRIX_MAX_CLASSES classes, the whole matrix (a header row of predicted names,
     then one row per true class); above, its nonzero cells, one per row, by true then predicted
     index: `true_index,pred_index,true,pred,count`."""
-    from monitor.render.save import write_csv
+    from monitor.outputs.render.save import write_csv
 
     if counts.classes <= confusion.WHOLE_MATRIX_MAX_CLASSES:
         rows = ([name, *row.tolist()] for name, row in zip(class_names, counts.dense()))
@@ -148,9 +148,9 @@ class HistoryJob:
     history: Mapping[int, Mapping[str, float]]
 
     def run(self) -> None:
-        from monitor.render.figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
-        from monitor.render.reuse import plot_of
-        from monitor.render.save import save_figure
+        from monitor.outputs.render.history_figures import HISTORY_KINDS, OPTIONAL_HISTORY_KINDS, HistoryPlot
+        from monitor.outputs.render.reuse import plot_of
+        from monitor.outputs.render.save import save_figure
 
         for kind in HISTORY_KINDS:
             if kind in OPTIONAL_HISTORY_KINDS and not HistoryPlot.layout_of(self.history, kind)[2]:
@@ -172,9 +172,9 @@ class SampleGridJob:
     confidences: np.ndarray | None = None
 
     def run(self) -> None:
-        from monitor.render.figures import SampleGridPlot
-        from monitor.render.reuse import plot_of
-        from monitor.render.save import save_figure
+        from monitor.outputs.render.sample_grid import SampleGridPlot
+        from monitor.outputs.render.reuse import plot_of
+        from monitor.outputs.render.save import save_figure
 
         confidences = None if self.confidences is None else [float(c) for c in self.confidences]
         with plot_of(SampleGridPlot, np.asarray(self.images), [int(x) for x in self.labels],
@@ -191,8 +191,8 @@ class ReliabilityJob:
     title: str
 
     def run(self) -> None:
-        from monitor.render.calibration_figures import reliability_figure
-        from monitor.render.save import save_figure
+        from monitor.outputs.render.calibration_figures import reliability_figure
+        from monitor.outputs.render.save import save_figure
 
         save_figure(reliability_figure(self.bins, self.title), self.png)
 
@@ -200,7 +200,7 @@ class ReliabilityJob:
 @dataclass(frozen=True)
 class TableJob:
     """One table for the record (console.txt) and the terminal. `record` and `terminal` build the rich
-    Tables: module-level builders from `monitor.render.tables` bound to their rows with
+    Tables: module-level builders from `monitor.outputs.render.tables` bound to their rows with
     `functools.partial`, so the job pickles. `terminal` is a shorter version for the screen (None:
     the same table); `view` is the terminal to draw it for (None: nothing goes to a terminal)."""
 
@@ -210,7 +210,7 @@ class TableJob:
 
     def run(self) -> tuple[str, str | None]:
         """The console.txt text and the terminal's ANSI text."""
-        from monitor.render.tables import table_text, terminal_text
+        from monitor.outputs.render.tables import table_text, terminal_text
 
         record = self.record()
         if self.view is None:

@@ -11,8 +11,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from monitor.render.tables import display_name
-from monitor.runstate import RunState
+from monitor.outputs.render.tables import display_name
+from monitor.aggregates.runstate import RunState
 
 _SHOWN_METRICS = ("train/loss", "val/loss", "val/acc_top1")
 COLUMNS = ("Run", "Ranks", "Epoch", "Status", "train/loss", "val/loss", "val/acc_top1", "Msgs", "MB", "Dropped",

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from monitor.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
-from monitor.confusion import SparseCounts
-from monitor.sequence import SequenceGaps
+from monitor.aggregates.calibration import CalibrationBins, MergedMistakes, check_confidence, merge_mistakes
+from monitor.aggregates.confusion import SparseCounts
+from monitor.aggregates.sequence import SequenceGaps
 from trainer_side.protocol import Message
 
 NAMED_MISSING_RANKS = 3  # a warning names this many missing ranks and counts the rest

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.render.jobs import TableJob
-from monitor.render.tables import TerminalView, plain_text
+from monitor.outputs.render.jobs import TableJob
+from monitor.outputs.render.tables import TerminalView, plain_text
 
 log = logging.getLogger("monitor")
 NOTE_MAX_CHARS = 2000

@@ -1,12 +1,12 @@
-"""Build the reliability diagram of an epoch from its calibration bins (`monitor.calibration`)."""
+"""Build the reliability diagram of an epoch from its calibration bins (`monitor.aggregates.calibration`)."""
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from monitor.calibration import EDGES, NUM_BINS, CalibrationBins
-from monitor.render.figures import NO_DATA_NOTE, _note
+from monitor.aggregates.calibration import EDGES, NUM_BINS, CalibrationBins
+from monitor.outputs.render.drawing import NO_DATA_NOTE, note
 
 ACCURACY_COLOR = "#1f77b4"
 GAP_COLOR = "#d62728"
@@ -51,7 +51,7 @@ def reliability_figure(bins: CalibrationBins, title: str) -> Figure:
                           fontsize=11)
     else:
         diagram.set_title(title, fontsize=11)
-        _note(diagram, NO_DATA_NOTE)
+        note(diagram, NO_DATA_NOTE)
 
     counts_ax.bar(left, bins.counts, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
     top = max(int(bins.counts.max()), 1)

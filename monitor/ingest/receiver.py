@@ -13,12 +13,12 @@ from pathlib import Path
 
 import zmq
 
-from monitor.curveauth import start_authenticator
-from monitor.endpoint import BindError, CurveServerKeys
-from monitor.handoff import RCVHWM, Handoff
-from monitor.intake import Intake
-from monitor.logbook import LogBook
-from monitor.quotas import Limits, Quotas
+from monitor.ingest.curveauth import start_authenticator
+from monitor.ingest.endpoint import BindError, CurveServerKeys
+from monitor.ingest.handoff import RCVHWM, Handoff
+from monitor.ingest.intake import Intake
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.quotas import Limits, Quotas
 from trainer_side import protocol
 from trainer_side.msglog import iter_frames
 from trainer_side.protocol import Message
@@ -227,7 +227,7 @@ def _bind_pair(context: zmq.Context, endpoint: str, max_message_bytes: int,
     for _ in range(20):
         data = _socket(context, zmq.PULL, curve)
         data.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)  # bigger frames close the sender's connection
-        data.setsockopt(zmq.RCVHWM, RCVHWM)  # frames per sender: see monitor/handoff.py
+        data.setsockopt(zmq.RCVHWM, RCVHWM)  # frames per sender: see monitor/ingest/handoff.py
         try:
             data.bind(endpoint)
         except zmq.ZMQError as exc:

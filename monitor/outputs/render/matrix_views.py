@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monitor.analysis import TOP_MATRIX_CLASSES, confusion_among, most_confused_classes, support_of
-from monitor.confusion import SparseCounts, block_size, row_percent
-from monitor.render.figures import CELL_TEXT_MAX_CLASSES, MatrixView
+from monitor.aggregates.analysis import TOP_MATRIX_CLASSES, confusion_among, most_confused_classes, support_of
+from monitor.aggregates.confusion import SparseCounts, block_size, row_percent
+from monitor.outputs.render.confusion_figures import CELL_TEXT_MAX_CLASSES, MatrixView
 
 
 def counts_view(counts: SparseCounts, class_names: Sequence[str], title: str) -> MatrixView:

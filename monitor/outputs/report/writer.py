@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from monitor.render.save import write_text
-from monitor.report.folder import DATASET_DATA, EPOCH_DATA, epoch_folders, read_epoch, read_run
-from monitor.report.index import RunEntry, index_page, run_entry
-from monitor.report.page import CONFUSION_ROWS, dataset_script, epoch_script, run_page
+from monitor.outputs.render.save import write_text
+from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, epoch_folders, read_epoch, read_run
+from monitor.outputs.report.index import RunEntry, index_page, run_entry
+from monitor.outputs.report.page import CONFUSION_ROWS, dataset_script, epoch_script, run_page
 
 log = logging.getLogger("monitor")
 

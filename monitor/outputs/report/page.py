@@ -1,5 +1,5 @@
 """The run page, `<out>/<run>/index.html`, and each epoch's tables for it: pure builders from a
-run folder's contents (monitor/report/folder.py) to text.
+run folder's contents (monitor/outputs/report/folder.py) to text.
 
 The page holds what every epoch shares (status, history curves, model) and, per epoch, only the list
 of its figures; an epoch's tables (per-class metrics, top confusions, sampler balance) are in
@@ -14,8 +14,8 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from monitor.report.folder import DATASET_DATA, EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
-from monitor.report.html import (REFRESH_S, asset, document, href, json_script, key_value_table, script_json,
+from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
+from monitor.outputs.report.html import (REFRESH_S, asset, document, href, json_script, key_value_table, script_json,
                                  status_badge, text)
 
 MAX_TABLE_ROWS = 1000  # rows a table shows at once, in its sort order; the files hold them all

@@ -8,7 +8,7 @@ import time
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from monitor.endpoint import CurveServerKeys
+from monitor.ingest.endpoint import CurveServerKeys
 
 log = logging.getLogger("monitor")
 

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from monitor.render.figures import FIGURE_DPI
+from monitor.outputs.render.drawing import FIGURE_DPI
 
 PNG_DPI = FIGURE_DPI
 # zlib level for the PNGs: figures are mostly flat colour, which level 1 already packs well.
@@ -46,7 +46,7 @@ def save_figure(fig: Figure, path: pathlib.Path,
     """
     fig.set_dpi(PNG_DPI)
     # Attaching our own canvas keeps this independent of whatever backend pyplot might select. A
-    # figure saved again (monitor.render.reuse) keeps its canvas, and the canvas its pixel buffer.
+    # figure saved again (monitor.outputs.render.reuse) keeps its canvas, and the canvas its pixel buffer.
     canvas = fig.canvas if type(fig.canvas) is FigureCanvasAgg else FigureCanvasAgg(fig)
     # No bbox_inches="tight": the builders lay figures out with a fixed size, so every save of
     # the same content has the same pixel size.

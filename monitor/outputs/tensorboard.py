@@ -2,7 +2,7 @@
 history metrics as scalars, in `<dir>/<run>/`, so they show beside a Lightning TensorBoardLogger's.
 
 Layout: one TensorBoard run per monitor run, `<dir>/<run folder>/events.out.tfevents.*`, the run
-folder named as under `--out` (monitor/logbook.py `run_dir`). The step is the epoch number for
+folder named as under `--out` (monitor/folders.py `run_dir`). The step is the epoch number for
 every event (Lightning's own scalars count global steps). Tags:
 
     confusion_matrix/counts ... (IMAGE_TAGS)  an epoch figure, the PNG's own bytes
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 if TYPE_CHECKING:
-    from monitor.analysis import ClassMetricsRow
+    from monitor.aggregates.analysis import ClassMetricsRow
 
 log = logging.getLogger("monitor")
 

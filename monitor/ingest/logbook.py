@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Callable
 
+from monitor.folders import run_dir
 from trainer_side.msglog import HEADER_SIZE, LogWriteError, LogWriter, TruncatedLogWarning, iter_frames
-from trainer_side.names import safe_component
 
 # Senders choose run ids, so the number of runs is theirs to inflate: keep only this many logs open
 # (least recently used closes first) rather than one file descriptor per run until EMFILE.
@@ -20,19 +19,6 @@ MAX_OPEN_LOGS = 128
 # `monitor inspect` to show what they were (run folders never start with a dot, so none collides).
 REJECTED_LOG = Path(".monitor") / "rejected.mlog"
 MAX_REJECTED_LOG_BYTES = 64 << 20
-
-
-# Names of files in `out` itself (the report's runs index): a run id never gets them as its folder.
-RESERVED_NAMES = frozenset({"index.html"})
-
-
-def run_dir(out: Path, run: str) -> Path:
-    """The run's folder: always a direct child of `out`, whatever the run id holds, and never one of
-    RESERVED_NAMES (compared without case, as some filesystems do)."""
-    name = safe_component(run)
-    if name.lower() in RESERVED_NAMES:
-        name = f"{name}-{hashlib.sha1(run.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-    return out / name
 
 
 class LogBook:
@@ -102,6 +88,15 @@ class LogBook:
         if not self.not_logged.get(run):
             return None
         return {"frames_not_logged": self.not_logged[run], "error": self.errors[run]}
+
+    def stats(self) -> dict:
+        """For the process's stats.json: frames not logged by run, the last error, rejected frames not kept."""
+        stats: dict = {}
+        if self.not_logged:
+            stats.update(not_logged=dict(sorted(self.not_logged.items())), log_error=self.last_error)
+        if self.rejected_not_kept:
+            stats["rejected_not_kept"] = self.rejected_not_kept  # beyond the rejected-frames log's cap
+        return stats
 
     def _failed(self, run: str, exc: OSError, frames: int) -> None:
         if isinstance(exc, LogWriteError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from monitor.logbook import LogBook
-from monitor.quotas import Quotas
-from monitor.rejections import RateLimitedLines, rejection_line
+from monitor.ingest.logbook import LogBook
+from monitor.ingest.quotas import Quotas
+from monitor.ingest.rejections import RateLimitedLines, rejection_line
 from trainer_side import protocol
 from trainer_side.protocol import Message
 
@@ -73,7 +73,7 @@ class Intake:
         that cannot be logged (a full disk) is still returned, for the pipeline to draw, and counted in
         `not_logged`. A frame that cannot be decoded for any other reason than a ProtocolError is
         counted as "internal" and not returned: the caller keeps receiving. A frame over a quota
-        (monitor/quotas.py) is counted under its reason and neither logged nor returned.
+        (monitor/ingest/quotas.py) is counted under its reason and neither logged nor returned.
         """
         self.frames += len(frames)
         accepted: list[tuple[Message, int]] = []

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from monitor.report.folder import RunFolder, history_series
-from monitor.report.html import REFRESH_S, document, href, status_badge, text
-from monitor.report.page import HEADLINE, best, format_time
+from monitor.outputs.report.folder import RunFolder, history_series
+from monitor.outputs.report.html import REFRESH_S, document, href, status_badge, text
+from monitor.outputs.report.page import HEADLINE, best, format_time
 
 OVERLAID = (("val/acc_top1", "Validation accuracy (top-1)"), ("val/loss", "Validation loss"))
 # matplotlib's tab10, so a run's colour here matches the usual first colours of the figures.

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from monitor.analysis import ClassMetricsRow, ConfusionRow
-from monitor.render.text import clean
+from monitor.aggregates.analysis import ClassMetricsRow, ConfusionRow
+from monitor.outputs.render.text import clean
 
 TABLE_NAME_MAX_CHARS = 40
 # Above this many classes the terminal gets a shortened table: a 1,000-row table scrolls the screen
@@ -191,7 +192,7 @@ def _format_ratio(ratio: float | None) -> str:
 
 def worst_classes_table(worst: Sequence[ClassMetricsRow], averages: Sequence[ClassMetricsRow], classes: int,
                         epoch: int) -> Table:
-    """The classes with the lowest F1 (`worst`, from `monitor.analysis.worst_by_f1`), then the
+    """The classes with the lowest F1 (`worst`, from `monitor.aggregates.analysis.worst_by_f1`), then the
     average rows; the caption says where every class is."""
     table = Table(title=f"Worst classes by F1 — epoch {epoch}",
                   caption=Text(f"{len(worst)} of {classes:,} classes shown; every class is in "
@@ -289,6 +290,13 @@ def table_text(table: Table, width: int = TABLE_WIDTH) -> str:
     # rich pads centred titles with spaces; trailing blanks only add noise to console.txt diffs.
     lines = console.export_text(styles=False).splitlines()
     return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def shortened(table: partial, rows: list, pick: Callable[..., list]) -> tuple[partial, partial | None]:
+    """A per-class table for console.txt and the terminal's shorter version (None: the same), each
+    drawing only the rows `pick` chooses where the run has more classes than they show."""
+    record = table if len(rows) <= RECORD_MAX_CLASS_ROWS else partial(table, shown=pick(rows, RECORD_MAX_CLASS_ROWS))
+    return record, partial(table, shown=pick(rows)) if len(rows) > TERMINAL_MAX_CLASS_ROWS else None
 
 
 def _check_lengths(class_names: Sequence[str], **columns: Sequence[object]) -> None:

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, TimeoutError
 from typing import Callable
 
-from monitor.render.jobs import ConfusionJob, HistoryJob, TableJob, run_job
+from monitor.outputs.render.jobs import ConfusionJob, HistoryJob, TableJob, run_job
 
 log = logging.getLogger("monitor")
 
@@ -186,12 +186,14 @@ class ProcessRenderer:
 
 
 def _warm_up_tables() -> None:
-    import monitor.render.tables  # noqa: F401
+    import monitor.outputs.render.tables  # noqa: F401
 
 
 def _warm_up() -> None:
-    import monitor.render.figures  # noqa: F401
-    import monitor.render.save  # noqa: F401
+    import monitor.outputs.render.confusion_figures  # noqa: F401
+    import monitor.outputs.render.history_figures  # noqa: F401
+    import monitor.outputs.render.sample_grid  # noqa: F401
+    import monitor.outputs.render.save  # noqa: F401
 
 
 def _init_worker(priority: str = "idle") -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.confusion import SparseCounts
+from monitor.aggregates.confusion import SparseCounts
 
 # top_confusions.csv lists at most this many cells; a 20,000-class run can have millions of nonzero
 # off-diagonal cells, and past the first thousands they are single mistakes.
