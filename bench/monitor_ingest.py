@@ -11,7 +11,9 @@ epoch_end, and run_end; the ranks take turns, kind by kind, as the ranks of one 
 a monitor of its own:
 - messages/s: every frame sent at once, up to the run's closing line in console.txt. Each rank's
   epoch comes in K preds messages, K = 4,096 / R (at least 1), so that every R has the same 12,288
-  preds messages and the rate is not one of a few dozen messages;
+  preds messages and the rate is not one of a few dozen messages. The other messages (8 a rank) are
+  cheaper than a preds, so messages/s rises with R where the work per message stays the same; preds/s
+  (12,288 over the same seconds) compares like with like;
 - artifact latency: a second run with one preds message per rank and epoch (11 messages a rank), one
   epoch at a time, each sent once the previous epoch's artifacts are on disk: seconds from the
   epoch's last epoch_end sent to its confusion_matrix.csv and .png on disk;
@@ -210,11 +212,12 @@ def fan_in_main(args: argparse.Namespace) -> int:
 
     print_table(f"One run of R ranks, {FAN_IN_EPOCHS} epochs, preds of {FAN_IN_SAMPLES} samples, {FAN_IN_CLASSES} "
                 f"classes ({args.checkout})",
-                ["ranks", "preds/rank/epoch", "messages", "seconds", "messages/s",
+                ["ranks", "preds/rank/epoch", "messages", "seconds", "messages/s", "preds/s",
                  "artifacts after each epoch's last epoch_end (1 preds/rank/epoch), s", "its replay, s",
                  "RSS loaded, MiB", "peak RSS, MiB"],
                 [[r["ranks"], r["preds_per_rank_epoch"], r["messages"], seconds(r["seconds"]),
                   "-" if r["messages_per_s"] is None else r["messages_per_s"],
+                  "-" if r["seconds"] is None else FAN_IN_PREDS / r["seconds"],
                   " / ".join(seconds(v) for v in r["latency_s"]) or "-", seconds(r["replay_s"]),
                   round(r["loaded_rss_mib"]), round(r["peak_rss_mib"])] for r in results])
     print("targets (issue 31): messages/s flat within 2x from 1 to 4,096 ranks; at 1,024 ranks every epoch's "
