@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Feed message logs (served logs or emitter spools) through the same "
                                         "pipeline as serve. The artifacts of a served log come out byte for byte "
                                         "identical.")
-    replay.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="message log(s) to replay, in order")
+    replay.add_argument("logs", nargs="+", type=Path, metavar="LOG",
+                        help="message log(s) to replay, in order; a folder stands for every *.mlog under it (a "
+                             "spool folder: each run's rank<N>.mlog, found as `monitor watch` finds them)")
     replay.add_argument("--out", type=Path, default=Path("replay"), help="output folder (default: replay)")
     replay.add_argument("--skip-corrupt", action="store_true",
                         help="resume at the next whole record after a damaged one, and report what was skipped")
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "them. With LOGs, replays them into --out first (as `monitor replay "
                                         "--quiet`, which writes the pages too); without, builds the pages from "
                                         "the run folders already in --out.")
-    report.add_argument("logs", nargs="*", type=Path, metavar="LOG", help="message log(s) or spools to replay first")
+    report.add_argument("logs", nargs="*", type=Path, metavar="LOG", help="message log(s), spools or spool folders to replay first")
     report.add_argument("--out", type=Path, required=True, help="output folder holding (or to hold) the runs")
     report.add_argument("--skip-corrupt", action="store_true",
                         help="resume at the next whole record after a damaged one, and report what was skipped")

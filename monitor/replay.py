@@ -71,6 +71,23 @@ class LogFileSource(Source):
             self.console.print(f"monitor: {path}: skipped bytes {start}..{end} ({reason})", highlight=False)
 
 
+def expand_folders(logs: Sequence[Path], out: Path) -> list[Path]:
+    """`logs` with each folder replaced by the logs under it (in watch's order)."""
+    expanded: list[Path] = []
+    for path in logs:
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        from monitor.watch import find_spool_logs
+
+        found = find_spool_logs(path, out)
+        if not found:
+            raise ReplayError(f"no *.mlog files under the folder {path}; give the spool folder of a run "
+                              "(<spool>/<run>/) or the log files themselves")
+        expanded.extend(found)
+    return expanded
+
+
 def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Console, show_tables: bool = True,
            progress: bool | None = None, limits: Limits | None = None,
            tensorboard: TensorBoardOptions | None = None) -> tuple[Pipeline, Intake, list[ReadReport]]:
@@ -79,9 +96,13 @@ def replay(logs: Sequence[Path], out: Path, *, skip_corrupt: bool, console: Cons
     Returns:
         The pipeline (its runs), the intake (frames and rejects counted) and one ReadReport per log.
 
+    A folder in `logs` stands for every log under it, as `monitor watch` finds them (`find_spool_logs`).
+
     Raises:
-        ReplayError: a log is missing, or `out` holds it as a run log (replay would overwrite its input).
+        ReplayError: a log is missing, a folder holds none, or `out` holds a log as a run log (replay
+            would overwrite its input).
     """
+    logs = expand_folders(logs, out)
     for path in logs:
         if not path.is_file():
             raise ReplayError(f"no such log file: {path}")

@@ -34,6 +34,17 @@ if TYPE_CHECKING:
 RESCAN_S = 2.0
 
 
+def is_spool_log(path: Path, out: Path) -> bool:
+    """Whether `path` is a log to read: any *.mlog, except the run logs a monitor writes under `out`."""
+    return path.suffix == ".mlog" and not (path.name == "messages.mlog" and out.resolve() in path.resolve().parents)
+
+
+def find_spool_logs(folder: Path, out: Path) -> list[Path]:
+    """Every log to read under `folder` (searched recursively), resolved, in the order watch reads them:
+    by path, so a spool's `<run>/rank<N>.mlog` files come per run and rank."""
+    return sorted({path.resolve() for path in folder.rglob("*.mlog") if is_spool_log(path, out)})
+
+
 class _Changed(FileSystemEventHandler):
     def __init__(self) -> None:
         self.paths: set[Path] = set()
@@ -76,10 +87,10 @@ class SpoolSource(Source):
         self._observer.start()
 
     def _is_spool(self, path: Path) -> bool:
-        return path.suffix == ".mlog" and not (path.name == "messages.mlog" and self.out in path.resolve().parents)
+        return is_spool_log(path, self.out)
 
     def rescan(self) -> set[Path]:
-        return {p for p in self.folder.rglob("*.mlog") if self._is_spool(p)}
+        return set(find_spool_logs(self.folder, self.out))
 
     def feed(self, pipeline: Pipeline, until: float, stop: threading.Event) -> bool:
         paths = self._changed.take()

@@ -21,7 +21,8 @@ import pytest
 
 from bench.harness import ROOT, MonitorProcess, free_port, wait_for
 
-__all__ = ["ROOT", "TINY", "MonitorProcess", "free_port", "wait_for", "tree_bytes", "children_of", "alive", "run_tiny"]
+__all__ = ["ROOT", "TINY", "MonitorProcess", "free_port", "wait_for", "tree_bytes", "children_of", "alive", "run_tiny",
+           "record_index"]
 
 TINY = ROOT / "tests" / "tiny_training.py"
 
@@ -30,6 +31,18 @@ def tree_bytes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
     """Every file under `folder` (relative path -> bytes), for byte-for-byte comparisons."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and str(p.relative_to(folder)) not in skip}
+
+
+def record_index(frames: list[bytes], kind: str, epoch: int | None = None) -> int:
+    """The position of the first `kind` message (of `epoch`) among a log's frames: tests find a fixture's
+    records by what they hold, so that a regenerated fixture with other messages keeps them right."""
+    import msgpack
+
+    for index, frame in enumerate(frames):
+        message = msgpack.unpackb(frame, raw=False)
+        if message.get("kind") == kind and (epoch is None or message.get("epoch") == epoch):
+            return index
+    raise LookupError(f"no {kind} message{'' if epoch is None else f' of epoch {epoch}'} in the log")
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ the flag (the refusal is tested, and `check_bind` is asked about the flag withou
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -73,6 +74,21 @@ def test_allow_remote_lets_a_non_loopback_address_through_the_check():
     assert check_bind("tcp://127.0.0.1:0", allow_remote=False) == "tcp://127.0.0.1:*"  # any free port
     with pytest.raises(BindError, match="needs a port"):
         check_bind("tcp://127.0.0.1", allow_remote=False)
+
+
+@pytest.mark.parametrize("port", ["65535", "99999", "123456"])
+def test_serve_refuses_a_port_outside_1_to_65534_in_one_line(capfd, tmp_path, no_binding, port):
+    """99999 once bound port 34463 (99999 - 65536) and said so; 65535 leaves the receipts no port."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    code, out, err = cli(capfd, "serve", "--bind", endpoint, "--out", tmp_path / "out")
+    assert code == 2
+    assert_one_line_error(err, "--bind port must be 1 to 65534", "receipts", endpoint)
+    assert "listening" not in out
+
+
+def test_the_highest_port_with_a_next_port_and_port_0_pass_the_check():
+    assert check_bind("tcp://127.0.0.1:65534", allow_remote=False) == "tcp://127.0.0.1:65534"
+    assert check_bind("tcp://127.0.0.1:1", allow_remote=False) == "tcp://127.0.0.1:1"
 
 
 # --------------------------------------------------------------------------------------------- CURVE
@@ -182,3 +198,61 @@ def test_curve_admits_only_the_allowed_client_keys(start_monitor, tmp_path, keys
     assert [msgpack.unpackb(f)["kind"] for f in iter_frames(log)] == ["run_start", "metrics", "epoch_end", "run_end"]
     # Nothing of the refused senders reached the monitor at all, not even as a rejected frame.
     assert STOP_LINE.findall(output)[-1] == ("4", "0", "1")
+
+
+# ------------------------------------------------------------------------------------- key files
+
+
+def test_the_trainer_takes_the_key_files_keygen_writes(keys):
+    from trainer_side import load_curve_keys
+    from trainer_side.options import check_curve_keys
+
+    server_public, _ = key_pair(keys, "server")
+    alice = key_pair(keys, "alice")
+    assert load_curve_keys(keys["dir"] / "server.key") == (server_public, None)
+    assert load_curve_keys(str(keys["dir"] / "alice.key_secret")) == alice
+    for server_key in (keys["dir"] / "server.key", str(keys["dir"] / "server.key"), server_public.decode()):
+        for client_keys in (keys["dir"] / "alice.key_secret", str(keys["dir"] / "alice.key_secret"), alice):
+            assert check_curve_keys(server_key, client_keys) == (server_public, alice)
+
+
+@pytest.mark.parametrize("server, client, match", [
+    ("missing.key", None, r"server_key: no such CURVE key file: '.*missing.key' \(create a pair with `monitor keygen"),
+    ("server.key", "alice.key", "client_keys: '.*alice.key' holds no secret key; give the trainer's NAME.key_secret"),
+    ("server.key", "notes.txt", "client_keys: '.*notes.txt' is not a CURVE key file written by `monitor keygen`"),
+])
+def test_a_wrong_key_file_is_refused_at_once_in_one_line(keys, server, client, match):
+    (keys["dir"] / "notes.txt").write_text("not a key\n")
+    with pytest.raises(ValueError, match=match) as refused:
+        Emitter("tcp://127.0.0.1:9", run="r", server_key=keys["dir"] / server,
+                client_keys=None if client is None else keys["dir"] / client)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_monitor_with_curve_secret_alone_says_when_a_trainers_handshake_fails(start_monitor, tmp_path, keys):
+    """Without --curve-clients no authenticator sees these handshakes: they fail before it (a trainer
+    holding another server's public key, a trainer without CURVE); the socket's own events say so."""
+    monitor = start_monitor(tmp_path / "out", "--curve-secret", keys["dir"] / "server.key_secret")
+    refused = [Emitter(monitor.endpoint, run="wrong-server", server_key=keys["dir"] / "mallory.key",
+                       spool=False, linger_ms=0),
+               Emitter(monitor.endpoint, run="no-curve", spool=False, linger_ms=0)]
+    for emitter in refused:
+        send_run(emitter)
+    alice = Emitter(monitor.endpoint, run="alice", server_key=keys["dir"] / "server.key",
+                    client_keys=keys["dir"] / "alice.key_secret", spool=False)
+    send_run(alice)
+    report = alice.close()
+    assert report.undelivered == 0 and report.confirmed == 4  # the key files work end to end
+    server_public = key_pair(keys, "server")[0].decode()
+    deadline = time.monotonic() + 30
+    while monitor.output().count("refused a CURVE handshake") < 2:
+        assert time.monotonic() < deadline and monitor.proc.poll() is None, monitor.output()
+        time.sleep(0.05)
+    for emitter in refused:
+        emitter.close()
+    assert monitor.stop() == 0, monitor.output()
+    output = monitor.output()
+    assert f"its server_key is not this monitor's public key: give it this monitor's public key, {server_public}" \
+        in output
+    assert "it sends without CURVE: give it server_key=" in output
+    assert json.loads((monitor.out / ".monitor" / "stats.json").read_text())["curve_handshakes_refused"] >= 2

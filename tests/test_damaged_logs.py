@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tree_bytes
+from conftest import record_index, tree_bytes
 from monitor.cli import main
 from trainer_side.msglog import HEADER_SIZE, RECORD_HEADER_SIZE, iter_frames, iter_records
 
@@ -28,7 +28,8 @@ LOG_BYTES = FIXTURE_LOG.read_bytes()
 RECORDS = list(iter_records(FIXTURE_LOG))  # (offset, frame)
 OFFSETS = [offset for offset, _ in RECORDS]
 ENDS = [offset + RECORD_HEADER_SIZE + len(frame) for offset, frame in RECORDS]
-DAMAGED = 7  # the predictions of epoch 1: the one record the damaged log below loses
+DAMAGED = record_index([frame for _, frame in RECORDS], "preds", 1)  # the one record the damaged log below loses
+CUT = record_index([frame for _, frame in RECORDS], "samples", 2)  # the record the cut log below ends inside
 RUN_LEVEL = ("labels_mapping.json", "model_info.json", "dataset_statistics.json", "history.csv",
              "training_history/loss_history.png", "training_history/accuracy_history.png")
 COMMON = dict(deadline=None, derandomize=True, database=None,
@@ -115,21 +116,21 @@ def test_a_log_cut_inside_its_header_is_refused_in_one_line(capfd, tmp_path):
 
 @pytest.mark.slow
 def test_replay_of_a_cut_log_renders_every_whole_record_before_the_cut(capfd, tmp_path, clean):
-    cut = OFFSETS[14] + 100  # inside the thumbnails of epoch 2, after its predictions
+    cut = OFFSETS[CUT] + 100  # inside the thumbnails of epoch 2, after its predictions
     path = tmp_path / "cut.mlog"
     path.write_bytes(LOG_BYTES[:cut])
     code, out, err = cli(capfd, "replay", path, "--out", tmp_path / "out", "--quiet")
     assert code == 0 and err == ""
     text = out.replace("\n", " ")
-    assert f"log ends inside a record at byte offset {OFFSETS[14]}" in text
-    assert "monitor replay: 14 frames, 0 rejected, 1 run(s)" in text
+    assert f"log ends inside a record at byte offset {OFFSETS[CUT]}" in text
+    assert f"monitor replay: {CUT} frames, 0 rejected, 1 run(s)" in text
     produced = tree_bytes(tmp_path / "out" / RUN)
     for name, content in clean.items():
         if name.startswith(("epoch_000/", "epoch_001/")) or name in RUN_LEVEL[:3]:
             assert produced.get(name) == content, name
     assert produced["epoch_002/confusion_matrix.csv"] == clean["epoch_002/confusion_matrix.csv"]
     assert "epoch_002/sample_predictions.png" not in produced
-    assert list(iter_frames(tmp_path / "out" / RUN / "messages.mlog")) == [frame for _, frame in RECORDS[:14]]
+    assert list(iter_frames(tmp_path / "out" / RUN / "messages.mlog")) == [frame for _, frame in RECORDS[:CUT]]
 
 
 # ----------------------------------------------------------------------------------------- bit flips

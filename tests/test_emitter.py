@@ -51,6 +51,10 @@ def pull():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"endpoint": "foo"}, "endpoint must start with tcp://, ipc:// or inproc://, got 'foo'"),
+    ({"endpoint": "tcp://127.0.0.1:99999"}, r"endpoint port must be 1 to 65534 \(the monitor's receipts socket"),
+    ({"endpoint": "tcp://127.0.0.1:65535"}, "endpoint port must be 1 to 65534"),
+    ({"endpoint": "tcp://127.0.0.1:0"}, "endpoint port must be 1 to 65534"),
+    ({"endpoint": "tcp://127.0.0.1"}, "endpoint port must be 1 to 65534"),
     ({"endpoint": None, "spool": False}, "give an endpoint, a spool folder, or both"),
     ({"run": ""}, "run must be a non-empty string"),
     ({"queue_size": 0}, "queue_size must be a positive integer"),
@@ -71,6 +75,7 @@ KEY = "A" * 40
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"endpoint": None, "spool": False}, "give an endpoint, a spool folder, or both"),
+    ({"endpoint": "tcp://127.0.0.1:99999"}, "endpoint port must be 1 to 65534"),
     ({"run": "x" * 201}, "run must be a non-empty string of at most 200 characters"),
     ({"queue_size": True}, "queue_size must be a positive integer, got True"),
     ({"linger_ms": 1.5}, r"linger_ms must be a non-negative integer \(milliseconds\), got 1.5"),
@@ -333,6 +338,9 @@ class DictNet(CountingNet):
         return super().validation_step((batch[self.keys[0]], batch[self.keys[1]]), batch_idx)
 
 
+NO_NORMALIZATION = {"mean": [0.0], "std": [1.0]}  # given, so that the callback's only warnings are the batches'
+
+
 def _fit_dicts(callback, keys: tuple[str, str]) -> DictNet:
     data = TinyData(batch_size=8)
     model = DictNet(keys)
@@ -347,7 +355,8 @@ def _fit_dicts(callback, keys: tuple[str, str]) -> DictNet:
 
 def test_dict_batches_with_the_usual_keys_need_no_batch_keys_and_samples_give_the_class_counts(pull, caplog):
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
-        model = _fit_dicts(EmitterCallback(pull.endpoint, run="dicts"), ("image", "label"))
+        model = _fit_dicts(EmitterCallback(pull.endpoint, run="dicts", normalization=NO_NORMALIZATION),
+                           ("image", "label"))
     assert model.forward_calls == 0 + len(model.trainer.train_dataloader) + 40 // 8  # no extra pass
     assert not [r for r in caplog.records if "EmitterCallback" in r.getMessage()]
     messages = pull.receive_all()
@@ -360,7 +369,8 @@ def test_dict_batches_with_the_usual_keys_need_no_batch_keys_and_samples_give_th
 
 def test_an_unreadable_batch_is_said_once_counted_and_the_run_goes_on(pull, caplog):
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
-        model = _fit_dicts(EmitterCallback(pull.endpoint, run="odd-keys"), ("img", "cls"))
+        model = _fit_dicts(EmitterCallback(pull.endpoint, run="odd-keys", normalization=NO_NORMALIZATION),
+                           ("img", "cls"))
     assert model.trainer.current_epoch == 1  # the fit completed
     lines = [r.getMessage() for r in caplog.records if "EmitterCallback" in r.getMessage()]
     assert lines == [

@@ -24,6 +24,7 @@ import pytest
 import zmq.auth
 from rich.console import Console
 
+from conftest import record_index
 from monitor.cli import main
 from monitor.replay import replay
 from trainer_side import protocol
@@ -33,6 +34,9 @@ DATA = Path(__file__).parent / "data"
 FIXTURE_LOG = DATA / "tiny_run.mlog"
 TINY_FRAMES = list(iter_frames(FIXTURE_LOG))
 TINY = [protocol.decode(frame) for frame in TINY_FRAMES]
+# Where the tiny run's epochs 0 and 1 end, found in the log: frames [E0:E1] are epoch 1's messages.
+E0, E1 = (record_index(TINY_FRAMES, "epoch_end", epoch) + 1 for epoch in (0, 1))
+N = len(TINY_FRAMES)
 
 
 def cli(capfd, *argv: object) -> tuple[int, str, str]:
@@ -200,24 +204,24 @@ def test_frames_that_cannot_be_logged_are_reported_and_logging_resumes_when_spac
     from monitor.ingest.logbook import LogBook
 
     intake = Intake(LogBook(tmp_path, flush_every=1 << 30))
-    first = intake.accept_many(TINY_FRAMES[:7])
+    first = intake.accept_many(TINY_FRAMES[:E0])
     full_disk["full"] = True
-    during = intake.accept_many(TINY_FRAMES[7:13])
+    during = intake.accept_many(TINY_FRAMES[E0:E1])
     full_disk["full"] = False
-    after = intake.accept_many(TINY_FRAMES[13:])
+    after = intake.accept_many(TINY_FRAMES[E1:])
     intake.logbook.close()
     # Every decoded frame is returned, each marked logged or not; none counted as rejected.
-    assert [len(first), len(during), len(after)] == [7, 6, 7]
-    assert (first.logged, during.logged, after.logged) == ([True] * 7, [False] * 6, [True] * 7)
-    assert intake.not_logged == 6 and not intake.rejected
+    assert [len(first), len(during), len(after)] == [E0, E1 - E0, N - E1]
+    assert (first.logged, during.logged, after.logged) == ([True] * E0, [False] * (E1 - E0), [True] * (N - E1))
+    assert intake.not_logged == E1 - E0 and not intake.rejected
     assert intake.logbook.status(TINY[0].run) == {
-        "frames_not_logged": 6, "error": f"cannot write {intake.logbook.path(TINY[0].run)}: No space left on device"}
+        "frames_not_logged": E1 - E0, "error": f"cannot write {intake.logbook.path(TINY[0].run)}: No space left on device"}
     # The half record written before the error was cut back: whole records only, no warning.
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert list(iter_frames(intake.logbook.path(TINY[0].run))) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+        assert list(iter_frames(intake.logbook.path(TINY[0].run))) == TINY_FRAMES[:E0] + TINY_FRAMES[E1:]
 
 
 def test_a_log_writer_keeps_whole_records_through_a_full_disk(tmp_path, full_disk):
@@ -255,24 +259,24 @@ def test_the_receive_thread_survives_a_full_disk_and_logs_again_once_space_is_fr
                 push.send(frame)
             wait_for(lambda: receiver.intake.frames == total, f"{total} frames received", timeout=30)
 
-        send(TINY_FRAMES[:7], 7)
+        send(TINY_FRAMES[:E0], E0)
         full_disk["full"] = True
-        send(TINY_FRAMES[7:13], 13)
+        send(TINY_FRAMES[E0:E1], E1)
         full_disk["full"] = False
         assert receiver.is_alive()
-        send(TINY_FRAMES[13:], 20)
+        send(TINY_FRAMES[E1:], N)
     finally:
         receiver.stop()
         receiver.join(30)
         push.close()
         context.term()
     assert not receiver.is_alive()
-    assert receiver.intake.not_logged == 6 and not receiver.intake.rejected
-    assert list(iter_frames(log)) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+    assert receiver.intake.not_logged == E1 - E0 and not receiver.intake.rejected
+    assert list(iter_frames(log)) == TINY_FRAMES[:E0] + TINY_FRAMES[E1:]
     queued = []
     while not receiver.messages.empty():
         queued.append(receiver.messages.get(timeout=0)[0])
-    assert [m.seq for m in queued] == list(range(20))  # every frame still reaches the pipeline
+    assert [m.seq for m in queued] == list(range(N))  # every frame still reaches the pipeline
 
 
 _SERVE_WITH_A_DISK = """
@@ -307,17 +311,17 @@ def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
     try:
         wait_for(ready.exists, "the monitor to listen", timeout=120)
         push.connect(endpoint)
-        for frame in TINY_FRAMES[:7]:
+        for frame in TINY_FRAMES[:E0]:
             push.send(frame)
-        wait_for(lambda: records() == 7, "7 records logged", timeout=60)
+        wait_for(lambda: records() == E0, f"{E0} records logged", timeout=60)
         flag.touch()
-        for frame in TINY_FRAMES[7:13]:
+        for frame in TINY_FRAMES[E0:E1]:
             push.send(frame)
         wait_for(lambda: "not logged" in output.read_text(), "the disk-full error", timeout=60)
         flag.unlink()
-        for frame in TINY_FRAMES[13:]:
+        for frame in TINY_FRAMES[E1:]:
             push.send(frame)
-        wait_for(lambda: records() == 14, "14 records logged", timeout=60)
+        wait_for(lambda: records() == N - (E1 - E0), f"{N - (E1 - E0)} records logged", timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 1
     finally:
@@ -329,14 +333,14 @@ def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
     text = output.read_text()
     errors = [line for line in text.splitlines() if "not logged so far" in line]
     assert len(errors) >= 1 and "No space left on device" in errors[0] and "Free space" in errors[0]
-    assert "20 frames received, 0 rejected, 1 run(s)" in text.splitlines()[-1]
-    assert "; 6 frame(s) NOT logged (cannot write" in text.splitlines()[-1]
+    assert f"{N} frames received, 0 rejected, 1 run(s)" in text.splitlines()[-1]
+    assert f"; {E1 - E0} frame(s) NOT logged (cannot write" in text.splitlines()[-1]
     assert "Traceback" not in text
     summary = json.loads((out / TINY[0].run / "summary.json").read_text())
-    assert summary["log"]["frames_not_logged"] == 6 and "No space left" in summary["log"]["error"]
+    assert summary["log"]["frames_not_logged"] == E1 - E0 and "No space left" in summary["log"]["error"]
     stats = json.loads((out / ".monitor" / "stats.json").read_text())
-    assert stats["not_logged"] == {TINY[0].run: 6}
-    assert list(iter_frames(log)) == TINY_FRAMES[:7] + TINY_FRAMES[13:]
+    assert stats["not_logged"] == {TINY[0].run: E1 - E0}
+    assert list(iter_frames(log)) == TINY_FRAMES[:E0] + TINY_FRAMES[E1:]
 
 
 # --- item 13b: a zero-filled log tail ---------------------------------------------------------
@@ -357,7 +361,7 @@ def test_a_zero_filled_tail_reads_as_a_truncated_tail_not_as_empty_records(zero_
     with pytest.warns(TruncatedLogWarning, match="byte offset"):
         frames = list(iter_frames(zero_tail, report=report))
     assert frames == TINY_FRAMES
-    assert (report.records, report.truncated_at) == (20, FIXTURE_LOG.stat().st_size)
+    assert (report.records, report.truncated_at) == (N, FIXTURE_LOG.stat().st_size)
 
 
 def test_the_follower_stops_at_a_zero_filled_tail(zero_tail):
@@ -386,7 +390,7 @@ def test_a_writer_cuts_a_zero_filled_tail_off_before_appending(zero_tail):
 def test_inspect_reports_a_zero_filled_tail_as_a_truncated_tail(capfd, zero_tail):
     code, out, _ = cli(capfd, "inspect", zero_tail)
     assert code == 0
-    assert "20 records" in out and f"from byte {FIXTURE_LOG.stat().st_size}" in out
+    assert f"{N} records" in out and f"from byte {FIXTURE_LOG.stat().st_size}" in out
 
 
 # --- item 13c: one gap rule for inspect and replay --------------------------------------------
@@ -397,7 +401,7 @@ def restarted(message: protocol.Message, seq: int) -> protocol.Message:
     return dataclasses.replace(message, seq=seq, time=message.time + 1000.0)
 
 
-RESUMED = [protocol.encode(restarted(m, seq)) for seq, m in enumerate(TINY[:7])]
+RESUMED = [protocol.encode(restarted(m, seq)) for seq, m in enumerate(TINY[:E0])]
 GAP_CASES = {
     # log contents -> the number of messages never received
     "tail appended twice": (TINY_FRAMES + TINY_FRAMES[10:], 0),

@@ -593,9 +593,18 @@ def test_model_info_table_rows():
     assert table_line(text, "Total parameters") == ["Total parameters", "11,689,512"]
     assert table_line(text, "Trainable parameters") == ["Trainable parameters", "11,000,000"]
     assert table_line(text, "Non-trainable parameters") == ["Non-trainable parameters", "689,512"]
-    assert table_line(text, "Size (MB = 10⁶ bytes)") == ["Size (MB = 10⁶ bytes)", "44.59"]
+    assert table_line(text, "Size (MB = 10⁶ bytes)") == ["Size (MB = 10⁶ bytes)", "44.6"]
     with pytest.raises(ValueError, match="missing size_mb"):
         model_info_table({"class": "Net", "total_params": 1, "trainable_params": 1})
+
+
+@pytest.mark.parametrize("size_mb, shown", [(0.002332, "0.00233"), (0.00078, "0.000780"), (1.5, "1.50"),
+                                            (44.5912, "44.6"), (446.2, "446"), (12_345.6, "12,346"), (0.0, "0")])
+def test_the_model_size_has_three_significant_digits(size_mb, shown):
+    """A small model once read 0.00 MB where Lightning's own summary gives its size."""
+    text = table_text(model_info_table({"class": "Net", "total_params": 1, "trainable_params": 1,
+                                        "size_mb": size_mb}))
+    assert table_line(text, "Size (MB = 10⁶ bytes)") == ["Size (MB = 10⁶ bytes)", shown]
 
 
 def test_sampler_rows_and_table():

@@ -131,3 +131,58 @@ def test_the_reason_is_an_optional_run_start_field_of_at_most_500_characters():
         "targets_missing"] == reason
     with pytest.raises(InvalidFieldError, match="run_start.targets_missing must have at most 500 characters"):
         decode(encode(make_message("run_start", "r", 0, 1, 0, {**body, "targets_missing": reason + "x"})))
+
+
+# ------------------------------------------------------------------------------ normalization
+
+
+def write_image_folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int = 4) -> None:
+    """An ImageFolder on disk: `root/<class>/<n>.png`, each image an 8×8 square of its class's colour."""
+    from PIL import Image
+
+    for name, colour in colours.items():
+        (root / name).mkdir(parents=True)
+        for n in range(per_class):
+            Image.new("RGB", (8, 8), colour).save(root / name / f"{n}.png")
+
+
+def test_normalize_is_read_through_compose_random_split_and_subset(tmp_path):
+    transforms = pytest.importorskip("torchvision.transforms")
+    from torch.utils.data import random_split
+    from torchvision.datasets import ImageFolder
+
+    from trainer_side.runinfo import discover_class_names, discover_normalization, unwrap_dataset
+
+    write_image_folder(tmp_path / "images", {"bird": (200, 30, 30), "cat": (30, 200, 30), "dog": (30, 30, 200)})
+    dataset = ImageFolder(str(tmp_path / "images"), transform=transforms.Compose([
+        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3)]))
+    train, val = random_split(dataset, [8, 4], generator=torch.Generator().manual_seed(0))
+    found, guessed = discover_normalization(None, [None, unwrap_dataset(train), unwrap_dataset(val)], Subset(val, [0]))
+    assert found == {"mean": [0.5] * 3, "std": [0.25] * 3} and guessed is None
+    assert discover_class_names(None, [unwrap_dataset(val)]) == ["bird", "cat", "dog"]
+    assert find_train_targets(train).labels.tolist() == [dataset.targets[i] for i in train.indices]
+    # The user's own values win over the transform's.
+    mine = {"mean": [0.1] * 3, "std": [0.2] * 3}
+    assert discover_normalization(mine, [], val) == (mine, None)
+
+
+def test_without_normalize_imagenets_values_are_used_and_said_once_with_the_fix():
+    from trainer_side.runinfo import IMAGENET_NORMALIZATION, discover_normalization
+
+    found, guessed = discover_normalization(None, [None, Plain()], TensorDataset(torch.zeros(2, 3, 4, 4)))
+    assert found == {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
+    assert "ImageNet's mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]" in guessed
+    assert "EmitterCallback(normalization={'mean': [...], 'std': [...]})" in guessed and "\n" not in guessed
+
+
+def test_a_normalize_in_a_nested_sequential_or_v2_compose_is_found():
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    from trainer_side.runinfo import normalize_in
+
+    class Holder(Dataset):
+        def __init__(self, transform) -> None:
+            self.transform = transform
+
+    nested = v2.Compose([v2.ToDtype(torch.float32), torch.nn.Sequential(v2.Normalize([0.2], [0.4]))])
+    assert normalize_in(Subset(Holder(nested), [0])) == {"mean": [0.2], "std": [0.4]}
+    assert normalize_in(Holder(v2.Compose([v2.ToDtype(torch.float32)]))) is None

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="CPU ranks (DDP when > 1)")
     parser.add_argument("--fail-at-epoch", type=int, default=-1, help="raise inside training at this epoch")
     parser.add_argument("--thumbnails", type=int, default=16)
+    parser.add_argument("--mistakes", type=int, default=16, help="EmitterCallback(num_mistakes=...)")
     parser.add_argument("--queue-size", type=int, default=1000)
     parser.add_argument("--linger-ms", type=int, default=2000)
     parser.add_argument("--epoch-sleep", type=float, default=0.0, help="extra seconds per epoch")
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     recorder = PredictionRecorder()
     emitter = EmitterCallback(args.endpoint, run=args.run, spool=args.spool, num_thumbnails=args.thumbnails,
-                              queue_size=args.queue_size, linger_ms=args.linger_ms)
+                              num_mistakes=args.mistakes, queue_size=args.queue_size, linger_ms=args.linger_ms)
     callbacks = [emitter, recorder, Pacer(args.epoch_sleep, args.hold, args.hold_at)]
     if args.checkpoint_dir:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoint_dir, save_last=True,

@@ -9,17 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Emitter", "EmitterCallback", "TrackingWeightedRandomSampler"]
+__all__ = ["Emitter", "EmitterCallback", "TrackingWeightedRandomSampler", "load_curve_keys", "model_summary"]
 
 _HOMES = {
     "Emitter": "trainer_side.emitter",
     "EmitterCallback": "trainer_side.callback",
     "TrackingWeightedRandomSampler": "trainer_side.sampler",
+    "load_curve_keys": "trainer_side.options",
+    "model_summary": "trainer_side.runinfo",
 }
 
 if TYPE_CHECKING:
     from trainer_side.callback import EmitterCallback
     from trainer_side.emitter import Emitter
+    from trainer_side.options import load_curve_keys
+    from trainer_side.runinfo import model_summary
     from trainer_side.sampler import TrackingWeightedRandomSampler
 
 

@@ -32,7 +32,8 @@ class EmitterCallback(Callback):
         class_names: class names by index; default from `datamodule.class_to_idx`, the dataset's
             `class_to_idx`/`classes`, else "0".."C-1".
         normalization: {"mean": [...], "std": [...]} used to show thumbnails; default from
-            `datamodule.normalization`, else ImageNet's.
+            `datamodule.normalization`, else the `Normalize` in the validation dataset's transform,
+            else ImageNet's (with a warning).
         num_thumbnails: how many of the first validation samples to show each epoch (0: none).
         thumbnail_size: longest side of a thumbnail in pixels.
         num_mistakes: how many of each epoch's most confident wrong predictions to show as thumbnails,
@@ -181,7 +182,9 @@ class EmitterCallback(Callback):
                 raise ValueError("EmitterCallback cannot tell the class count: pass class_names=[...]")
             names = [str(i) for i in range(count)]
         found = within(found, len(names))
-        normalization = runinfo.discover_normalization(self.normalization, sources)
+        normalization, guessed = runinfo.discover_normalization(self.normalization, sources, val_set)
+        if guessed is not None and trainer.global_rank == 0:
+            log.warning("%s", guessed)
         self._collector = ValidationCollector(len(names), num_thumbnails=self.num_thumbnails if trainer.global_rank == 0
                                               else 0, thumbnail_size=self.thumbnail_size,
                                               chunk_size=self.chunk_size, normalization=normalization,

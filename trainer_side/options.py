@@ -77,6 +77,11 @@ def check_nonneg_int(value: Any, name: str, unit: str = "") -> int:
 def check_endpoint(endpoint: Any) -> str:
     if not isinstance(endpoint, str) or not endpoint.startswith(ENDPOINT_PREFIXES):
         raise ValueError(f"endpoint must start with tcp://, ipc:// or inproc://, got {endpoint!r}")
+    if endpoint.startswith("tcp://"):
+        port = endpoint.rpartition(":")[2]
+        if not port.isdigit() or not 0 < int(port) <= protocol.MAX_DATA_PORT:
+            raise ValueError(f"endpoint port must be 1 to {protocol.MAX_DATA_PORT} (the monitor's receipts socket is "
+                             f"the next port), as in tcp://127.0.0.1:5555, got {endpoint!r}")
     return endpoint
 
 
@@ -105,23 +110,78 @@ def check_spool(spool: Any) -> str | os.PathLike | bool | None:
     raise ValueError(f"spool must be True (default folder), False (none) or a folder path, got {spool!r}")
 
 
+def load_curve_keys(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    """The (public, secret) Z85 keys of a key file written by `monitor keygen`: `NAME.key` holds the
+    public key only (secret None), `NAME.key_secret` both.
+
+    Raises:
+        ValueError: the file is missing or is not such a key file.
+    """
+    import zmq.auth
+
+    if not os.path.isfile(path):
+        raise ValueError(f"no such CURVE key file: {os.fspath(path)!r} (create a pair with `monitor keygen DIR`)")
+    try:
+        public, secret = zmq.auth.load_certificate(os.fspath(path))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a CURVE key file written by `monitor keygen`: {exc}") from None
+    if public is None or len(public) != CURVE_KEY_LENGTH:
+        raise ValueError(f"{os.fspath(path)!r} holds no public key (use a file written by `monitor keygen`)")
+    return public, secret
+
+
+def _names_key_file(value: Any) -> bool:
+    """A path object, or a string that names an existing file or looks like a path and is not 40
+    characters long (a Z85 key may hold `/`, so a 40-character string is a key unless it is a file)."""
+    if isinstance(value, os.PathLike):
+        return True
+    if not isinstance(value, str):
+        return False
+    return os.path.isfile(value) or (len(value) != CURVE_KEY_LENGTH
+                                     and (os.sep in value or value.endswith((".key", ".key_secret"))))
+
+
 def _check_curve_key(value: Any, name: str) -> bytes:
     key = value.encode("ascii") if isinstance(value, str) and value.isascii() else value
     if not isinstance(key, bytes) or len(key) != CURVE_KEY_LENGTH:
-        raise ValueError(f"{name} must be a {CURVE_KEY_LENGTH}-character Z85 CURVE key (see `monitor keygen`), "
-                         f"got {value!r}")
+        raise ValueError(f"{name} must be a {CURVE_KEY_LENGTH}-character Z85 CURVE key or the path of a key file "
+                         f"from `monitor keygen`, got {value!r}")
     return key
 
 
+def _server_key(value: Any) -> bytes:
+    if _names_key_file(value):
+        try:
+            return load_curve_keys(value)[0]
+        except ValueError as exc:
+            raise ValueError(f"server_key: {exc}") from None
+    return _check_curve_key(value, "server_key")
+
+
+def _client_keys(value: Any) -> tuple[bytes, bytes]:
+    if isinstance(value, (str, os.PathLike)):  # a pair is never one string: the path of a .key_secret file
+        try:
+            public, secret = load_curve_keys(value)
+        except ValueError as exc:
+            raise ValueError(f"client_keys: {exc}") from None
+        if secret is None:
+            raise ValueError(f"client_keys: {os.fspath(value)!r} holds no secret key; give the trainer's "
+                             "NAME.key_secret file (`monitor keygen DIR --name NAME`)")
+        return public, secret
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"client_keys must be a (public, secret) pair of Z85 CURVE keys or the path of a "
+                         f".key_secret file, got {value!r}")
+    return _check_curve_key(value[0], "client public key"), _check_curve_key(value[1], "client secret key")
+
+
 def check_curve_keys(server_key: Any, client_keys: Any) -> tuple[bytes | None, tuple[bytes, bytes] | None]:
-    """The monitor's public key and this trainer's (public, secret) pair, as bytes; either may be None,
-    but client keys need the server key."""
-    server = None if server_key is None else _check_curve_key(server_key, "server_key")
+    """The monitor's public key and this trainer's (public, secret) pair, as bytes; each may be given as
+    Z85 keys or as the path of a `monitor keygen` key file. Either may be None, but client keys need the
+    server key."""
+    server = None if server_key is None else _server_key(server_key)
     if client_keys is None:
         return server, None
-    if not isinstance(client_keys, (tuple, list)) or len(client_keys) != 2:
-        raise ValueError(f"client_keys must be a (public, secret) pair of Z85 CURVE keys, got {client_keys!r}")
-    pair = (_check_curve_key(client_keys[0], "client public key"), _check_curve_key(client_keys[1], "client secret key"))
+    pair = _client_keys(client_keys)
     if server is None:
         raise ValueError("client_keys need server_key too (the monitor's public key)")
     return server, pair

@@ -27,6 +27,7 @@ MAX_SENDER_LENGTH = 64
 MAX_REASON_LENGTH = 500
 # A world this large is garbage, and the monitor keeps per-rank bookkeeping sized by it.
 MAX_WORLD_SIZE = 1 << 20
+MAX_DATA_PORT = 65534  # a monitor's receipts socket is the port after its data port
 
 
 class ProtocolError(ValueError):
@@ -574,6 +575,6 @@ def receipts_endpoint(endpoint: str) -> str | None:
         return endpoint + ".receipts"
     if endpoint.startswith("tcp://"):
         host, _, port = endpoint[len("tcp://"):].rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65535:
+        if host and port.isdigit() and 0 < int(port) <= MAX_DATA_PORT:
             return f"tcp://{host}:{int(port) + 1}"
     return None

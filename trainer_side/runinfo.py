@@ -44,16 +44,62 @@ def discover_class_names(explicit: Sequence[str] | None, sources: Sequence[Any])
     return None
 
 
-def discover_normalization(explicit: Mapping[str, Sequence[float]] | None, sources: Sequence[Any]) -> dict:
-    """Explicit mean/std (already checked), else a source's checked `normalization` attribute
-    ({mean, std}), else ImageNet's."""
+def discover_normalization(explicit: Mapping[str, Sequence[float]] | None, sources: Sequence[Any],
+                           val_dataset: Any = None) -> tuple[dict, str | None]:
+    """The mean/std that de-normalize the thumbnails, and a line for the user when it is a guess.
+
+    Explicit mean/std (already checked), else a source's checked `normalization` attribute
+    ({mean, std}), else the `Normalize` in the validation dataset's transform (`normalize_in`), else
+    ImageNet's with a line that says so and how to pass the right values.
+    """
     if explicit is not None:
-        return dict(explicit)
+        return dict(explicit), None
     for source in sources:
         found = getattr(source, "normalization", None) if source is not None else None
         if isinstance(found, Mapping) and "mean" in found and "std" in found:
-            return check_normalization(found)
-    return {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
+            return check_normalization(found), None
+    found = normalize_in(val_dataset)
+    if found is not None:
+        return found, None
+    imagenet = {key: list(value) for key, value in IMAGENET_NORMALIZATION.items()}
+    return imagenet, (f"no normalization found (no normalization= argument, datamodule.normalization or "
+                      f"Normalize in the validation dataset's transform): thumbnails are de-normalized with "
+                      f"ImageNet's mean {imagenet['mean']} and std {imagenet['std']}; pass "
+                      "EmitterCallback(normalization={'mean': [...], 'std': [...]}) if your inputs differ")
+
+
+def normalize_in(dataset: Any, max_depth: int = 4) -> dict[str, list[float]] | None:
+    """The mean/std of the first `Normalize` in a dataset's `transform` (torchvision's, v1 or v2),
+    looked for through `Compose`-like `.transforms` lists and through wrappers that hold the dataset
+    as `.dataset` (`Subset`, `random_split`); None when there is none or it is not usable."""
+    for _ in range(max_depth):
+        if dataset is None:
+            return None
+        for attribute in ("transform", "transforms"):
+            found = _normalize_of(getattr(dataset, attribute, None), max_depth)
+            if found is not None:
+                return found
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def _normalize_of(transform: Any, depth: int) -> dict[str, list[float]] | None:
+    if transform is None or depth < 0:
+        return None
+    if type(transform).__name__ == "Normalize" and hasattr(transform, "mean") and hasattr(transform, "std"):
+        try:
+            return check_normalization({"mean": list(transform.mean), "std": list(transform.std)})
+        except (TypeError, ValueError):
+            return None
+    inner = getattr(transform, "transforms", None)  # Compose, v2.Compose, RandomApply
+    if isinstance(transform, torch.nn.Sequential):
+        inner = list(transform)
+    if isinstance(inner, (list, tuple)):
+        for step in inner:
+            found = _normalize_of(step, depth - 1)
+            if found is not None:
+                return found
+    return _normalize_of(getattr(transform, "transform", None), depth - 1)  # StandardTransform
 
 
 def num_classes_from_model(module: torch.nn.Module) -> int | None:

@@ -1,4 +1,6 @@
-"""ZeroMQ CURVE authentication for serve, which says on the console whom it refused and why."""
+"""ZeroMQ CURVE authentication for serve, which says on the console whom it refused and why: the
+authenticator for client keys not in --curve-clients, the sockets' own handshake events for trainers
+whose handshake fails before that (a wrong server_key, or no CURVE at all)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import time
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from monitor.ingest.endpoint import CurveServerKeys
 
@@ -53,3 +56,49 @@ def start_authenticator(context: zmq.Context, curve: CurveServerKeys) -> Refusal
     auth.configure_curve(domain="*", location=str(curve.allowed_clients) if curve.allowed_clients
                          else zmq.auth.CURVE_ALLOW_ANY)
     return auth
+
+
+# Failures the authenticator never sees; a refused client key (EVENT_HANDSHAKE_FAILED_AUTH) it logs itself.
+_FAILED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_WHY = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "it sends without CURVE: give it server_key=",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "its server_key is not this monitor's public key: give it",
+}
+
+
+class HandshakeWatch:
+    """The handshake failures of CURVE server sockets, from their monitor sockets: `take` (in the
+    thread that owns the sockets) counts them and logs one line per reason at most every
+    `REPEAT_AFTER_S`."""
+
+    def __init__(self, sockets: list[zmq.Socket], public_key: bytes) -> None:
+        self.events = [socket.get_monitor_socket(_FAILED_EVENTS) for socket in sockets]
+        self._owners = sockets
+        self.failed = 0
+        self._public_key = public_key.decode("ascii")
+        self._last_logged: dict[str, float] = {}
+
+    def take(self, events: zmq.Socket) -> None:
+        """Reads every event waiting on `events` (one of `self.events`), without blocking."""
+        while events.poll(0):
+            try:
+                event = recv_monitor_message(events, zmq.NOBLOCK)
+            except (zmq.Again, ValueError):
+                return
+            self.failed += 1
+            why = _WHY.get(event["value"], "a CURVE key mismatch, or not a trainer: give it")
+            now = time.monotonic()
+            if now - self._last_logged.get(why, -REPEAT_AFTER_S) >= REPEAT_AFTER_S:
+                self._last_logged[why] = now
+                endpoint = event["endpoint"].decode("utf-8", "replace") if isinstance(event["endpoint"], bytes) \
+                    else str(event["endpoint"])
+                log.warning("refused a CURVE handshake on %s: %s this monitor's public key, %s (or the path of "
+                            "the .key file of the --curve-secret pair)", endpoint, why, self._public_key)
+
+    def close(self) -> None:
+        for socket, events in zip(self._owners, self.events):
+            try:
+                socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            events.close(linger=0)

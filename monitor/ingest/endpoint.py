@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+MAX_PORT = 65534  # the receipts socket binds the next port (trainer_side.protocol.receipts_endpoint)
+
 
 class BindError(ValueError):
     """The bind address is unusable or not allowed."""
@@ -23,6 +25,9 @@ def check_bind(endpoint: str, allow_remote: bool) -> str:
     port = endpoint.rsplit(":", 1)[-1]
     if not (port.isdigit() or port == "*"):
         raise BindError(f"--bind needs a port (tcp://127.0.0.1:5555, or :0 for any free port), got {endpoint!r}")
+    if port.isdigit() and int(port) != 0 and not 0 < int(port) <= MAX_PORT:
+        raise BindError(f"--bind port must be 1 to {MAX_PORT} (the receipts socket takes the next port), or 0 for "
+                        f"any free port, got {endpoint!r}")
     if not allow_remote and not _is_loopback(host):
         raise BindError(f"--bind {endpoint} is not a loopback address; pass --allow-remote to accept other "
                         "machines (and consider --curve-secret so that only your trainers may send)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zmq
 
-from monitor.ingest.curveauth import start_authenticator
+from monitor.ingest.curveauth import HandshakeWatch, start_authenticator
 from monitor.ingest.endpoint import BindError, CurveServerKeys
 from monitor.ingest.handoff import RCVHWM, Handoff
 from monitor.ingest.intake import Intake
@@ -55,6 +55,7 @@ class Receiver(threading.Thread):
                 self._auth.stop()
             self.context.term()
             raise
+        self._handshakes = None if curve is None else HandshakeWatch([self.socket, self.receipts], curve.public)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.receipts_endpoint = self.receipts.getsockopt_string(zmq.LAST_ENDPOINT)
         # Flushed after every burst, not every frame; a restarted monitor resumes runs from their logs.
@@ -66,14 +67,18 @@ class Receiver(threading.Thread):
 
     @property
     def curve_refusals(self) -> int:
-        """Handshakes the CURVE authenticator refused."""
-        return 0 if self._auth is None else self._auth.refused
+        """CURVE handshakes refused: client keys the authenticator refused, and handshakes that failed
+        before it (a wrong server key, a sender without CURVE)."""
+        return (0 if self._auth is None else self._auth.refused) + (0 if self._handshakes is None
+                                                                     else self._handshakes.failed)
 
     def run(self) -> None:
         self._resume_unfinished()
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.receipts, zmq.POLLIN)
+        for events in [] if self._handshakes is None else self._handshakes.events:
+            poller.register(events, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 self._serve(dict(poller.poll(POLL_MS)))
@@ -86,6 +91,8 @@ class Receiver(threading.Thread):
                 self._serve(ready)
         finally:
             self.logbook.close()
+            if self._handshakes is not None:
+                self._handshakes.close()
             self.socket.close(linger=0)
             self.receipts.close(linger=0)
             if self._auth is not None:
@@ -111,6 +118,10 @@ class Receiver(threading.Thread):
             if self.socket.poll(0):
                 self._receive_burst()  # frames sent before the query count in its answer
             self._answer_receipts()
+        if self._handshakes is not None:
+            for events in self._handshakes.events:
+                if events in ready:
+                    self._handshakes.take(events)
 
     def _receive_burst(self) -> None:
         """Takes every frame waiting on the socket, a batch at a time, then flushes the logs once.

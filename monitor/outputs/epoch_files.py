@@ -63,8 +63,8 @@ class EpochOutputs:
         bins, mistakes = run.calibration(number), run.hardest_mistakes(number)
         if bins is None and has_preds and run.run not in self._without_confidence:
             self._without_confidence.add(run.run)
-            self.console.line(epoch_dir.parent, f"run {run.run}: its trainer sends no confidences (protocol before "
-                                                 "1.2), so there is no reliability diagram, ECE or MCE")
+            self.console.line(epoch_dir.parent, f"run {run.run}: {_why_no_confidences(run)}, so there is no "
+                                                 "reliability diagram, ECE or MCE")
         if bins is not None and bins.total:
             self.renderer.submit(ReliabilityJob(epoch_dir / "reliability_diagram.png", bins,
                                                 f"Reliability diagram — epoch {number}"))
@@ -111,3 +111,13 @@ class EpochOutputs:
 
 def _csv_value(value: float | None) -> str:
     return "" if value is None else repr(float(value))
+
+
+def _why_no_confidences(run: RunState) -> str:
+    """What a run without confidences lacks: a trainer from before protocol 1.2 cannot send them; a
+    newer one calls `preds` without the argument that does."""
+    version = run.start.version if run.start is not None else (1, 0)
+    if tuple(version) < (1, 2):
+        return "its trainer sends no confidences (protocol before 1.2)"
+    return ("its trainer sends preds without confidences: pass each prediction's top-1 softmax probability as "
+            "`preds(..., confidence=...)` (EmitterCallback does)")

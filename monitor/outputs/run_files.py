@@ -36,7 +36,11 @@ def write_run_start(run: RunState, folder: Path, console: MonitorConsole) -> Non
     else:
         reason = start.get("targets_missing") or "the trainer sent no train targets or class counts"
         console.line(folder, f"run {run.run}: no dataset class distribution: {reason}")
-    console.table(folder, partial(tables.model_info_table, dict(start["model"])))
+    if tables.model_not_sent(start["model"]):
+        console.line(folder, f"run {run.run}: no model information: its trainer sent none; pass "
+                             "`model=trainer_side.model_summary(net)` to `Emitter.run_start` (EmitterCallback sends it)")
+    else:
+        console.table(folder, partial(tables.model_info_table, dict(start["model"])))
     if start["sampler"] is None and start["train_targets"] is None:
         console.line(folder, f"run {run.run}: no sampler distribution tables: they need the train targets")
     elif start["sampler"] is None:

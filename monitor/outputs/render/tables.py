@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -129,8 +130,24 @@ def model_info_table(model: Mapping[str, object]) -> Table:
     table.add_row("Total parameters", f"{total:,}")
     table.add_row("Trainable parameters", f"{trainable:,}")
     table.add_row("Non-trainable parameters", f"{total - trainable:,}")
-    table.add_row("Size (MB = 10⁶ bytes)", f"{float(model['size_mb']):.2f}")  # type: ignore[arg-type]
+    table.add_row("Size (MB = 10⁶ bytes)", significant(float(model["size_mb"])))  # type: ignore[arg-type]
     return table
+
+
+def model_not_sent(model: Mapping[str, object]) -> bool:
+    """Whether a run_start's model summary is the emitter's placeholder for "none given"."""
+    return model.get("class") == "unknown" and not model.get("total_params") and not model.get("size_mb")
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """`value` to `digits` significant digits in plain notation (0.00233, 44.6, 1.50), whole with
+    thousands separators from 10**digits up."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
 
 
 # ---------------------------------------------------------------------------- sampler distribution

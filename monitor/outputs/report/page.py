@@ -14,6 +14,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from monitor.outputs.render.tables import model_not_sent
 from monitor.outputs.report.folder import DATASET_DATA, EPOCH_DATA, EpochTables, Figure, RunFolder, history_series
 from monitor.outputs.report.html import (REFRESH_S, asset, document, href, json_script, key_value_table, script_json,
                                  status_badge, text)
@@ -214,6 +215,10 @@ def _model(run: RunFolder) -> str:
     model = run.model
     if not model:
         return ""
+    if model_not_sent(model):
+        return ('<h2>Model</h2><p class="note">The trainer sent no model summary: pass '
+                '<code>model=trainer_side.model_summary(net)</code> to <code>Emitter.run_start</code> '
+                '(EmitterCallback sends it).</p>')
     rows = [(str(k), text(_short(v))) for k, v in sorted(model.items()) if k != "hparams"]
     hparams = model.get("hparams")
     if isinstance(hparams, dict):
