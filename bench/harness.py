@@ -82,6 +82,7 @@ class MonitorProcess:
         out: the monitor's output folder.
         *extra: more `monitor serve` arguments.
         port: the port to bind (a restarted monitor takes its predecessor's); default a free one.
+        host: the address to bind (another needs `--allow-remote` in `extra`); default loopback.
         own_session: start it in a session of its own, as honcho and systemd do; False: in the
             caller's session, as from a terminal.
         command: the command before `--bind` (default `python -m monitor serve`).
@@ -95,11 +96,12 @@ class MonitorProcess:
     """
 
     def __init__(self, out: Path, *extra: str, port: int | None = None, own_session: bool = True,
-                 command: Sequence[str] | None = None, cwd: Path = ROOT, started: bool = True) -> None:
+                 command: Sequence[str] | None = None, cwd: Path = ROOT, started: bool = True,
+                 host: str = "127.0.0.1") -> None:
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.endpoint = f"tcp://{host}:{self.port}"
         self.log_path = self.out.parent / f"monitor-{self.port}.log"
         ready = self.out.parent / f"ready-{self.port}"
         ready.unlink(missing_ok=True)

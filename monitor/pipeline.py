@@ -18,7 +18,7 @@ from monitor.ingest.rejections import RateLimitedLines, rejection_line
 from monitor.outputs.console import MonitorConsole
 from monitor.outputs.epoch_files import EpochOutputs
 from monitor.outputs.report.writer import Reports
-from monitor.outputs.run_files import run_end_line, write_run_start
+from monitor.outputs.run_files import late_run_end_line, run_end_line, write_run_start
 from monitor.outputs.sample_writer import SampleOutputs
 from monitor.outputs.summary import Summaries
 from trainer_side.protocol import Message
@@ -50,6 +50,7 @@ class Pipeline:
         self.epochs = EpochOutputs(renderer, console)
         self.samples = SampleOutputs(renderer, console)  # changes, per-sample files, suspects, data map
         self.summaries = Summaries(out, self.reports, clock)
+        self._late_ends: dict[str, int] = {}  # run -> its ranks' run_ends after it had finished
 
     @property
     def tensorboard(self) -> TensorBoardWriter | None:
@@ -180,16 +181,28 @@ class Pipeline:
             run.on_epoch_end(message, self.clock())
             self._render_ready(run)
         elif kind == "run_end":
+            was_finished = run.finished
             run.on_run_end(message)
             self._render_ready(run)
-            if run.finished:
+            if run.finished and not was_finished:
                 self.samples.run_end(run, run_dir(self.out, run.run))
                 self.console.line(run_dir(self.out, run.run), run_end_line(run))
+                self._write_summary(run, at_once=True)
+                return
+            if was_finished:
+                self._late_run_end(run, message)
         if kind in ("run_start", "epoch_end", "run_end"):
-            self._write_summary(run, at_once=kind != "epoch_end")
+            self._write_summary(run)  # at most once a second: it lists every rank
 
     def _write_summary(self, run: RunState, *, at_once: bool = False) -> None:
         self.summaries.write(run, None if self.logbook is None else self.logbook.status(run.run), at_once=at_once)
+
+    def _late_run_end(self, run: RunState, message: Message) -> None:
+        """A rank's run_end after its run had finished (a rank's failure finishes it)."""
+        told = self._late_ends[run.run] = self._late_ends.get(run.run, 0) + 1
+        line = late_run_end_line(run, message, told)
+        if line is not None:
+            self.console.line(run_dir(self.out, run.run), line)
 
     # --- epochs -------------------------------------------------------------------------------
 

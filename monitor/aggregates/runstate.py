@@ -90,6 +90,16 @@ class LateData(RejectedMessage):
 
 
 @dataclass
+class RankTotals:
+    """Sums over a run's ranks, kept as messages arrive, so that nothing per message walks the ranks."""
+
+    messages: int = 0
+    bytes: int = 0
+    gaps: int = 0
+    dropped: int = 0
+
+
+@dataclass
 class RankCounters:
     sequence: SequenceGaps = field(default_factory=SequenceGaps)  # the rule monitor inspect follows too
     gaps: int = 0  # messages never received (sequence numbers skipped)
@@ -110,6 +120,7 @@ class RunState:
         self.epochs: dict[int, EpochState] = {}
         self.history: dict[int, dict[str, float]] = {}
         self.ranks: dict[int, RankCounters] = {}
+        self.totals = RankTotals()  # the sums of `ranks`' counters
         self.ended: dict[int, str] = {}  # rank -> run_end status; change it with `_set_ended` only
         self._ended_as: Counter[str] = Counter()  # run_end status -> ranks in `ended` with it
         self.dirty: set[int] = set()  # epochs with new data since they were last drawn
@@ -208,6 +219,9 @@ class RunState:
             counters = self.ranks[rank] = RankCounters()
         counters.messages += 1
         counters.bytes += size
+        totals = self.totals
+        totals.messages += 1
+        totals.bytes += size
         if math.isfinite(message.time) and (self.last_message_time is None or message.time > self.last_message_time):
             self.last_message_time = message.time
         if message.world > self.world:
@@ -215,6 +229,7 @@ class RunState:
         self.owners[rank] = sender
         skipped = counters.sequence.see(message.seq, run_start=message.kind == "run_start", time=message.time,
                                         sender=sender)
+        totals.gaps += counters.sequence.missing - counters.gaps
         counters.gaps = counters.sequence.missing
         return max(skipped, 0)
 
@@ -371,9 +386,16 @@ class RunState:
         self.epoch(number)
         self.dirty.add(number)
 
-    def on_epoch_end(self, message: Message, now: float) -> EpochState:
-        counters = self.ranks.setdefault(message.rank, RankCounters())
+    def _rank_counters(self, message: Message) -> None:
+        """Takes the sent and dropped counters an epoch_end or run_end reports for its rank."""
+        counters = self.ranks.get(message.rank)
+        if counters is None:
+            counters = self.ranks[message.rank] = RankCounters()
+        self.totals.dropped += message["dropped"] - counters.dropped
         counters.sent, counters.dropped = message["sent"], message["dropped"]
+
+    def on_epoch_end(self, message: Message, now: float) -> EpochState:
+        self._rank_counters(message)
         epoch = self._open_epoch(message, data=False)
         if epoch is None:
             return self.epochs[message["epoch"]]  # a repeated end of an epoch already drawn and freed
@@ -383,8 +405,7 @@ class RunState:
         return epoch
 
     def on_run_end(self, message: Message) -> None:
-        counters = self.ranks.setdefault(message.rank, RankCounters())
-        counters.sent, counters.dropped = message["sent"], message["dropped"]
+        self._rank_counters(message)
         self._set_ended(message.rank, message["status"])
         if message["error"]:
             self.errors.append(f"rank {message.rank}: {message['error']}")
@@ -513,12 +534,23 @@ class RunState:
     def finite_metrics(self, number: int) -> dict[str, float]:
         return {k: v for k, v in self.history.get(number, {}).items() if math.isfinite(v)}
 
+    def rank_states(self) -> dict[str, int]:
+        """How many ranks run (heard from, no run_end yet), ended by each run_end status, and were
+        never heard from; counted without walking the ranks."""
+        ended = self._ended_as
+        return {"running": len(self.ranks) - len(self.ended), "completed": ended["completed"],
+                "failed": ended["failed"], "interrupted": ended["interrupted"],
+                "missing": max(0, self.world - len(self.ranks))}
+
     def summary(self) -> dict[str, Any]:
+        ended = self.ended
         return {
             "run": self.run, "world": self.world, "status": self.status,
             "epochs": sorted(self.rendered),
+            "rank_states": self.rank_states(),
             "ranks": {rank: {"messages": c.messages, "bytes": c.bytes, "gaps": c.gaps, "sent": c.sent,
-                             "dropped": c.dropped} for rank, c in sorted(self.ranks.items())},
+                             "dropped": c.dropped, "status": ended.get(rank, "running")}
+                      for rank, c in sorted(self.ranks.items())},
             "errors": list(self.errors),
             "refused_senders": sorted(self.refused.values()),
             **({"sample_problems": dict(sorted(self.sample_problems.items()))} if self.sample_problems else {}),

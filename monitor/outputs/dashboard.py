@@ -35,17 +35,17 @@ def changes_cell(changes: Mapping | None) -> str:
 
 
 def dashboard_rows(runs: Iterable[RunState], changes: Mapping[str, Mapping] | None = None) -> list[tuple[str, ...]]:
-    """One row of text per run, in COLUMNS order; `changes`: run -> its latest changes.json content."""
+    """One row of text per run, in COLUMNS order; a run's ranks in total (nothing here walks them);
+    `changes`: run -> its latest changes.json content."""
     rows = []
     for run in runs:
         metrics = run.history.get(run.latest_epoch, {}) if run.latest_epoch is not None else {}
-        ranks = run.ranks.values()
+        totals = run.totals
         rows.append((
             display_name(run.run), f"{len(run.ranks)}/{run.world}", "—" if run.latest_epoch is None else str(run.latest_epoch),
             run.status, *(_fmt(metrics.get(name)) for name in _SHOWN_METRICS),
             changes_cell(None if changes is None else changes.get(run.run)),
-            str(sum(c.messages for c in ranks)), f"{sum(c.bytes for c in ranks) / 1e6:.2f}",
-            str(sum(c.dropped for c in ranks)), str(sum(c.gaps for c in ranks)),
+            str(totals.messages), f"{totals.bytes / 1e6:.2f}", str(totals.dropped), str(totals.gaps),
             display_name(run.artifacts[-1] if run.artifacts else "—", 60),
         ))
     return rows

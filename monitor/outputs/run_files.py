@@ -10,6 +10,7 @@ from monitor.aggregates.runstate import RunState
 from monitor.outputs.console import MonitorConsole
 from monitor.outputs.render import tables
 from monitor.outputs.render.save import write_json
+from trainer_side.protocol import Message
 
 
 def write_run_start(run: RunState, folder: Path, console: MonitorConsole) -> None:
@@ -46,17 +47,43 @@ def write_run_start(run: RunState, folder: Path, console: MonitorConsole) -> Non
         console.line(folder, f"run {run.run}: no TrackingWeightedRandomSampler in use; no sampler distribution tables")
 
 
+NAMED_IN_LINES = 10  # ranks (or errors) a closing line names; the rest are counted
+
+
 def run_end_line(run: RunState) -> str:
-    """The console's line for a finished run: its status, what its emitters dropped, its sequence gaps
-    and errors."""
-    summary = run.summary()
-    gaps = {rank: c["gaps"] for rank, c in summary["ranks"].items() if c["gaps"]}
-    dropped = {rank: c["dropped"] for rank, c in summary["ranks"].items() if c["dropped"]}
+    """The console's line for a run that just finished: its status, what its emitters dropped, its
+    sequence gaps and errors, naming at most NAMED_IN_LINES ranks or errors of each and counting the
+    rest (summary.json lists them all)."""
+    dropped = [(rank, c.dropped) for rank, c in sorted(run.ranks.items()) if c.dropped]
+    gaps = [(rank, c.gaps) for rank, c in sorted(run.ranks.items()) if c.gaps]
     text = f"run {run.run} {run.status}"
     if dropped:
-        text += "; dropped by the emitter: " + ", ".join(f"rank {r}: {n}" for r, n in dropped.items())
+        text += "; dropped by the emitter: " + _per_rank(dropped)
     if gaps:
-        text += "; sequence gaps: " + ", ".join(f"rank {r}: {n}" for r, n in gaps.items())
-    for error in run.errors:
+        text += "; sequence gaps: " + _per_rank(gaps)
+    for error in run.errors[:NAMED_IN_LINES]:
         text += f"\n  {error}"
+    if len(run.errors) > NAMED_IN_LINES:
+        text += f"\n  and {len(run.errors) - NAMED_IN_LINES:,} more errors (summary.json lists them all)"
+    return text
+
+
+def late_run_end_line(run: RunState, message: Message, told: int) -> str | None:
+    """The line for the `told`-th rank of a run to end after the run had finished: one naming the
+    rank for each of the first NAMED_IN_LINES, one for all the others, then none."""
+    if told <= NAMED_IN_LINES:
+        error = message["error"]
+        return f"run {run.run}: rank {message.rank} ended {message['status']}" + (f": {error}" if error else "")
+    if told == NAMED_IN_LINES + 1:
+        return (f"run {run.run}: more ranks ended after it finished; summary.json and the run's page give each "
+                "rank's status and error")
+    return None
+
+
+def _per_rank(counts: list[tuple[int, int]]) -> str:
+    """"rank 3: 5, rank 9: 1", naming at most NAMED_IN_LINES ranks and counting the rest."""
+    text = ", ".join(f"rank {rank}: {n}" for rank, n in counts[:NAMED_IN_LINES])
+    if len(counts) > NAMED_IN_LINES:
+        rest = counts[NAMED_IN_LINES:]
+        text += f" and {sum(n for _, n in rest):,} more in {len(rest):,} other ranks"
     return text

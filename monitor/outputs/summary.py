@@ -20,16 +20,17 @@ STATS_FILE = Path(".monitor") / "stats.json"  # run folders never start with a d
 
 
 class Summaries:
-    """Writes each run's summary.json and then its report page. An epoch end's write waits until
-    SUMMARY_EVERY_S has passed since the run's last one (`write_due` writes it then): the summary lists
-    every rank, so writing it for each of many ranks' epoch ends would cost ranks × messages."""
+    """Writes each run's summary.json and then its report page. A write that is not `at_once` waits
+    until SUMMARY_EVERY_S has passed since the run's last one (the pipeline's tick writes it then):
+    the summary lists every rank and the page counts them, so a write for each of many ranks'
+    run_starts, epoch ends and run_ends would cost ranks × messages."""
 
     def __init__(self, out: Path, reports: Reports, clock: Callable[[], float]) -> None:
         self.out = out
         self.reports = reports
         self.clock = clock
         self._written: dict[str, float] = {}  # run -> clock() of its last summary.json
-        self._due: set[str] = set()  # runs whose summary.json waits for `write_due`
+        self._due: set[str] = set()  # runs whose summary.json waits for the pipeline's tick
 
     def write(self, run: RunState, log_problem: dict | None, *, at_once: bool = False) -> None:
         """Writes the run's summary (now, or once SUMMARY_EVERY_S has passed); `log_problem` is what

@@ -23,6 +23,8 @@ from monitor.outputs.report.html import (REFRESH_S, asset, document, href, json_
 MAX_TABLE_ROWS = 1000  # rows a table shows at once, in its sort order; the files hold them all
 CONFUSION_ROWS = 50  # top confusions carried into a page's epoch data
 HEADLINE = "val/acc_top1"
+NAMED_RANKS = 10  # rank numbers the page names for one gap, drop or error; the rest are counted
+NAMED_ERRORS = 20  # distinct error texts the page shows
 
 PER_CLASS_COLUMNS = [{"name": "class"}, {"name": "index", "number": True}, {"name": "precision", "number": True},
                      {"name": "recall", "number": True}, {"name": "f1", "number": True},
@@ -106,22 +108,78 @@ def _status(run: RunFolder) -> str:
     if isinstance(log, dict):
         rows.append(("not logged", text(f"{log.get('frames_not_logged')} frame(s): {log.get('error')}")))
     html = "<h2>Status</h2><div class=\"columns\"><div>" + key_value_table(rows) + "</div>"
-    ranks = summary.get("ranks") if isinstance(summary.get("ranks"), dict) else {}
+    ranks = _ranks(summary)
     if ranks:
-        head = "".join(f'<th class="num">{h}</th>' for h in ("messages", "bytes", "gaps", "sent", "dropped"))
-        body = "".join(
-            f'<tr><td class="num">{text(rank)}</td>' + "".join(
-                f'<td class="num">{text(c.get(k, "") if isinstance(c, dict) else "")}</td>'
-                for k in ("messages", "bytes", "gaps", "sent", "dropped")) + "</tr>"
-            for rank, c in ranks.items())
-        html += (f'<div><table><thead><tr><th class="num">rank</th>{head}</tr></thead><tbody>{body}</tbody>'
-                 '</table></div>')
-    html += "</div>"
-    errors = [e for e in summary.get("errors") or [] if isinstance(e, str)]
-    refused = [e for e in summary.get("refused_senders") or [] if isinstance(e, str)]
-    if errors or refused:
-        html += "<h3>Errors</h3><ul>" + "".join(f"<li>{text(e)}</li>" for e in errors + refused) + "</ul>"
+        html += f"<div>{key_value_table(ranks)}</div>"
+    html += "</div>" + _errors(summary)
     return html
+
+
+def _ranks(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ranks in aggregate, however many there are: how many run, ended (by status) or were never
+    heard from, and their messages, bytes, gaps and drops in total, naming the first ranks with gaps
+    or drops. summary.json keeps the figures of every rank."""
+    ranks = summary.get("ranks") if isinstance(summary.get("ranks"), dict) else {}
+    states = summary.get("rank_states") if isinstance(summary.get("rank_states"), dict) else {}
+    if not ranks and not states:
+        return []
+    counters = [c for c in ranks.values() if isinstance(c, dict)]
+
+    def total(key: str) -> int:
+        return sum(c[key] for c in counters if isinstance(c.get(key), int))
+
+    def with_ranks(key: str) -> str:
+        named = [rank for rank, c in ranks.items() if isinstance(c, dict) and isinstance(c.get(key), int) and c[key]]
+        named.sort(key=_rank_order)
+        if not named:
+            return "0"
+        return f"{total(key):,} in {len(named):,} rank(s): {list_ranks(named)}"
+
+    rows = []
+    if states:
+        rows.append(("ranks", ", ".join(f"{n:,} {state}" for state, n in states.items() if isinstance(n, int) and n)
+                     or "—"))
+    rows += [("messages", f"{total('messages'):,}"), ("bytes", f"{total('bytes'):,}"),
+             ("sequence gaps", with_ranks("gaps")), ("dropped by the emitters", with_ranks("dropped"))]
+    return [(label, text(value)) for label, value in rows]
+
+
+def _rank_order(rank: str) -> tuple[int, str]:
+    """summary.json's rank keys in the order of their numbers ("2" before "10")."""
+    return (int(rank), "") if rank.isdigit() else (-1, rank)
+
+
+def list_ranks(ranks: list[Any]) -> str:
+    """"3", "3, 7 and 9", or the first NAMED_RANKS and how many more."""
+    shown = ", ".join(str(rank) for rank in ranks[:NAMED_RANKS])
+    if len(ranks) > NAMED_RANKS:
+        return f"{shown} and {len(ranks) - NAMED_RANKS:,} more"
+    head, _, last = shown.rpartition(", ")
+    return f"{head} and {last}" if head else last
+
+
+def _errors(summary: dict[str, Any]) -> str:
+    """The errors the ranks ended with, each text once with the ranks that sent it, and the refused
+    senders: at most NAMED_ERRORS of each, and how many more."""
+    by_text: dict[str, list[str]] = {}
+    for error in summary.get("errors") or []:
+        if isinstance(error, str):
+            rank, colon, what = error.partition(": ")
+            known = colon and rank.startswith("rank ")
+            by_text.setdefault(what if known else error, []).append(rank[5:] if known else "")
+    refused = [e for e in summary.get("refused_senders") or [] if isinstance(e, str)]
+    if not by_text and not refused:
+        return ""
+    items = []
+    for what, ranks in list(by_text.items())[:NAMED_ERRORS]:
+        numbers = sorted((r for r in ranks if r), key=_rank_order)
+        which = f" <span class=\"note\">(rank{'s' if len(numbers) > 1 else ''} {text(list_ranks(numbers))})</span>"
+        items.append(f"<li>{text(what)}{which if numbers else ''}</li>")
+    items += [f"<li>{text(e)}</li>" for e in refused[:NAMED_ERRORS]]
+    left = max(0, len(by_text) - NAMED_ERRORS) + max(0, len(refused) - NAMED_ERRORS)
+    if left:
+        items.append(f"<li class=\"note\">and {left:,} more (summary.json lists them all)</li>")
+    return "<h3>Errors</h3><ul>" + "".join(items) + "</ul>"
 
 
 def _history(run: RunFolder) -> str:
