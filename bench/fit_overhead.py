@@ -2,7 +2,7 @@
 
     (a) no observability                     (b) EmitterCallback, live `monitor serve`
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
-    (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
+    (e) in-process baseline (bench/fit_worker.py: extra forward passes, PNGs, rich tables)
     (n) (b) with `monitor serve --render-priority normal` (renders not at idle priority)
     (z) A/A control: (a) again. What it measures is the noise floor of this method on this
         machine: any ratio within (z)'s spread of 1 cannot be told from noise.
@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import add_common_args, median, print_table, write_json
-from bench.harness import PYTHON, ROOT, MonitorProcess, free_port
+from bench.harness import PYTHON, ROOT, MonitorProcess, add_common_args, free_port, median, print_table, write_json
 
 CONFIGS = {
     "a": "no observability",
