@@ -9,8 +9,8 @@ request per line on stdin and answers one `RESULT {json}` line per fit on stdout
 
 `peak_rss_mb` is the fit's own peak: the kernel's high-water mark is reset before each fit.
 
-Configurations: a = no observability; b, c, d = EmitterCallback (the driver decides whether a live,
-no, or a SIGSTOPped monitor listens at `endpoint`); e = the in-process baseline callback
+Configurations: a = no observability; b, c, d, s = EmitterCallback (the driver decides whether a live,
+no, a SIGSTOPped monitor or a bare receiver listens at `endpoint`); e = the in-process baseline callback
 (`InProcessObservability`, below).
 """
 
@@ -200,15 +200,16 @@ class InProcessObservability(Callback):
 def observability(config: str, request: dict, datamodule: DigitsDataModule) -> list[Callback]:
     if config == "a":
         return []
-    if config in "bcd":
+    if config in "bcds":
         from trainer_side import EmitterCallback
 
-        # The spool stays on, as users run it, in the benchmark's temporary folder.
+        # The spool stays on, as users run it, in the benchmark's temporary folder. The bare receiver
+        # of (s) sends no receipts: nothing to wait for.
         return [EmitterCallback(endpoint=request["endpoint"], run=request.get("run"),
-                                spool=str(Path(request["out"]) / "spool"))]
+                                spool=str(Path(request["out"]) / "spool"), linger_ms=0 if config == "s" else 2000)]
     if config == "e":
         return [InProcessObservability(Path(request["out"]), list(datamodule.class_to_idx), datamodule.normalization)]
-    raise ValueError(f"config must be one of a, b, c, d, e, got {config!r}")
+    raise ValueError(f"config must be one of a, b, c, d, e, s, got {config!r}")
 
 
 class LongerEpochs(DigitsDataModule):
@@ -267,16 +268,16 @@ def fit_once(config: str, request: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--configs", default="abcde",
+    parser.add_argument("--configs", default="abcdes",
                         help="the configurations this process will be asked to run (their modules are imported first)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    if set(args.configs) - set("abcde"):
-        parser.error(f"--configs takes letters from abcde, got {args.configs!r}")
-    if set(args.configs) & set("bcd"):
+    if set(args.configs) - set("abcdes"):
+        parser.error(f"--configs takes letters from abcdes, got {args.configs!r}")
+    if set(args.configs) & set("bcds"):
         from trainer_side import EmitterCallback  # noqa: F401
     print("READY", json.dumps({"threads": torch.get_num_threads(), "rss_mb": rss_mb()}), flush=True)
     for line in sys.stdin:

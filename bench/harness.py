@@ -183,6 +183,12 @@ class MonitorProcess:
         """CPU seconds of the monitor and its render workers."""
         return tree_cpu_seconds(self.proc.pid)
 
+    def cpu_seconds_split(self) -> tuple[float, float]:
+        """CPU seconds of the monitor's own process, and of its live descendants (the render workers)."""
+        table = _process_table()
+        own = table.get(self.proc.pid, (0, 0))[1] / CLK_TCK
+        return own, sum(table[pid][1] for pid in process_tree(self.proc.pid, table)) / CLK_TCK - own
+
     def wait_idle(self, quiet_s: float = 0.6, max_cpu_share: float = 0.1, timeout: float = 60.0) -> float:
         """Waits until the monitor and its workers used under `max_cpu_share` of a core for `quiet_s`,
         so its startup or a pending render does not overlap the next measurement; returns the wait."""

@@ -217,3 +217,22 @@ def test_a_figure_waits_at_most_defer_s_and_close_draws_whatever_is_held(tmp_pat
 def test_a_negative_deferral_is_refused_by_name():
     with pytest.raises(ValueError, match="render deferral must be a non-negative number of seconds, got -1"):
         ProcessRenderer(priority="normal", defer_s=-1)
+
+
+def test_serve_and_watch_take_render_defer_and_refuse_a_negative_one_in_one_line(monkeypatch, capfd, tmp_path):
+    import monitor.serve
+    import monitor.watch
+    from monitor.cli import DEFAULT_RENDER_DEFER_S, main
+
+    seen = {}
+    monkeypatch.setattr(monitor.serve, "serve", lambda *a, **kw: seen.setdefault("serve", kw["render_defer"]) and 0)
+    monkeypatch.setattr(monitor.watch, "watch", lambda *a, **kw: seen.setdefault("watch", kw["render_defer"]) and 0)
+    main(["serve", "--out", str(tmp_path)])
+    main(["watch", str(tmp_path), "--render-defer", "0"])
+    assert seen == {"serve": DEFAULT_RENDER_DEFER_S, "watch": 0.0}
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error, as for every other argument
+        main(["serve", "--render-defer", "-1"])
+    assert refused.value.code == 2
+    last = capfd.readouterr().err.splitlines()[-1]
+    assert last == "monitor serve: error: argument --render-defer: must be zero or more, got -1", last

@@ -3,6 +3,7 @@ holds the GIL that the receive loop needs."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing
 import os
@@ -64,6 +65,9 @@ LANES = 2
 PRIORITIES = ("idle", "normal")
 IDLE_CORES_TO_DRAW = 1.0  # a figure is drawn at once when at least this much CPU was idle lately
 BUSY_EVERY_S = 0.25  # how often the deferral looks at the CPUs again
+# "Lately": every reading of the last second. A trainer's single-threaded moments (an epoch's end,
+# where the figures come from) leave a core idle for a fraction of that, and must not open the gate.
+QUIET_READINGS = 4
 
 
 class IdleCores:
@@ -104,8 +108,8 @@ class ProcessRenderer:
     `priority="normal"` renders as soon as a job arrives.
 
     With `defer_s` > 0, figures wait while a trainer keeps the machine busy: while `live()` says a
-    run is under way and less than IDLE_CORES_TO_DRAW cores were idle in the last BUSY_EVERY_S, a
-    figure is held back (a newer history drawing replaces a held one), at most `defer_s` seconds;
+    run is under way and, in one of the last QUIET_READINGS readings (BUSY_EVERY_S apart), less than
+    IDLE_CORES_TO_DRAW cores were idle, a figure is held back (a newer history drawing replaces a held one), at most `defer_s` seconds;
     then, or as soon as a core is free or no run is live, every held figure goes to its worker in
     submission order. Even an idle-priority worker that takes the CPU's short gaps costs a busy
     trainer (caches, a core shared by the host); a figure drawn later costs it nothing. The receive
@@ -151,9 +155,11 @@ class ProcessRenderer:
                              daemon=True).start()
 
     def _watch_busy(self, idle: IdleCores) -> None:
+        recent: collections.deque[bool] = collections.deque(maxlen=QUIET_READINGS)  # busy, per reading
         while not self._closing.wait(BUSY_EVERY_S):
             cores = idle.take()
-            self.busy = cores is not None and cores < IDLE_CORES_TO_DRAW and self.live()
+            recent.append(cores is not None and cores < IDLE_CORES_TO_DRAW)
+            self.busy = any(recent) and self.live()
             with self._order:
                 if self._held and (not self.busy or self._held[0][0] <= time.monotonic()):
                     self.release()
