@@ -236,3 +236,18 @@ def test_serve_and_watch_take_render_defer_and_refuse_a_negative_one_in_one_line
     assert refused.value.code == 2
     last = capfd.readouterr().err.splitlines()[-1]
     assert last == "monitor serve: error: argument --render-defer: must be zero or more, got -1", last
+
+
+def test_idle_cores_counts_idle_and_iowait_time_over_all_cpus_and_steal_as_busy(tmp_path):
+    stat = tmp_path / "stat"
+
+    def write(user: int, idle: int, iowait: int, steal: int) -> None:
+        # user nice system idle iowait irq softirq steal guest guest_nice, then two cpus
+        stat.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 {steal} 0 0\ncpu0 0\ncpu1 0\nintr 5\n")
+
+    write(100, 100, 0, 0)
+    idle = pool.IdleCores(str(stat))
+    write(100 + 120, 100 + 50, 10, 20)  # of 200 ticks on 2 cpus: 60 idle or waiting on the disk
+    assert idle.take() == pytest.approx(2 * 60 / 200)
+    assert idle.take() is None  # no time passed since the last reading
+    assert pool.IdleCores(str(tmp_path / "missing")).take() is None
