@@ -108,12 +108,12 @@ class ProcessRenderer:
     `priority="normal"` renders as soon as a job arrives.
 
     With `defer_s` > 0, figures wait while a trainer keeps the machine busy: while `live()` says a
-    run is under way and, in one of the last QUIET_READINGS readings (BUSY_EVERY_S apart), less than
-    IDLE_CORES_TO_DRAW cores were idle, a figure is held back (a newer history drawing replaces a held one), at most `defer_s` seconds;
-    then, or as soon as a core is free or no run is live, every held figure goes to its worker in
-    submission order. Even an idle-priority worker that takes the CPU's short gaps costs a busy
-    trainer (caches, a core shared by the host); a figure drawn later costs it nothing. The receive
-    path never waits on this: only drawing is deferred.
+    run is under way and one of the last QUIET_READINGS readings (BUSY_EVERY_S apart) found less
+    than IDLE_CORES_TO_DRAW cores idle, a figure is held back (a newer history drawing replaces a
+    held one), at most `defer_s` seconds; then, or as soon as that changes, every held figure goes to
+    its worker in submission order. An idle-priority worker that takes a busy trainer's short gaps
+    still costs it (run-queue waits, cold caches, a core the host shares); a figure drawn later
+    does not. Only drawing waits: receiving and logging never do.
     """
 
     def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle",
