@@ -157,12 +157,19 @@ class ProcessRenderer:
     def _watch_busy(self, idle: IdleCores) -> None:
         recent: collections.deque[bool] = collections.deque(maxlen=QUIET_READINGS)  # busy, per reading
         while not self._closing.wait(BUSY_EVERY_S):
-            cores = idle.take()
-            recent.append(cores is not None and cores < IDLE_CORES_TO_DRAW)
-            self.busy = any(recent) and self.live()
+            try:
+                cores = idle.take()
+                recent.append(cores is not None and cores < IDLE_CORES_TO_DRAW)
+                self.busy = any(recent) and self.live()
+            except Exception as exc:  # noqa: BLE001 - a broken reading must not hold figures for ever
+                log.error("render deferral stopped (%s: %s); figures are drawn at once from now on",
+                          type(exc).__name__, exc)
+                self.busy, self.defer_s = False, 0.0
             with self._order:
                 if self._held and (not self.busy or self._held[0][0] <= time.monotonic()):
                     self.release()
+            if self.defer_s == 0:
+                return
 
     def release(self) -> None:
         """Sends every held figure to its worker, in submission order."""
