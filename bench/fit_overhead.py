@@ -139,7 +139,9 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                 if config == "d":
                     monitors["d"].sigcont()
                 if config in monitors:
-                    result["monitor_cpu_in_fit_s"] = sum(monitors[config].cpu_seconds_split()) - sum(monitor_cpu)
+                    in_fit = monitors[config].cpu_seconds_split()
+                    result["monitor_cpu_in_fit_s"] = sum(in_fit) - sum(monitor_cpu)
+                    result["monitor_own_cpu_in_fit_s"] = in_fit[0] - monitor_cpu[0]
                     result["monitor_settle_s"] = monitors[config].wait_idle()
                     own, workers_cpu = monitors[config].cpu_seconds_split()
                     result["monitor_cpu_s"] = own + workers_cpu - sum(monitor_cpu)
@@ -230,6 +232,8 @@ def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> 
             # Of it, what it used while the fit ran (the rest it put off until the fit had ended).
             "monitor_cpu_in_fit_s_median": (median([r["monitor_cpu_in_fit_s"] for r in runs])
                                             if "monitor_cpu_in_fit_s" in runs[0] else None),
+            "monitor_own_cpu_in_fit_s_median": (median([r["monitor_own_cpu_in_fit_s"] for r in runs])
+                                                if "monitor_own_cpu_in_fit_s" in runs[0] else None),
             "monitor_own_cpu_s_median": (median([r["monitor_own_cpu_s"] for r in runs])
                                          if "monitor_own_cpu_s" in runs[0] else None),
             # How long after fit() returned the monitor still worked (renders it had put off).
@@ -337,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             s = summary[config]
             print(f"\n({config}) live monitor CPU per fit, median: {s['monitor_cpu_s_median']:.2f} s for {args.epochs} "
                   f"epochs, {s['monitor_own_cpu_s_median']:.2f} s of it its own process (the rest its render "
-                  f"workers, at idle priority), {s['monitor_cpu_in_fit_s_median']:.2f} s of it while the fit ran; "
+                  f"workers, at idle priority); while the fit ran: {s['monitor_cpu_in_fit_s_median']:.2f} s, "
+                  f"{s['monitor_own_cpu_in_fit_s_median']:.2f} s of it its own process; "
                   f"the monitor was idle again "
                   f"{s['monitor_settle_s_median']:.2f} s after fit() returned (median; 0.6 s is the quiet "
                   f"period the check needs)")
