@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import PullSink, add_common_args, median, print_table, quantile, write_json
-from bench.harness import MonitorProcess, free_port
+from bench.harness import (MonitorProcess, PullSink, add_common_args, free_port,
+                           median, print_table, quantile, write_json)
 from trainer_side import protocol
 from trainer_side.collect import ValidationCollector
 from trainer_side.train_collect import TrainingCollector

@@ -2,8 +2,11 @@
 
     (a) no observability                     (b) EmitterCallback, live `monitor serve`
     (c) EmitterCallback, nobody listening    (d) EmitterCallback, monitor SIGSTOPped for the whole fit
-    (e) in-process baseline (bench/inprocess_baseline.py: extra forward passes, PNGs, rich tables)
+    (e) in-process baseline (bench/fit_worker.py: extra forward passes, PNGs, rich tables)
     (n) (b) with `monitor serve --render-priority normal` (renders not at idle priority)
+    (i) (b) with `monitor serve --render-defer 0` (idle-priority renders at once, not deferred)
+    (s) EmitterCallback, a bare receiver (bench/harness.py `PullSink`: no monitor work, linger_ms=0):
+        the trainer side's own cost, hooks, sender and spool threads
     (z) A/A control: (a) again. What it measures is the noise floor of this method on this
         machine: any ratio within (z)'s spread of 1 cannot be told from noise.
 
@@ -15,10 +18,13 @@ first and the others in a new seeded order (--order fixed: as listed), and one m
 last round. The machine's speed drifts over minutes, so each fit is compared with (a)'s time
 interpolated, by start time, between the (a) that opens its round and the one that opens the next
 ("bracketed ratio"); the median over rounds is reported, with a 95 % bootstrap interval.
-Also: the stall at each validation epoch end (last validation batch -> next training batch, median,
+The costs split: (s) ÷ (a) is the trainer side's own cost, (b) ÷ (s) (fits of the same round) the
+co-located monitor's; the monitor's CPU time is given for its own process and its render workers.
+With --fresh-monitor every monitored fit gets a monitor started for it (a long-lived monitor that
+has served many runs is the default). Also: the stall at each validation epoch end (last validation batch -> next training batch, median,
 minus (a)'s), the emitter's teardown time, and each fit's peak RSS.
 
-    python -m bench.fit_overhead [--quick] [--json FILE]
+    python -m bench.fit_overhead [--quick] [--rounds N] [--epochs N] [--configs azbcs] [--fresh-monitor] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import add_common_args, median, print_table, write_json
-from bench.harness import PYTHON, ROOT, MonitorProcess, free_port
+from bench.harness import (PYTHON, ROOT, MonitorProcess, PullSink, add_common_args, free_port, median, print_table,
+                           write_json)
 
 CONFIGS = {
     "a": "no observability",
@@ -41,10 +47,13 @@ CONFIGS = {
     "d": "emitter, monitor SIGSTOPped",
     "e": "in-process callbacks",
     "n": "(b), renders at normal priority",
+    "i": "(b), renders not deferred",
+    "s": "emitter, bare receiver",
     "z": "A/A control: (a) again",
 }
 # The trainer side of each configuration (n differs from b only in how the monitor runs).
-WORKER_CONFIG = {"n": "b", "z": "a"}
+WORKER_CONFIG = {"n": "b", "i": "b", "z": "a"}
+MONITOR_ARGS = {"b": (), "d": (), "n": ("--render-priority", "normal"), "i": ("--render-defer", "0")}
 
 
 class Worker:
@@ -85,16 +94,15 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
     ensure_digits_imagefolder(default_cache_dir() / "digits_imagefolder")  # before any worker needs it
     configs = [c for c in args.configs]
     monitors: dict[str, MonitorProcess] = {}
+    sink: PullSink | None = None
     workers: dict[str, Worker] = {}
     results: dict[str, list[dict]] = {c: [] for c in configs}
     closing_run: dict | None = None
     try:
-        if "b" in configs:
-            monitors["b"] = MonitorProcess(work / "monitor_live")
-        if "d" in configs:
-            monitors["d"] = MonitorProcess(work / "monitor_stopped")
-        if "n" in configs:
-            monitors["n"] = MonitorProcess(work / "monitor_normal", "--render-priority", "normal")
+        for config in MONITOR_ARGS.keys() & set(configs):
+            monitors[config] = MonitorProcess(work / f"monitor_{config}", *MONITOR_ARGS[config])
+        if "s" in configs:
+            sink = PullSink()
         trainer_side = "".join(sorted({WORKER_CONFIG.get(c, c) for c in configs}))
         if args.separate_processes:
             workers = {c: Worker(WORKER_CONFIG.get(c, c), args.threads, work / f"worker_{c}.log") for c in configs}
@@ -112,21 +120,32 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
                            "seed": round_index,
                            "run": f"fit-{config}-{round_index}", "out": str(work / f"inproc_{round_index}"),
                            "endpoint": None, "train_batches": args.train_batches, "epoch_scale": args.epoch_scale}
+                if config in monitors and args.fresh_monitor and not warm:
+                    monitors[config].close()
+                    monitors[config] = MonitorProcess(work / f"monitor_{config}_{round_index}", *MONITOR_ARGS[config])
+                    monitors[config].wait_idle()
                 if config in monitors:  # live or, for (d), stopped below
                     request["endpoint"] = monitors[config].endpoint
+                elif config == "s":
+                    request["endpoint"] = sink.endpoint
                 elif config == "c":
                     request["endpoint"] = f"tcp://127.0.0.1:{free_port()}"  # nobody listens there
                 if config == "d":
                     monitors["d"].sigstop()
-                monitor_cpu = monitors[config].cpu_seconds() if config in monitors else 0.0
+                monitor_cpu = monitors[config].cpu_seconds_split() if config in monitors else (0.0, 0.0)
                 started = time.monotonic()
                 result = workers[config].fit(request)
                 result["started"] = started
                 if config == "d":
                     monitors["d"].sigcont()
                 if config in monitors:
+                    in_fit = monitors[config].cpu_seconds_split()
+                    result["monitor_cpu_in_fit_s"] = sum(in_fit) - sum(monitor_cpu)
+                    result["monitor_own_cpu_in_fit_s"] = in_fit[0] - monitor_cpu[0]
                     result["monitor_settle_s"] = monitors[config].wait_idle()
-                    result["monitor_cpu_s"] = monitors[config].cpu_seconds() - monitor_cpu
+                    own, workers_cpu = monitors[config].cpu_seconds_split()
+                    result["monitor_cpu_s"] = own + workers_cpu - sum(monitor_cpu)
+                    result["monitor_own_cpu_s"] = own - monitor_cpu[0]
                 if closing:
                     closing_run = result
                 elif not warm:
@@ -140,6 +159,8 @@ def run_rounds(args: argparse.Namespace, work: Path) -> dict:
         for worker in set(workers.values()):
             worker.close()
         codes = {name: monitor.close() for name, monitor in monitors.items()}
+        if sink is not None:
+            sink.close()
     return {"results": results, "closing_a": closing_run, "monitor_exit_codes": codes, "torch_threads": threads}
 
 
@@ -208,10 +229,36 @@ def summarize(results: dict[str, list[dict]], closing_a: dict | None = None) -> 
             "rss_mb_first_last": (runs[0]["rss_mb"], runs[-1]["rss_mb"]),
             "dropped": [r["dropped"] for r in runs], "sent": [r["sent"] for r in runs],
             "monitor_cpu_s_median": median([r["monitor_cpu_s"] for r in runs]) if "monitor_cpu_s" in runs[0] else None,
+            # Of it, what it used while the fit ran (the rest it put off until the fit had ended).
+            "monitor_cpu_in_fit_s_median": (median([r["monitor_cpu_in_fit_s"] for r in runs])
+                                            if "monitor_cpu_in_fit_s" in runs[0] else None),
+            "monitor_own_cpu_in_fit_s_median": (median([r["monitor_own_cpu_in_fit_s"] for r in runs])
+                                                if "monitor_own_cpu_in_fit_s" in runs[0] else None),
+            "monitor_own_cpu_s_median": (median([r["monitor_own_cpu_s"] for r in runs])
+                                         if "monitor_own_cpu_s" in runs[0] else None),
             # How long after fit() returned the monitor still worked (renders it had put off).
             "monitor_settle_s_median": median([r["monitor_settle_s"] for r in runs]) if "monitor_settle_s" in runs[0] else None,
         }
     return summary
+
+
+def cost_split(results: dict[str, list[dict]], summary: dict) -> list[list]:
+    """Rows of whose cost a fit pays: the trainer side's, (s) over (a), and the co-located monitor's,
+    (b) over (s) of the same round, each a median ratio with its 95 % interval, and the A/A control's."""
+    control = summary.get("z")
+    aa = "-" if control is None else "{:.3f} [{:.3f}..{:.3f}]".format(control["ratio_median"], *control["ratio_ci95"])
+    rows = []
+    if "s" in summary:
+        s = summary["s"]
+        rows.append(["trainer side: hooks, sender and spool threads, (s) / (a)", s["ratio_median"],
+                     "{:.3f}..{:.3f}".format(*s["ratio_ci95"]), s["cpu_ratio_median"], aa])
+    for config in ("b", "i", "n"):
+        if config in results and "s" in results:
+            ratios = [m["fit_s"] / t["fit_s"] for m, t in zip(results[config], results["s"])]
+            cpu = [m["cpu_s"] / t["cpu_s"] for m, t in zip(results[config], results["s"])]
+            rows.append([f"co-located monitor, ({config}) / (s)", median(ratios),
+                         "{:.3f}..{:.3f}".format(*bootstrap_median_ci(ratios)), median(cpu), aa])
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separate-processes", action="store_true",
                         help="one trainer process per configuration (default: one process runs them all)")
     parser.add_argument("--configs", default="azbcden",
-                        help="configurations to run, (a) first (default azbcden; z = the A/A control, n = (b) "
-                             "with the monitor's --render-priority normal, for comparison)")
+                        help="configurations to run, (a) first (default azbcden; z = the A/A control, s = the "
+                             "trainer side alone, n and i = (b) with the monitor's --render-priority normal or "
+                             "--render-defer 0, for comparison)")
+    parser.add_argument("--fresh-monitor", action="store_true",
+                        help="start a new monitor for every measured fit of (b), (d), (n), (i) (default: one "
+                             "long-lived monitor per configuration serves all its runs)")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.rounds = args.rounds or (2 if args.quick else 7)
@@ -261,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
           + ("interpolated between the (a) runs that bracket it" if measured["closing_a"] else "in the same round")
           + "; 95 % interval: bootstrap of that median." + (" (z) runs (a) again: the spread a "
           "ratio of 1 shows here is the noise floor." if "z" in summary else ""))
+    split = cost_split(measured["results"], summary)
+    if split:
+        print_table("Whose cost: fit time ratios, medians over rounds", ["part", "fit ratio", "95 % interval",
+                                                                        "trainer CPU-time ratio", "A/A control (z)"],
+                    split)
     if not all(r.get("peak_is_this_fit") for runs in measured["results"].values() for r in runs):
         print("peak RSS: the kernel could not reset its high-water mark, so peaks are the process's lifetime peak")
     print_table("Stall at each validation epoch end (last validation batch -> next training batch)",
@@ -280,11 +336,14 @@ def main(argv: list[str] | None = None) -> int:
                   ",".join(map(str, s["sent"])) if s["sent"][0] is not None else "-",
                   ",".join(map(str, s["dropped"])) if s["dropped"][0] is not None else "-"]
                  for c, s in summary.items()])
-    for config in ("b", "n"):
+    for config in ("b", "i", "n"):
         if config in summary:
             s = summary[config]
-            print(f"\n({config}) live monitor CPU per fit (render workers included), median: "
-                  f"{s['monitor_cpu_s_median']:.2f} s for {args.epochs} epochs; the monitor was idle again "
+            print(f"\n({config}) live monitor CPU per fit, median: {s['monitor_cpu_s_median']:.2f} s for {args.epochs} "
+                  f"epochs, {s['monitor_own_cpu_s_median']:.2f} s of it its own process (the rest its render "
+                  f"workers, at idle priority); while the fit ran: {s['monitor_cpu_in_fit_s_median']:.2f} s, "
+                  f"{s['monitor_own_cpu_in_fit_s_median']:.2f} s of it its own process; "
+                  f"the monitor was idle again "
                   f"{s['monitor_settle_s_median']:.2f} s after fit() returned (median; 0.6 s is the quiet "
                   f"period the check needs)")
     print(f"monitor exit codes: {measured['monitor_exit_codes']}; took {time.perf_counter() - started:.0f} s")

@@ -5,7 +5,7 @@
    device->host synchronization inside a hook raises. The callback's designed host copy (one per
    validation epoch, in on_validation_epoch_end) is counted separately: it is allowed there only.
 2. Fit time, interleaved a b e, a b e, ... on CUDA: (a) no observability, (b) EmitterCallback with a
-   live `monitor serve`, (e) the in-process baseline (bench/inprocess_baseline.py).
+   live `monitor serve`, (e) the in-process baseline (bench/fit_worker.py).
 
 Exits 0 with a clear message when CUDA is absent.
 
@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_common_args, median, print_table, write_json
-from bench.harness import MonitorProcess
+from bench.harness import MonitorProcess, add_common_args, median, print_table, write_json
 
 PER_BATCH_HOOKS = ("on_validation_batch_end", "on_validation_epoch_start", "on_validation_end", "on_train_batch_end",
                    "on_train_epoch_start")
@@ -54,7 +53,7 @@ def strict_sync(callback: Any, errors: list[str]) -> None:
 def fit(config: str, endpoint: str | None, out: Path, epochs: int, sync_errors: list[str] | None = None) -> float:
     import lightning as L
 
-    from bench.inprocess_baseline import InProcessObservability
+    from bench.fit_worker import InProcessObservability
     from trainer_side import EmitterCallback
     from trainer_side.demo import DemoClassifier, DigitsDataModule
 

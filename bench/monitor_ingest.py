@@ -40,8 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.common import add_common_args, print_table, write_json
-from bench.harness import PYTHON, ROOT, MonitorProcess
+from bench.harness import PYTHON, ROOT, MonitorProcess, add_common_args, print_table, write_json
 from trainer_side import protocol
 
 CLASSES = 43

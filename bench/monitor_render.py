@@ -9,7 +9,11 @@ sent means the receive loop was away for about L ms. Artifact times are the file
 
     python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--tensorboard] [--json FILE]
 
-With --tensorboard the monitor also writes TensorBoard events (`serve --tensorboard`).
+With --tensorboard the monitor also writes TensorBoard events (`serve --tensorboard`), and the
+program first times what that costs the monitor per epoch figure, on real confusion-matrix PNGs: the
+record checksum (TensorBoard's own pure-Python CRC-32C against google-crc32c's, which the monitor
+uses) and the writer thread's whole work for one figure (read the PNG, encode the event, checksum,
+append).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.analysis_scale import epoch_files
-from bench.common import add_common_args, median, print_table, quantile, write_json
-from bench.harness import PYTHON, ROOT, MonitorProcess
+from bench.harness import PYTHON, ROOT, MonitorProcess, add_common_args, median, print_table, quantile, write_json
 from monitor.folders import run_dir
+from monitor.outputs.render.jobs import ConfusionJob
+from monitor.outputs.tensorboard import TensorBoardOptions, TensorBoardWriter, masked_crc32c
 from trainer_side import protocol
 
 PROBE_MS = 2.0
@@ -170,6 +175,68 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     return result
 
 
+# ---------------------------------------------------------------- one figure as a TensorBoard event
+
+
+def confusion_png(classes: int, folder: Path) -> Path:
+    """A drawn confusion matrix of `classes` classes, 20 samples per class, 70 % right."""
+    rng = np.random.default_rng(classes)
+    labels = np.repeat(np.arange(classes), 20)
+    preds = np.where(rng.random(labels.size) < 0.7, labels, rng.integers(0, classes, labels.size))
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels, preds), 1)
+    png = folder / "confusion_matrix.png"
+    ConfusionJob(png, folder / "confusion_matrix.csv", counts, [f"class {i}" for i in range(classes)], "bench").run()
+    return png
+
+
+def timed(call, repeats: int) -> float:
+    """Median seconds of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def measure_tensorboard_figure(classes: int, repeats: int, work: Path) -> dict:
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
+
+    epoch = work / "out" / "run" / "epoch_000"
+    epoch.mkdir(parents=True)
+    png = confusion_png(classes, epoch)
+    data = png.read_bytes()
+    assert masked_crc32c(data) == tensorboard_crc(data)
+    writes = []
+    for i in range(repeats):
+        writer = TensorBoardWriter(TensorBoardOptions(work / f"tb{i}"), work / "out", wait=True)
+        start = time.perf_counter()
+        writer.figure(png)
+        writer.close()
+        writes.append(time.perf_counter() - start)
+    return {"classes": classes, "png_bytes": len(data),
+            "tensorboard_crc_s": timed(lambda: tensorboard_crc(data), max(1, repeats // 3)),
+            "monitor_crc_s": timed(lambda: masked_crc32c(data), repeats),
+            "writer_s": median(writes)}
+
+
+def tensorboard_figures(classes: list[int], quick: bool) -> list[dict]:
+    repeats = 3 if quick else 9
+    with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as tmp:
+        results = []
+        for count in classes:
+            work = Path(tmp) / str(count)
+            work.mkdir()
+            results.append(measure_tensorboard_figure(count, repeats, work))
+    print_table(f"One confusion-matrix figure as a TensorBoard image event (median of {repeats})",
+                ["classes", "PNG KiB", "TensorBoard's CRC-32C ms", "monitor's CRC-32C ms",
+                 "writer thread, whole figure ms"],
+                [[r["classes"], r["png_bytes"] / 1024, r["tensorboard_crc_s"] * 1e3, r["monitor_crc_s"] * 1e3,
+                  r["writer_s"] * 1e3] for r in results])
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--probed-serve"]:
@@ -183,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
     epochs = 2 if args.quick else 3
+    figures_as_events = tensorboard_figures(args.classes, args.quick) if args.tensorboard else None
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
         for round_ in range(args.rounds):
@@ -221,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probes received/sent: {[(r['probes_received'], r['probes_sent']) for r in results]}; "
           f"monitor exit codes: {[r['monitor_exit_code'] for r in results]}"
           + (f"; TensorBoard event bytes: {[r['tensorboard_bytes'] for r in results]}" if args.tensorboard else ""))
-    write_json(args.json, {"render": results})
+    write_json(args.json, {"render": results, "tensorboard_events": figures_as_events})
     lost = [r["classes"] for r in results if r["probes_received"] < r["probes_sent"]]
     if lost:
         print(f"FAILED: the monitor recorded fewer probes than were sent ({lost} classes); "

@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import machine_info
-from bench.harness import PYTHON, ROOT
+from bench.harness import PYTHON, ROOT, machine_info
 
-PROGRAMS = ("import_cost", "monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render", "analysis_scale",
-            "monitor_memory", "report_pages", "fit_overhead", "gpu_check")
+PROGRAMS = ("monitor_startup", "emitter_costs", "monitor_ingest", "monitor_render", "analysis_scale", "fit_overhead",
+            "gpu_check")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from rich.console import Console
 from trainer_side.msglog import CorruptLogError, LogFormatError
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_RENDER_DEFER_S = 30.0  # serve and watch: the longest a figure waits for a trainer keeping the CPUs busy
 
 
 class UsageError(ValueError):
@@ -37,6 +38,17 @@ def _positive(kind: type, what: str):
 
 
 _positive_float = _positive(float, "positive")
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse type: a float of at least zero."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+_non_negative_float.__name__ = "float"
 _positive_int = _positive(int, "a positive whole number")
 
 
@@ -48,6 +60,11 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "stays at normal priority. normal: the workers at normal priority too, each epoch's "
                              "figures and tables drawn as soon as it ends. For more, start the whole monitor in an "
                              "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
+    parser.add_argument("--render-defer", type=_non_negative_float, default=DEFAULT_RENDER_DEFER_S, metavar="SECONDS",
+                        help="while a run is under way and less than one CPU core is idle, hold each epoch's "
+                             "figures back, at most this long, so that drawing never competes with a CPU-bound "
+                             f"trainer (receiving and logging never wait). 0 draws at once (default "
+                             f"{DEFAULT_RENDER_DEFER_S:g})")
 
 
 def _add_tensorboard(parser: argparse.ArgumentParser) -> None:
@@ -307,8 +324,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                      max_message_bytes=int(args.max_message_mb * (1 << 20)), epoch_timeout=args.epoch_timeout,
                      stale_after=args.stale_after,
                      curve=curve, ready_file=args.ready_file, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard,
-                     http=http)
+                     render_priority=args.render_priority, render_defer=args.render_defer, limits=_limits(args),
+                     tensorboard=tensorboard, http=http)
     if args.command == "report":
         return _report(args, console)
     if args.command == "replay":
@@ -326,7 +343,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         return watch(args.folder, args.out, epoch_timeout=args.epoch_timeout, stale_after=args.stale_after,
                      skip_corrupt=args.skip_corrupt,
                      polling=args.polling, console=console, stop=stop,
-                     render_priority=args.render_priority, limits=_limits(args), tensorboard=tensorboard)
+                     render_priority=args.render_priority, render_defer=args.render_defer, limits=_limits(args),
+                     tensorboard=tensorboard)
     if args.command == "inspect":
         from monitor.loginspect import inspect_logs
 

@@ -88,6 +88,7 @@ class Settings:
     epoch_timeout: float | None = None
     stale_after: float | None = None
     render_priority: str = "idle"
+    render_defer: float = 0.0
     show_tables: bool = True
     tensorboard: TensorBoardOptions | None = None
 
@@ -124,6 +125,7 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
                         stale_after=settings.stale_after)
     pipeline.logbook, pipeline.reporter = intake.logbook, reporter
     renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run, and TensorBoard
+    renderer.live = pipeline.live  # figures wait while a run is under way and the CPUs are busy
     if settings.tensorboard is not None:
         from monitor.outputs.tensorboard import TensorBoardWriter
 
@@ -206,7 +208,7 @@ def _start_live(console: Console, settings: Settings, stop: threading.Event):  #
         return None
 
     dashboard = Dashboard(console)
-    renderer = ProcessRenderer(priority=settings.render_priority)
+    renderer = ProcessRenderer(priority=settings.render_priority, defer_s=settings.render_defer)
     run_console = MonitorConsole(console, fresh=False, offload=renderer.table)
     run_console.printer = dashboard.print
     torch.set_num_threads(1)  # confusion counts are small; the trainer on this machine needs the cores

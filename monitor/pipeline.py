@@ -122,6 +122,10 @@ class Pipeline:
                 del run.artifacts[:-5]
         self.reports.figure_done(folder)
 
+    def live(self) -> bool:
+        """Whether some run is under way (not ended by every rank, not stale); safe from any thread."""
+        return any(not run.finished and not run.stale for run in list(self.runs.values()))
+
     def tick(self) -> None:
         """Renders epochs whose missing ranks timed out and marks silent runs stale; call it
         periodically while serving."""

@@ -71,7 +71,8 @@ class SocketSource(Source):
 def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, epoch_timeout: float,
           stale_after: float | None = None,
           curve: CurveServerKeys | None, ready_file: Path | None, console: Console,
-          stop: threading.Event | None = None, render_priority: str = "idle", limits: Limits | None = None,
+          stop: threading.Event | None = None, render_priority: str = "idle", render_defer: float = 0.0,
+          limits: Limits | None = None,
           tensorboard: TensorBoardOptions | None = None, http: tuple[str, int] | None = None) -> int:
     """Serves until `stop` (or SIGINT/SIGTERM); with `http` (host, port), the report pages under `out`
     over HTTP too (checked by `endpoint.check_http`).
@@ -99,7 +100,7 @@ def serve(bind: str, out: Path, *, allow_remote: bool, max_message_bytes: int, e
     if ready_file is not None:
         ready_file.write_text(receiver.endpoint + "\n" + ("" if pages is None else f"http {pages.url}\n"))
     settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority,
-                        tensorboard=tensorboard)
+                        render_defer=render_defer, tensorboard=tensorboard)
     try:
         outcome = drive(SocketSource(receiver), out, console, settings=settings, stop=stop,
                         on_started=None if ready_file is None else lambda: _append_line(ready_file, "started"))

@@ -149,7 +149,7 @@ class SpoolSource(Source):
 def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, polling: bool,
           stale_after: float | None = None,
           console: Console, stop: threading.Event | None = None, render_priority: str = "idle",
-          limits: Limits | None = None,
+          render_defer: float = 0.0, limits: Limits | None = None,
           tensorboard: TensorBoardOptions | None = None) -> int:
     """Follows the spool logs under `folder` until `stop` (or SIGINT/SIGTERM).
 
@@ -168,6 +168,6 @@ def watch(folder: Path, out: Path, *, epoch_timeout: float, skip_corrupt: bool, 
     console.print(f"monitor: watching {folder}/ for spool logs, writing to {out}/ (Ctrl-C or SIGTERM to stop)",
                   highlight=False)
     settings = Settings(epoch_timeout=epoch_timeout, stale_after=stale_after, render_priority=render_priority,
-                        tensorboard=tensorboard)
+                        render_defer=render_defer, tensorboard=tensorboard)
     outcome = drive(source, out, console, settings=settings, stop=stop)
     return 1 if outcome.not_logged else 0

@@ -2,10 +2,13 @@
 with the benchmarks), and the tiny trainer.
 
 Every Emitter a test makes is closed after the test, passed or failed (`close_emitters`): an open one
-keeps a ZeroMQ context that can hold the interpreter at exit. Tests that start processes or run a
-Lightning fit, or sleep, are marked `slow` here, by the names they use; tests that replay and draw
-whole runs carry `@pytest.mark.slow` themselves. `pytest -m "not slow"` (make check) runs the rest:
-the codec, the aggregates, the tables and the figures' data, the quick loop while working.
+keeps a ZeroMQ context that can hold the interpreter at exit. Monitors the tests start draw at once
+(`--render-defer 0`, `draw_at_once`): on a machine that other work keeps busy the default would hold
+a live run's figures up to 30 s, and a test that stops the monitor right after the last epoch would
+see them abandoned; tests/test_renderer.py tests the deferral itself. Tests that start processes or
+run a Lightning fit, or sleep, are marked `slow` here, by the names they use; tests that replay and
+draw whole runs carry `@pytest.mark.slow` themselves. `pytest -m "not slow"` (make check) runs the
+rest: the codec, the aggregates, the tables and the figures' data, the quick loop while working.
 """
 
 from __future__ import annotations
@@ -65,6 +68,17 @@ def close_emitters(monkeypatch, tmp_path_factory):
     yield
     for emitter in made:
         emitter.close()
+
+
+@pytest.fixture(autouse=True)
+def draw_at_once(monkeypatch):
+    """Every `MonitorProcess` a test starts gets `--render-defer 0`, unless the test passes its own."""
+    build = MonitorProcess.__init__
+
+    def without_deferral(self: MonitorProcess, out: Path, *extra: str, **kwargs: object) -> None:
+        build(self, out, *extra, *(() if "--render-defer" in extra else ("--render-defer", "0")), **kwargs)
+
+    monkeypatch.setattr(MonitorProcess, "__init__", without_deferral)
 
 
 # What a test names (or a fixture it uses) that starts monitor, render-worker or trainer processes,

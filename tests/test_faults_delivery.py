@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import threading
 import warnings
 from pathlib import Path
 
@@ -74,49 +73,50 @@ def figures(what: str, sent: int, logged: int, reported: int) -> None:
 
 
 @pytest.mark.slow
-def test_no_monitor_at_all_every_message_is_reported_and_the_spool_rebuilds_the_run(tmp_path, caplog):
+def test_no_monitor_at_all_close_does_not_wait_and_names_the_spool_that_rebuilds_the_run(tmp_path, caplog):
     spool = tmp_path / "spool"
-    emitter = Emitter(f"tcp://127.0.0.1:{free_port()}", run="alone", spool=spool, linger_ms=300)
+    # A linger the test would notice: a close that waited for receipts would take a minute.
+    emitter = Emitter(f"tcp://127.0.0.1:{free_port()}", run="alone", spool=spool, linger_ms=60_000)
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
         send_epochs(emitter, range(2), end=True)
         report = emitter.close()
     figures("no monitor", report.messages, 0, report.undelivered)
     assert (report.messages, report.dropped, report.confirmed, report.undelivered) == (8, 0, 0, 8)
-    text = " ".join(warnings_of(caplog))
-    assert "8 of 8 messages are not confirmed" in text
-    assert f"monitor replay {spool / 'alone'}/rank*.mlog" in text
-    # The recovery the warning names works: the spool holds every message and rebuilds the run.
+    assert report.connected is False and emitter.receipt_polls == 0  # the receipt wait was skipped
+    [line] = warnings_of(caplog)  # one line: where the run is and how to ingest it
+    assert "no monitor ever connected" in line and "holds all 8 messages" in line
+    assert f"monitor replay {spool / 'alone'}/rank*.mlog --out outputs" in line
+    assert f"monitor watch {spool} --out outputs" in line
+    # The recovery the line names works: the spool holds every message and rebuilds the run.
     assert [m.seq for m in frames_of(report.spool)] == list(range(8))
     replay([report.spool], tmp_path / "out", skip_corrupt=False, console=Console(file=open("/dev/null", "w")))
     assert (tmp_path / "out" / "alone" / "epoch_001" / "confusion_matrix.csv").exists()
 
 
-def test_without_a_spool_the_warning_says_the_messages_are_lost(tmp_path, caplog):
-    emitter = Emitter(f"tcp://127.0.0.1:{free_port()}", run="nospool", spool=False, linger_ms=100)
+def test_without_a_spool_close_still_waits_and_says_the_messages_are_lost(tmp_path, caplog):
+    emitter = Emitter(f"tcp://127.0.0.1:{free_port()}", run="nospool", spool=False, linger_ms=300)
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
         send_epochs(emitter, range(1))
         report = emitter.close()
-    assert report.spool is None and report.undelivered == 4
+    assert report.spool is None and report.undelivered == 4 and report.connected is False
+    assert emitter.receipt_polls >= 1  # nothing else holds them: a monitor starting now still could
     assert "No spool holds them (spool=False), so they are lost." in " ".join(warnings_of(caplog))
 
 
-def test_a_trainer_that_ends_while_the_monitor_starts_gets_everything_confirmed(tmp_path, caplog, start_monitor):
-    """The monitor starts only after the trainer has sent everything and begun to close: close()
+def test_a_monitor_that_starts_after_the_trainer_sent_everything_confirms_it_all(tmp_path, caplog, start_monitor):
+    """The monitor starts only after the trainer has sent everything; once it has connected, close()
     waits (bounded by linger_ms) until the monitor's receipt covers every message."""
     port = free_port()
     emitter = Emitter(f"tcp://127.0.0.1:{port}", run="early", spool=tmp_path / "spool", linger_ms=120_000)
     send_epochs(emitter, range(1), end=True)
-    reports = []
-    closing = threading.Thread(target=lambda: reports.append(emitter.close()), daemon=True)
+    monitor = start_monitor(tmp_path / "out", port=port)
+    socket = emitter._socket
+    wait_for(lambda: socket.take_refusal() is None and socket.ever_connected, "the trainer's connection", timeout=60)
     with caplog.at_level(logging.WARNING, logger="trainer_side"):
-        closing.start()
-        monitor = start_monitor(tmp_path / "out", port=port)
-        closing.join(150)
-    assert not closing.is_alive()
-    report = reports[0]
+        report = emitter.close()
     logged = frames_of(tmp_path / "out" / "early" / "messages.mlog", emitter.sender)
     figures("monitor starting", report.messages, len(logged), report.undelivered)
-    assert (report.messages, report.confirmed, report.undelivered) == (5, 5, 0)
+    assert (report.messages, report.confirmed, report.undelivered, report.connected) == (5, 5, 0, True)
     assert [m.seq for m in logged] == list(range(5))
     assert not warnings_of(caplog)
     assert monitor.stop() == 0, monitor.output()
@@ -140,6 +140,7 @@ def test_monitor_killed_mid_run_every_lost_message_is_counted_and_a_restart_repa
     # Nothing lost without a number: what is not in the log is at most what the warning reports.
     assert report.messages - logged <= report.undelivered == report.messages - report.confirmed
     assert report.confirmed <= logged
+    assert report.connected is True and emitter.receipt_polls >= 1  # a monitor had connected: close waited
     assert f"{report.undelivered} of 38 messages are not confirmed" in " ".join(warnings_of(caplog))
 
     # A restarted monitor re-reads the run it left unfinished: epochs drawn, then marked stale.

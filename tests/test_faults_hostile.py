@@ -297,7 +297,7 @@ def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
     code = _SERVE_WITH_A_DISK.format(tests=str(Path(__file__).parent), flag=str(flag))
     with open(output, "wb") as sink:
         proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--bind", endpoint, "--out", str(out),
-                                 "--ready-file", str(ready), "--render-priority", "normal"],
+                                 "--ready-file", str(ready), "--render-priority", "normal", "--render-defer", "0"],
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"})
     context = zmq.Context()

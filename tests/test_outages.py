@@ -172,7 +172,8 @@ def test_watch_follows_a_spool_as_it_grows(tmp_path):
     spool, out = tmp_path / "spool", tmp_path / "out"
     spool.mkdir()
     log = open(tmp_path / "watch.log", "wb")
-    watcher = subprocess.Popen([sys.executable, "-m", "monitor", "watch", str(spool), "--out", str(out)],
+    watcher = subprocess.Popen([sys.executable, "-m", "monitor", "watch", str(spool), "--out", str(out),
+                                "--render-defer", "0"],
                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         trainer = start_tiny("--spool", str(spool), "--run", "watched", "--epochs", "3", "--record",

@@ -15,6 +15,8 @@ import pytest
 
 from rich.table import Table
 
+from conftest import wait_for
+from monitor.outputs.render import pool
 from monitor.outputs.render.jobs import ConfusionJob, HistoryJob, TableJob
 from monitor.outputs.render.pool import InlineRenderer, ProcessRenderer
 
@@ -143,3 +145,109 @@ def test_a_failing_job_is_counted_and_the_next_one_still_runs(tmp_path):
     assert renderer.failures == 1
     assert done == [str(tmp_path / "after.json")]
 
+
+# --- deferral: figures wait while a trainer keeps the CPUs busy ----------------------------------
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """The idle cores the renderer's deferral sees, set by the test (the real /proc/stat is not read)."""
+    state = {"idle_cores": 0.0}
+    monkeypatch.setattr(pool.IdleCores, "take", lambda self: state["idle_cores"])
+    return state
+
+
+def test_figures_wait_while_a_run_is_live_and_the_cpus_are_busy_then_go_in_order(tmp_path, machine):
+    live = [True]
+    renderer = ProcessRenderer(priority="normal", defer_s=600, live=lambda: live[0])
+    folder = tmp_path / "served" / "training_history"
+    first, last = tmp_path / "first.json", tmp_path / "last.json"
+    try:
+        wait_for(lambda: renderer.busy, "the deferral to see a busy machine", timeout=60)
+        renderer.submit(Probe(first))
+        for epochs in (1, 2):
+            renderer.submit(HistoryJob(folder, _history(epochs)))
+        renderer.submit(Probe(last))
+        # Held, not drawn; the second history drawing replaced the first while both waited.
+        assert (renderer.deferred, renderer.superseded, renderer.pending) == (4, 1, 3)
+        assert not first.exists() and not (folder / "loss_history.png").exists()
+        machine["idle_cores"] = 1.5  # a core falls idle: everything held goes
+        wait_for(lambda: renderer.pending == 0, "the held figures drawn", timeout=120)
+    finally:
+        renderer.close()
+    assert json.loads(first.read_text())["pid"] == json.loads(last.read_text())["pid"]  # one lane, in order
+    expected = tmp_path / "inline" / "training_history"
+    inline = InlineRenderer()
+    inline.submit(HistoryJob(expected, _history(2)))
+    inline.drain()
+    assert (folder / "loss_history.png").read_bytes() == (expected / "loss_history.png").read_bytes()
+
+
+def test_held_figures_go_when_no_run_is_live_even_on_a_busy_machine(tmp_path, machine):
+    live = [True]
+    renderer = ProcessRenderer(priority="normal", defer_s=600, live=lambda: live[0])
+    try:
+        wait_for(lambda: renderer.busy, "the deferral to see a busy machine", timeout=60)
+        renderer.submit(Probe(tmp_path / "held.json"))
+        assert renderer.deferred == 1
+        live[0] = False  # the run ended: nothing to yield to
+        wait_for(lambda: (tmp_path / "held.json").exists(), "the held figure drawn", timeout=120)
+    finally:
+        renderer.close()
+
+
+def test_a_figure_waits_at_most_defer_s_and_close_draws_whatever_is_held(tmp_path, machine):
+    renderer = ProcessRenderer(priority="normal", defer_s=0.5, live=lambda: True)
+    try:
+        wait_for(lambda: renderer.busy, "the deferral to see a busy machine", timeout=60)
+        renderer.submit(Probe(tmp_path / "late.json"))
+        wait_for(lambda: (tmp_path / "late.json").exists(), "the figure after defer_s", timeout=120)
+        assert renderer.busy  # still busy: it went because its time was up
+    finally:
+        renderer.close()
+    patient = ProcessRenderer(priority="normal", defer_s=600, live=lambda: True)
+    try:
+        wait_for(lambda: patient.busy, "the deferral to see a busy machine", timeout=60)
+        patient.submit(Probe(tmp_path / "closing.json"))
+    finally:
+        assert patient.close() == 0  # nothing abandoned: close sends the held figure and waits for it
+    assert (tmp_path / "closing.json").exists()
+
+
+def test_a_negative_deferral_is_refused_by_name():
+    with pytest.raises(ValueError, match="render deferral must be a non-negative number of seconds, got -1"):
+        ProcessRenderer(priority="normal", defer_s=-1)
+
+
+def test_serve_and_watch_take_render_defer_and_refuse_a_negative_one_in_one_line(monkeypatch, capfd, tmp_path):
+    import monitor.serve
+    import monitor.watch
+    from monitor.cli import DEFAULT_RENDER_DEFER_S, main
+
+    seen = {}
+    monkeypatch.setattr(monitor.serve, "serve", lambda *a, **kw: seen.setdefault("serve", kw["render_defer"]) and 0)
+    monkeypatch.setattr(monitor.watch, "watch", lambda *a, **kw: seen.setdefault("watch", kw["render_defer"]) and 0)
+    main(["serve", "--out", str(tmp_path)])
+    main(["watch", str(tmp_path), "--render-defer", "0"])
+    assert seen == {"serve": DEFAULT_RENDER_DEFER_S, "watch": 0.0}
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error, as for every other argument
+        main(["serve", "--render-defer", "-1"])
+    assert refused.value.code == 2
+    last = capfd.readouterr().err.splitlines()[-1]
+    assert last == "monitor serve: error: argument --render-defer: must be zero or more, got -1", last
+
+
+def test_idle_cores_counts_idle_and_iowait_time_over_all_cpus_and_steal_as_busy(tmp_path):
+    stat = tmp_path / "stat"
+
+    def write(user: int, idle: int, iowait: int, steal: int) -> None:
+        # user nice system idle iowait irq softirq steal guest guest_nice, then two cpus
+        stat.write_text(f"cpu  {user} 0 0 {idle} {iowait} 0 0 {steal} 0 0\ncpu0 0\ncpu1 0\nintr 5\n")
+
+    write(100, 100, 0, 0)
+    idle = pool.IdleCores(str(stat))
+    write(100 + 120, 100 + 50, 10, 20)  # of 200 ticks on 2 cpus: 60 idle or waiting on the disk
+    assert idle.take() == pytest.approx(2 * 60 / 200)
+    assert idle.take() is None  # no time passed since the last reading
+    assert pool.IdleCores(str(tmp_path / "missing")).take() is None

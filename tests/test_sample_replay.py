@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from monitor.ingest.logbook import run_dir
+from monitor.folders import run_dir
 from monitor.replay import replay
 from trainer_side.msglog import LogWriter
 from trainer_side.protocol import IdRange, encode, make_message

@@ -29,6 +29,9 @@ log = logging.getLogger("trainer_side")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_SPOOL = "monitor_spool"
 RECEIPT_POLL_MS = 100  # while closing, how often the monitor is asked again
+# While closing a sender opened just before, how long its first connection attempt may take to
+# succeed or fail (on loopback, milliseconds) before close waits for receipts as for a live monitor.
+FIRST_ATTEMPT_MS = 1000
 
 _Entry = TypeVar("_Entry", bound=Callable[..., Any])
 
@@ -124,6 +127,7 @@ class Emitter:
         self.sender = ""  # this process's identity on the wire, made when its sinks open
         self._first_dropped = 0  # `dropped` when this sender opened: it reports only its own messages
         self.confirmed = 0  # of this sender's messages, how many the monitor says are in its log
+        self.receipt_polls = 0  # receipt queries `close` waited on
 
     # Pickling (ddp_spawn, deepcopy) carries the configuration and counters, never a socket.
     def __getstate__(self) -> dict[str, Any]:
@@ -342,9 +346,11 @@ class Emitter:
     def close(self) -> DeliveryReport | None:
         """Closes the sinks of this process and reports what reached the monitor.
 
-        Waits at most `linger_ms` for the monitor's receipt that every message sent is in its log
-        (never while training: only here). Logs a warning with the number of messages that did not
-        get there and how to recover them from the spool.
+        When a monitor ever accepted the connection, waits at most `linger_ms` for its receipt that
+        every message sent is in its log (never while training: only here), and logs a warning with
+        the number of messages that did not get there and how to recover them from the spool. When
+        none ever did and the spool holds every message, it does not wait: one line names the spool
+        and the commands that ingest it.
 
         Returns:
             The delivery report, or None when this process has nothing open (already closed, never
@@ -357,25 +363,32 @@ class Emitter:
         self._pid = None
         _open_emitters.discard(self)
         try:
-            if socket is not None:
-                self._await_receipts(socket)
-                socket.close()
             if spool is not None:
                 spool.close()
                 self.spool_dropped += spool.failed
                 self.spool_error = spool.error
+            if socket is not None:
+                self._await_receipts(socket, spool_complete=spool is not None and not self.spool_dropped)
+                socket.close()
         except Exception as exc:  # noqa: BLE001
             log.warning("trainer_side: error while closing the emitter: %s", exc)
         report = DeliveryReport(
             messages=self.seq, dropped=self.dropped - self._first_dropped,
             confirmed=None if socket is None else self.confirmed,
             spool=None if self.spool is None else spool_path(self.spool, safe_component(self.run), self.rank),
-            spool_missed=self.spool_dropped, refusal=None if socket is None else socket.refusal)
+            spool_missed=self.spool_dropped, refusal=None if socket is None else socket.refusal,
+            connected=None if socket is None else socket.ever_connected)
         _warn_undelivered(self, report)
         return report
 
-    def _await_receipts(self, socket: SocketSink) -> None:
-        """Asks the monitor until it confirms every message the socket took, or `linger_ms` passes."""
+    def _await_receipts(self, socket: SocketSink, *, spool_complete: bool) -> None:
+        """Asks the monitor until it confirms every message the socket took, or `linger_ms` passes;
+        not at all when no monitor ever connected and the spool holds every message (nothing the
+        wait could deliver that the spool does not already have)."""
+        if spool_complete:
+            socket.await_first_attempt(min(self.linger_ms, FIRST_ATTEMPT_MS))
+            if socket.attempt_failed and not socket.ever_connected:
+                return
         expected = self.seq - (self.dropped - self._first_dropped)
         deadline = time.monotonic() + self.linger_ms / 1000
         query = protocol.encode_receipt_query(self.run, self.rank, self.sender)
@@ -385,6 +398,7 @@ class Emitter:
             if self.confirmed >= expected or remaining <= 0:
                 break
             socket.ask_receipt(query)
+            self.receipt_polls += 1
             self._take_receipts(socket.take_receipts(max(1, int(min(remaining, RECEIPT_POLL_MS / 1000) * 1000))))
         socket.take_refusal()  # reads the handshake events that came meanwhile into `socket.refusal`
 
@@ -400,6 +414,7 @@ class DeliveryReport:
         spool: the spool log holding every message, or None with `spool=False`.
         spool_missed: messages the spool could not take (disk too slow).
         refusal: why the monitor refused this trainer's connection (CURVE keys), if it did.
+        connected: whether a monitor ever accepted this sender's connection; None without an endpoint.
     """
 
     messages: int
@@ -408,6 +423,7 @@ class DeliveryReport:
     spool: Path | None
     spool_missed: int = 0
     refusal: str | None = None
+    connected: bool | None = None
 
     @property
     def undelivered(self) -> int:
@@ -416,7 +432,12 @@ class DeliveryReport:
 
 
 def _warn_undelivered(emitter: Emitter, report: DeliveryReport) -> None:
-    if report.undelivered:
+    if report.undelivered and report.connected is False and report.spool is not None and not report.spool_missed:
+        log.warning("trainer_side: run %s rank %d: no monitor ever connected to %s; the spool %s holds all %d "
+                    "messages: `monitor replay %s/rank*.mlog --out outputs` draws the run (`monitor watch %s "
+                    "--out outputs` follows spools as they are written)", emitter.run, emitter.rank,
+                    emitter.endpoint, report.spool, report.messages, report.spool.parent, report.spool.parent.parent)
+    elif report.undelivered:
         unconfirmed = report.undelivered - report.dropped
         text = (f"trainer_side: run {emitter.run} rank {emitter.rank}: {report.undelivered} of {report.messages} "
                 f"messages are not confirmed in the log of the monitor at {emitter.endpoint}: {report.dropped} "

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import os
 import queue
+import struct
 import threading
+import time
 from pathlib import Path
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from trainer_side.msglog import LogWriter
 from trainer_side.protocol import receipts_endpoint
@@ -21,6 +23,10 @@ class SocketSink:
 
     The sockets and their context belong to the process that created them; ZeroMQ sockets must not
     cross a fork, so the owner checks the pid before every use (see `Emitter`).
+
+    The PUSH socket's own events, read by `take_refusal`, say whether a monitor ever accepted the
+    connection (`ever_connected`), whether a connection attempt failed (`attempt_failed`: nothing
+    listened there), and why the monitor refused the handshake, if it did (`refusal`).
     """
 
     def __init__(self, endpoint: str, *, queue_size: int, server_key: bytes | None = None,
@@ -36,9 +42,10 @@ class SocketSink:
             public, secret = client_keys if client_keys is not None else zmq.curve_keypair()
             self._curve = (server_key, public, secret)
             _set_curve(self._socket, self._curve)
-        # The socket's own events say when the monitor refuses the handshake (wrong CURVE keys).
-        self._events = self._socket.get_monitor_socket(_REFUSAL_EVENTS)
+        self._events = self._watch(_WATCHED_EVENTS)
         self.refusal: str | None = None
+        self.ever_connected = False
+        self.attempt_failed = False
         self._socket.connect(endpoint)
         self._receipts_endpoint = receipts_endpoint(endpoint)
 
@@ -51,14 +58,44 @@ class SocketSink:
             return False
 
     def take_refusal(self) -> str | None:
-        """The reason the monitor refused this socket's handshake, once, when it has (a flag read
-        unless an event is waiting)."""
+        """Reads the socket events that came (a flag read unless one is waiting) into the connection
+        state, and returns the reason the monitor refused this socket's handshake, once, when it has."""
+        refused = None
         while self._events.get(zmq.EVENTS) & zmq.POLLIN:
-            event = recv_monitor_message(self._events)
-            if event["event"] in _REFUSALS and self.refusal is None:
-                self.refusal = _REFUSALS[event["event"]]
-                return self.refusal
-        return None
+            # An event is two frames: (uint16 event, uint32 value), then the endpoint; only the id matters.
+            event = struct.unpack_from("=H", self._events.recv_multipart()[0])[0]
+            if event == zmq.EVENT_CONNECTED:
+                self.ever_connected = True
+            elif event == zmq.EVENT_CONNECT_RETRIED and not self.attempt_failed:
+                # Retries come every reconnect interval while nobody listens: once one is known,
+                # watch only the rare events, so the event queue never fills with them.
+                self.attempt_failed = True
+                self._events.close(linger=0)
+                self._events = self._watch(_WATCHED_EVENTS & ~zmq.EVENT_CONNECT_RETRIED)
+            elif event in _REFUSALS and self.refusal is None:
+                self.refusal = refused = _REFUSALS[event]
+        return refused
+
+    def _watch(self, events: int) -> zmq.Socket:
+        """A PAIR socket receiving the PUSH socket's `events` (a new one replaces the last)."""
+        address = f"inproc://trainer-side-events-{id(self)}-{next(_watch_numbers)}"
+        self._socket.monitor(address, events)
+        watcher = self._context.socket(zmq.PAIR)
+        watcher.connect(address)
+        return watcher
+
+    def await_first_attempt(self, timeout_ms: int) -> None:
+        """Waits at most `timeout_ms` until the first connection attempt has either succeeded or
+        failed, reading the events meanwhile: on loopback either comes within milliseconds."""
+        self.take_refusal()
+        if self.ever_connected or self.attempt_failed or self.refusal is not None:
+            return
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not (self.ever_connected or self.attempt_failed or self.refusal is not None):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._events.poll(max(1, int(remaining * 1000))):
+                return
+            self.take_refusal()
 
     def ask_receipt(self, query: bytes) -> None:
         """Sends a receipt query without waiting; the answer is read by `take_receipts`."""
@@ -103,7 +140,8 @@ _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (a CURVE key mismatch, or not a monitor)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (a CURVE key mismatch, or not a monitor)",
 }
-_REFUSAL_EVENTS = functools.reduce(operator.or_, _REFUSALS)
+_watch_numbers = itertools.count()
+_WATCHED_EVENTS = functools.reduce(operator.or_, _REFUSALS, zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
 
 
 def _set_curve(socket: zmq.Socket, curve: tuple[bytes, bytes, bytes]) -> None:

@@ -3,6 +3,7 @@ holds the GIL that the receive loop needs."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing
 import os
@@ -62,6 +63,38 @@ class InlineRenderer:
 CONFUSION_LANE, FIGURE_LANE = 0, 1
 LANES = 2
 PRIORITIES = ("idle", "normal")
+IDLE_CORES_TO_DRAW = 1.0  # a figure is drawn at once when at least this much CPU was idle lately
+BUSY_EVERY_S = 0.25  # how often the deferral looks at the CPUs again
+# "Lately": every reading of the last second. A trainer's single-threaded moments (an epoch's end,
+# where the figures come from) leave a core idle for a fraction of that, and must not open the gate.
+QUIET_READINGS = 4
+
+
+class IdleCores:
+    """The machine's idle CPU capacity, in cores, between two readings of /proc/stat (idle and
+    iowait time; time the hypervisor stole counts as busy). None where there is no /proc/stat."""
+
+    def __init__(self, path: str = "/proc/stat") -> None:
+        self.path = path
+        self._last = self._read()
+
+    def _read(self) -> tuple[int, int, int] | None:
+        try:
+            with open(self.path, "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:
+            return None
+        fields = [int(v) for v in lines[0].split()[1:9]]  # user nice system idle iowait irq softirq steal
+        cpus = sum(1 for line in lines[1:] if line.startswith(b"cpu"))
+        return sum(fields), fields[3] + fields[4], max(1, cpus)
+
+    def take(self) -> float | None:
+        """Idle cores since the last call (or since construction)."""
+        now, last = self._read(), self._last
+        self._last = now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        return now[2] * (now[1] - last[1]) / (now[0] - last[0])
 
 
 class ProcessRenderer:
@@ -73,11 +106,22 @@ class ProcessRenderer:
     else wants, so a CPU-bound trainer on the same machine gets the cores first (its figures wait
     until the CPU has time).
     `priority="normal"` renders as soon as a job arrives.
+
+    With `defer_s` > 0, figures wait while a trainer keeps the machine busy: while `live()` says a
+    run is under way and one of the last QUIET_READINGS readings (BUSY_EVERY_S apart) found less
+    than IDLE_CORES_TO_DRAW cores idle, a figure is held back (a newer history drawing replaces a
+    held one), at most `defer_s` seconds; then, or as soon as that changes, every held figure goes to
+    its worker in submission order. An idle-priority worker that takes a busy trainer's short gaps
+    still costs it (run-queue waits, cold caches, a core the host shares); a figure drawn later
+    does not. Only drawing waits: receiving and logging never do.
     """
 
-    def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle") -> None:
+    def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle",
+                 defer_s: float = 0.0, live: Callable[[], bool] = lambda: False) -> None:
         if priority not in PRIORITIES:
             raise ValueError(f"render priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        if not defer_s >= 0:
+            raise ValueError(f"render deferral must be a non-negative number of seconds, got {defer_s!r}")
         # spawn, not fork: the parent has ZeroMQ threads, which must never be forked.
         context = multiprocessing.get_context("spawn")
         self._lanes = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_worker,
@@ -100,8 +144,54 @@ class ProcessRenderer:
         self._tables = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_init_worker,
                                            initargs=(priority,))
         self._tables.submit(_warm_up_tables)
+        self.defer_s, self.live = defer_s, live
+        self.deferred = 0  # figures that waited for the trainer
+        self._held: list[tuple[float, object]] = []  # (when it must go at the latest, job), in order
+        self.busy = False  # whether figures are held back now (updated every BUSY_EVERY_S)
+        self._order = threading.RLock()  # held: submissions and releases, so that they keep their order
+        self._closing = threading.Event()
+        if defer_s > 0:
+            threading.Thread(target=self._watch_busy, args=(IdleCores(),), name="render-deferral",
+                             daemon=True).start()
+
+    def _watch_busy(self, idle: IdleCores) -> None:
+        recent: collections.deque[bool] = collections.deque(maxlen=QUIET_READINGS)  # busy, per reading
+        while not self._closing.wait(BUSY_EVERY_S):
+            try:
+                cores = idle.take()
+                recent.append(cores is not None and cores < IDLE_CORES_TO_DRAW)
+                self.busy = any(recent) and self.live()
+            except Exception as exc:  # noqa: BLE001 - a broken reading must not hold figures for ever
+                log.error("render deferral stopped (%s: %s); figures are drawn at once from now on",
+                          type(exc).__name__, exc)
+                self.busy, self.defer_s = False, 0.0
+            with self._order:
+                if self._held and (not self.busy or self._held[0][0] <= time.monotonic()):
+                    self.release()
+            if self.defer_s == 0:
+                return
+
+    def release(self) -> None:
+        """Sends every held figure to its worker, in submission order."""
+        with self._order:
+            held, self._held = self._held, []
+            for _, job in held:
+                self._submit(job)
 
     def submit(self, job: object) -> None:
+        with self._order:
+            # Behind held jobs too, while there are any: the jobs for one file keep their order.
+            if self.defer_s > 0 and not self._closing.is_set() and (self.busy or self._held):
+                if isinstance(job, HistoryJob):
+                    kept = [(t, j) for t, j in self._held if not (isinstance(j, HistoryJob) and j.folder == job.folder)]
+                    self.superseded += len(self._held) - len(kept)
+                    self._held = kept
+                self._held.append((self._held[0][0] if self._held else time.monotonic() + self.defer_s, job))
+                self.deferred += 1
+                return
+            self._submit(job)
+
+    def _submit(self, job: object) -> None:
         counts = isinstance(job, ConfusionJob) and job.view == "counts"
         lane = self._lanes[CONFUSION_LANE if counts else FIGURE_LANE]
         future = lane.submit(run_job, job)
@@ -147,7 +237,7 @@ class ProcessRenderer:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._held)  # a list's len needs no lock of its own
 
     def stop_by(self, deadline: float) -> None:
         """From now on `drain` waits until the monotonic `deadline` at most, and `close` abandons
@@ -155,7 +245,9 @@ class ProcessRenderer:
         self._deadline = deadline
 
     def drain(self) -> None:
-        """Waits for every pending job (until the `stop_by` deadline, if one is set)."""
+        """Sends the held figures to their workers and waits for every pending job (until the
+        `stop_by` deadline, if one is set)."""
+        self.release()
         with self._lock:
             futures = list(self._pending)
         for future in futures:
@@ -168,6 +260,7 @@ class ProcessRenderer:
     def close(self) -> int:
         """Drains, then abandons what is still pending (after a `stop_by` deadline): the workers are
         killed, and their jobs end with BrokenProcessPool. Returns the number of jobs abandoned."""
+        self._closing.set()
         self.drain()
         with self._lock:
             left = [future for future in self._pending if not future.done()]
