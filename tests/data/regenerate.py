@@ -7,9 +7,10 @@ writes into tests/data/, or DIR (tests/test_fixture_tool.py compares such a copy
 
 tiny_run.mlog: a 3-epoch run (class-imbalanced data, TrackingWeightedRandomSampler, 16 thumbnails)
 recorded by a real `monitor serve`, kept on purpose in protocol 1.0, the oldest wire format the monitor
-reads, so that the replay tests cover logs from before sender ids (1.1) and confidences (1.2): the
+reads, so that the replay tests cover logs from before sender ids (1.1), confidences (1.2) and sample ids (1.3): the
 trainer runs without hardest mistakes (`--mistakes 0`), and each recorded frame is written as a 1.0
-emitter sends it (version [1, 0], no `sender`, no `confidence` in preds, no `targets_missing`).
+emitter sends it (version [1, 0], no `sender`, no `confidence`, sample `ids` or `label_confidence` in
+preds, no `targets_missing`, `val_size` or `train_size` in run_start).
 tiny_run_expected.npz: the same run's validation predictions, labels and metrics as recorded
 independently inside the trainer (tests/tiny_training.py --record), plus the training set's targets
 and sampler weights, so the replay tests compare against facts the monitor never saw.
@@ -40,7 +41,10 @@ from trainer_side import protocol  # noqa: E402
 from trainer_side.msglog import LogWriter, iter_frames  # noqa: E402
 
 FIXTURE_VERSION = [1, 0]
-NEWER_FIELDS = {"sender": None, "confidence": "preds", "targets_missing": "run_start"}  # field -> kind (None: all)
+# field -> the kinds that carry it since a later minor version (None: every kind)
+NEWER_FIELDS = {"sender": None, "confidence": ("preds",), "targets_missing": ("run_start",), "ids": ("preds",),
+                "label_confidence": ("preds",), "val_size": ("run_start",), "train_size": ("run_start",)}
+NEWER_KINDS = {"mistakes", "sample_names", "train_preds"}
 
 
 def as_protocol_1_0(frame: bytes) -> bytes:
@@ -48,7 +52,7 @@ def as_protocol_1_0(frame: bytes) -> bytes:
     obj = msgpack.unpackb(frame, raw=False)
     obj["v"] = FIXTURE_VERSION
     for name, kind in NEWER_FIELDS.items():
-        if kind is None or obj["kind"] == kind:
+        if kind is None or obj["kind"] in kind:
             obj.pop(name, None)
     old = msgpack.packb(obj, use_bin_type=True)
     if protocol.decode(old).version != tuple(FIXTURE_VERSION):
@@ -77,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         served = tmp_path / "outputs" / "tiny-fixture" / "messages.mlog"
         kinds = {msgpack.unpackb(frame)["kind"] for frame in iter_frames(served)}
-        if "mistakes" in kinds:
-            raise RuntimeError("the trainer sent hardest mistakes, which protocol 1.0 has not")
+        if kinds & NEWER_KINDS:
+            raise RuntimeError(f"the trainer sent {sorted(kinds & NEWER_KINDS)}, which protocol 1.0 has not")
         converted = tmp_path / "tiny_run.mlog"
         with LogWriter(converted) as writer:
             for frame in iter_frames(served):
