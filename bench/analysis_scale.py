@@ -35,8 +35,9 @@ epoch with ids is drawn: `SampleHistory.add_epoch` and the sample-level files (p
 changes.json|csv, per_sample.csv, label_suspects.csv), 50,000 samples x 100 epochs x 1,000 classes;
 the seconds per epoch (median and largest), label_suspects.png's render apart (the monitor draws it
 in a worker), and this process's RSS growth from the second epoch (the first with changes: every code
-path and scipy loaded) to the last. Then a training map of 1,281,167 ids (ImageNet's training set,
-track_train) over 3 epochs: the RSS it adds and data_map.csv's seconds.
+path loaded) to the last; scipy.stats is imported first, as `monitor serve` does at its start.
+Then a training map of 1,281,167 ids (ImageNet's training set, track_train) over 3 epochs: the RSS
+it adds and data_map.csv's seconds.
 
     python -m bench.analysis_scale [--quick] [--parts artifacts memory pages samples] [--classes 43 1000 20000]
         [--samples N] [--epochs N] [--priority idle|normal] [--memory-epochs N] [--memory-classes N]
@@ -465,6 +466,8 @@ def sample_history(out: Path, samples: int, epochs: int, classes: int, train_ids
         def submit(self, job) -> None:
             self.jobs.append(job)
 
+    import scipy.stats  # noqa: F401 - as `monitor serve` does at its start (monitor/driver.py)
+
     rng = np.random.default_rng(0)
     names = SimpleNamespace(names=lambda split, ids: id_names(np.asarray(ids)))
     run = SimpleNamespace(run="bench", class_names=[f"class {i}" for i in range(classes)], samples=SampleHistory(classes),
@@ -506,6 +509,7 @@ def sample_history(out: Path, samples: int, epochs: int, classes: int, train_ids
     data_map_s = time.perf_counter() - began
     return {"samples": samples, "epochs": epochs, "classes": classes,
             "epoch_median_s": statistics.median(seconds), "epoch_max_s": max(seconds),
+            "epoch_max_at": seconds.index(max(seconds)),
             "suspects_png_median_s": statistics.median(render_s), "growth_mb": end_mb - start_mb,
             "start_mb": start_mb, "end_mb": end_mb, "history_mb": run.samples.nbytes / MB,
             "train_ids": train_ids, "training_map_rss_mb": after_train - before_train,
@@ -517,8 +521,9 @@ def samples_part(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-samples-") as tmp:
         r = sample_history(Path(tmp), count, epochs, SAMPLE_CLASSES, train)
     print_table(f"per-sample layer, {count:,} samples x {epochs} epochs x {SAMPLE_CLASSES:,} classes (seconds, MiB)",
-                ["epoch median", "epoch max", "suspects PNG", "RSS growth", "history arrays"],
-                [[round(r["epoch_median_s"], 3), round(r["epoch_max_s"], 3), round(r["suspects_png_median_s"], 3),
+                ["epoch median", "epoch max", "at epoch", "suspects PNG", "RSS growth", "history arrays"],
+                [[round(r["epoch_median_s"], 3), round(r["epoch_max_s"], 3), r["epoch_max_at"],
+                  round(r["suspects_png_median_s"], 3),
                   round(r["growth_mb"], 1), round(r["history_mb"], 1)]])
     print_table(f"training map of {train:,} ids over {TRAIN_EPOCHS} epochs (MiB, seconds)",
                 ["RSS added", "arrays", "data_map.csv at run end"],

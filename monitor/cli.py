@@ -62,8 +62,9 @@ def _add_render_priority(parser: argparse.ArgumentParser) -> None:
                              "idle cgroup: `systemd-run --user --scope -p CPUWeight=idle monitor serve`")
     parser.add_argument("--render-defer", type=_non_negative_float, default=DEFAULT_RENDER_DEFER_S, metavar="SECONDS",
                         help="while a run is under way and less than one CPU core is idle, hold each epoch's "
-                             "figures back, at most this long, so that drawing never competes with a CPU-bound "
-                             f"trainer (receiving and logging never wait). 0 draws at once (default "
+                             "figures, tables and files back, at most this long, so that the monitor never "
+                             "competes with a CPU-bound trainer (receiving, logging and counting never wait). "
+                             f"0 draws at once (default "
                              f"{DEFAULT_RENDER_DEFER_S:g})")
 
 

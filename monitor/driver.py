@@ -215,6 +215,9 @@ def _start_live(console: Console, settings: Settings, stop: threading.Event):  #
     # The first confusion count in a process costs several times the next (numpy sets up on first
     # use): done now, it stays out of the first epoch.
     confusion_counts(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), 1)
+    # The paired statistics of the sample-level files need scipy.stats, a long import: done now, it
+    # stays out of the first epoch whose changes are computed.
+    import scipy.stats  # noqa: F401
     # Everything loaded so far lives as long as the process: frozen, the garbage collector's full
     # passes never walk it while holding the GIL the receive thread needs. No collection first: it
     # would also walk every message queued meanwhile.

@@ -51,6 +51,7 @@ class Pipeline:
         self.samples = SampleOutputs(renderer, console)  # changes, per-sample files, suspects, data map
         self.summaries = Summaries(out, self.reports, clock)
         self._late_ends: dict[str, int] = {}  # run -> its ranks' run_ends after it had finished
+        self._ready_since: dict[str, float] = {}  # run -> since when its ready epochs wait for the trainer
 
     @property
     def tensorboard(self) -> TensorBoardWriter | None:
@@ -211,7 +212,11 @@ class Pipeline:
     # --- epochs -------------------------------------------------------------------------------
 
     def _render_ready(self, run: RunState, flush: bool = False) -> None:
-        for number, missing, named in run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush):
+        ready = run.ready_epochs(self.clock(), self.epoch_timeout, flush=flush)
+        if ready and not flush and self._yield_to_trainer(run):
+            return
+        self._ready_since.pop(run.run, None)
+        for number, missing, named in ready:
             if missing and not run.finished:
                 self.console.note(f"run {run.run}: rendering epoch {number} without rank(s) "
                                   f"{describe_ranks(missing, named)} (no epoch_end from them)")
@@ -219,6 +224,16 @@ class Pipeline:
             self.reports.drawn(run_dir(self.out, run.run), number)
             if not missing and run.start is not None:
                 run.release(number)
+
+    def _yield_to_trainer(self, run: RunState) -> bool:
+        """Whether the run's ready epochs wait: while its trainer keeps the CPUs busy (the renderer's
+        deferral says so) and the run goes on, at most the renderer's `defer_s` from the first
+        epoch that waited. The epoch's files are then written with its figures, when the trainer
+        leaves a core idle, at the run's end, or at the deadline; `tick` looks again."""
+        if run.finished or not getattr(self.renderer, "busy", False):
+            return False
+        since = self._ready_since.setdefault(run.run, self.clock())
+        return self.clock() - since < getattr(self.renderer, "defer_s", 0.0)
 
     def _note_sample_problems(self, run: RunState) -> None:
         for note in run.take_sample_notes():

@@ -368,3 +368,41 @@ def test_a_silent_unfinished_run_is_marked_stale_and_running_again_when_it_speak
     now[0] += 1000
     pipeline.tick()
     assert status() == "completed"  # a finished run never goes stale
+
+
+class BusyMachineRenderer(InlineRenderer):
+    """The process renderer's deferral as the pipeline sees it: `busy` while a trainer keeps the CPUs."""
+
+    busy = True
+    defer_s = 30.0
+
+
+def test_ready_epochs_wait_while_the_trainer_keeps_the_cpus_busy_and_nothing_is_lost(tmp_path):
+    now = [0.0]
+    console = MonitorConsole(Console(file=open("/dev/null", "w")), fresh=True)
+    renderer = BusyMachineRenderer()
+    pipeline = Pipeline(tmp_path, renderer, console, epoch_timeout=None, clock=lambda: now[0])
+    csv = [tmp_path / "busy" / f"epoch_{e:03d}" / "confusion_matrix.csv" for e in range(3)]
+    feed(pipeline, [message("run_start", "busy", 0, "aaaa", start_body(CLASSES))])
+    feed(pipeline, epoch_messages("busy", "aaaa", range(1), 1))
+    pipeline.tick()
+    assert not csv[0].exists()  # held while the trainer is busy
+    renderer.busy = False
+    pipeline.tick()
+    assert csv[0].exists() and matrix_total(tmp_path, "busy", 0) == 30  # a core idle: written at once
+    renderer.busy = True
+    feed(pipeline, epoch_messages("busy", "aaaa", range(1, 2), 3))
+    now[0] += 29.0
+    pipeline.tick()
+    assert not csv[1].exists()
+    now[0] += 1.5
+    pipeline.tick()
+    assert csv[1].exists() and matrix_total(tmp_path, "busy", 1) == 30  # never longer than defer_s
+    feed(pipeline, epoch_messages("busy", "aaaa", range(2, 3), 5))
+    assert not csv[2].exists()
+    feed(pipeline, [message("run_end", "busy", 7, "aaaa", {"status": "completed", "error": None, "sent": 7,
+                                                          "dropped": 0})])
+    assert csv[2].exists() and matrix_total(tmp_path, "busy", 2) == 30  # the run's end waits for nothing
+    pipeline.finish()
+    summary = json.loads((tmp_path / "busy" / "summary.json").read_text())
+    assert summary["status"] == "completed" and len(summary["epochs"]) == 3
