@@ -152,3 +152,23 @@ def run_tiny(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(TINY), *args], capture_output=True, text=True, timeout=timeout,
                             cwd=ROOT)
     return result
+
+
+def console_of_spool(spool: Path, run: str, out: Path) -> str:
+    """console.txt of `run` after its rank-0 spool log goes through the pipeline in this process,
+    figures drawn inline: what the monitor says of a run, without a monitor process."""
+    import io
+
+    from rich.console import Console
+
+    from monitor.outputs.console import MonitorConsole
+    from monitor.outputs.render.pool import InlineRenderer
+    from monitor.pipeline import Pipeline
+    from trainer_side.msglog import iter_frames
+    from trainer_side.protocol import decode
+
+    pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(Console(file=io.StringIO(), width=200), fresh=True))
+    for frame in iter_frames(spool / run / "rank0.mlog"):
+        pipeline.handle(decode(frame), len(frame))
+    pipeline.finish()
+    return (out / run / "console.txt").read_text(encoding="utf-8")

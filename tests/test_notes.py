@@ -3,19 +3,13 @@ sends it (a plain `Emitter` loop sends no model summary or confidences unless gi
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
-from monitor.outputs.console import MonitorConsole
-from monitor.pipeline import Pipeline
-from monitor.outputs.render.pool import InlineRenderer
+from conftest import console_of_spool
 from trainer_side import Emitter, model_summary
-from trainer_side.msglog import iter_frames
-from trainer_side.protocol import decode
 
 
 def console_of_plain_loop(tmp_path: Path, *, model: bool, confidence: bool) -> str:
@@ -30,12 +24,7 @@ def console_of_plain_loop(tmp_path: Path, *, model: bool, confidence: bool) -> s
         emitter.epoch_end(epoch)
     emitter.run_end("completed")
     emitter.close()
-    out = tmp_path / "out"
-    pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(Console(file=io.StringIO(), width=200), fresh=True))
-    for frame in iter_frames(tmp_path / "spool" / "plain" / "rank0.mlog"):
-        pipeline.handle(decode(frame), len(frame))
-    pipeline.finish()
-    return (out / "plain" / "console.txt").read_text(encoding="utf-8")
+    return console_of_spool(tmp_path / "spool", "plain", tmp_path / "out")
 
 
 def test_preds_without_confidences_name_the_argument_not_an_old_protocol(tmp_path):

@@ -3,20 +3,15 @@ reason that the monitor prints instead of the class distribution."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from monitor.outputs.console import MonitorConsole
-from monitor.pipeline import Pipeline
-from monitor.outputs.render.pool import InlineRenderer
+from conftest import console_of_spool
 from trainer_side import Emitter
-from trainer_side.msglog import iter_frames
 from trainer_side.protocol import MAX_REASON_LENGTH, InvalidFieldError, decode, encode, make_message
 from trainer_side.targets import find_train_targets, within
 
@@ -99,12 +94,7 @@ def _console_after_run_start(tmp_path: Path, **fields) -> str:
     emitter = Emitter(None, run="counts", spool=tmp_path / "spool")
     emitter.run_start(["a", "b", "c"], model=MODEL, **fields)
     emitter.close()
-    out = tmp_path / "out"
-    pipeline = Pipeline(out, InlineRenderer(), MonitorConsole(Console(file=io.StringIO(), width=200), fresh=True))
-    for frame in iter_frames(tmp_path / "spool" / "counts" / "rank0.mlog"):
-        pipeline.handle(decode(frame), len(frame))
-    pipeline.finish()
-    return (out / "counts" / "console.txt").read_text(encoding="utf-8")
+    return console_of_spool(tmp_path / "spool", "counts", tmp_path / "out")
 
 
 def test_the_monitor_prints_the_trainers_reason_instead_of_blaming_the_sampler(tmp_path):
