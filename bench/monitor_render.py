@@ -7,7 +7,7 @@ with a timestamp on every accepted frame (`probed_serve` below, which this progr
 `python -m bench.monitor_render --probed-serve RECORD serve ...`). A probe accepted L ms after it was
 sent means the receive loop was away for about L ms. Artifact times are the files' modification times.
 
-    python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--tensorboard] [--json FILE]
+    python -m bench.monitor_render [--quick] [--classes N ...] [--rounds N] [--tensorboard] [--render-defer S] [--json FILE]
 
 With --tensorboard the monitor also writes TensorBoard events (`serve --tensorboard`), and the
 program first times what that costs the monitor per epoch figure, on real confusion-matrix PNGs: the
@@ -123,7 +123,8 @@ def probed_serve(record_path: Path, argv: list[str]) -> int:
         record_path.write_text(json.dumps(arrivals))
 
 
-def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: bool = False) -> dict:
+def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: bool = False,
+            render_defer: float | None = None) -> dict:
     """One run of `classes` classes served by a probed `monitor serve` (with `--tensorboard`, if asked)."""
     run = f"render-{classes}"
     schedule = epoch_schedule(run, classes, epochs, spacing)
@@ -136,6 +137,8 @@ def measure(classes: int, epochs: int, spacing: float, work: Path, tensorboard: 
     paths = [folder / f"epoch_{e:03d}" / name for e in range(epochs) for name in names]
     paths += [folder / name for name in RUN_FILES]
     extra = ["--tensorboard", str(work / "tensorboard")] if tensorboard else []
+    if render_defer is not None:
+        extra += ["--render-defer", f"{render_defer:g}"]
     with MonitorProcess(out, *extra, command=[PYTHON, "-m", "bench.monitor_render", "--probed-serve", str(record),
                                               "serve"]) as monitor:
         monitor.wait_idle()
@@ -246,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="*", default=[43, 1000], help="class counts (default 43 1000)")
     parser.add_argument("--rounds", type=int, default=1, help="serve every class count this many times (default 1)")
     parser.add_argument("--tensorboard", action="store_true", help="serve with --tensorboard (TensorBoard events too)")
+    parser.add_argument("--render-defer", type=float, default=None, metavar="SECONDS",
+                        help="serve with this --render-defer (default: serve's own). The sender and its probes keep "
+                             "a core busy, so by default figures wait for a quiet second; 0 times the drawing alone")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{spacing:.0f} s apart, probe every {PROBE_MS:g} ms", flush=True)
                 work = Path(tmp) / f"{len(results)}"
                 work.mkdir()
-                results.append({**measure(classes, epochs, spacing, work, args.tensorboard), "round": round_ + 1})
+                results.append({**measure(classes, epochs, spacing, work, args.tensorboard, args.render_defer), "round": round_ + 1})
     grouped = args.rounds > 1  # then each row says which round it is of
     first = ["round"] if grouped else []
 

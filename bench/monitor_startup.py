@@ -102,7 +102,7 @@ def _first_message() -> bytes:
 def _time_start(out: Path, tree: Path, timeout: float = 120.0) -> tuple[float, float]:
     """Seconds from the command to listening, and to the first message's labels_mapping.json."""
     started = time.monotonic()
-    monitor = MonitorProcess(out, cwd=tree)
+    monitor = MonitorProcess(out, cwd=tree, started=False)  # returns once it listens, not once its pipeline is up
     listening = time.monotonic() - started
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
