@@ -172,3 +172,21 @@ def console_of_spool(spool: Path, run: str, out: Path) -> str:
         pipeline.handle(decode(frame), len(frame))
     pipeline.finish()
     return (out / run / "console.txt").read_text(encoding="utf-8")
+
+
+def logged(path: Path) -> list[bytes]:
+    """The frames of a run's log so far, read while the monitor writes it: none while the file is
+    created but its header not yet written, and none while a record's length is written but not
+    yet its bytes."""
+    import warnings
+
+    from trainer_side.msglog import CorruptLogError, LogFormatError, TruncatedLogWarning, iter_frames
+
+    if not path.exists():
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedLogWarning)
+        try:
+            return list(iter_frames(path))
+        except (CorruptLogError, LogFormatError):
+            return []

@@ -290,7 +290,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
-    from conftest import ROOT, free_port, wait_for
+    from conftest import ROOT, free_port, logged, wait_for
 
     out, flag, ready, output = tmp_path / "out", tmp_path / "full", tmp_path / "ready", tmp_path / "serve.txt"
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -306,7 +306,7 @@ def test_serve_explains_a_full_disk_and_exits_1_with_the_count(tmp_path):
     log = out / TINY[0].run / "messages.mlog"
 
     def records() -> int:
-        return len(list(iter_frames(log))) if log.exists() else 0
+        return len(logged(log))
 
     try:
         wait_for(ready.exists, "the monitor to listen", timeout=120)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,11 +21,10 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ROOT, MonitorProcess, children_of, free_port, wait_for
+from conftest import ROOT, MonitorProcess, children_of, free_port, logged, wait_for
 from monitor.outputs.render.pool import ProcessRenderer
 from test_renderer import Sleep
 from trainer_side import protocol
-from trainer_side.msglog import CorruptLogError, TruncatedLogWarning, iter_frames
 from trainer_side.protocol import make_message
 
 # Only catches a hang: a stop is meant to take about 10 s, on a loaded machine it may take more.
@@ -85,18 +83,6 @@ def push():
     for socket in sockets:
         socket.close(linger=0)
     context.term()
-
-
-def logged(path: Path) -> list[bytes]:
-    """The frames of a run's log so far (a record being written may cut it short)."""
-    if not path.exists():
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncatedLogWarning)
-        try:
-            return list(iter_frames(path))
-        except CorruptLogError:  # a length written, its record not yet
-            return []
 
 
 def timed_stop(monitor: MonitorProcess) -> tuple[int, float]:
