@@ -125,7 +125,7 @@ def drive(source: Source, out: Path, console: Console, *, settings: Settings = S
                         stale_after=settings.stale_after)
     pipeline.logbook, pipeline.reporter = intake.logbook, reporter
     renderer.on_done = pipeline.record_artifact  # for the dashboard's last artifact per run, and TensorBoard
-    renderer.live = pipeline.live  # figures wait while a run is under way and the CPUs are busy
+    renderer.live = pipeline.live  # ready epochs wait while a run is under way and the CPUs are busy
     if settings.tensorboard is not None:
         from monitor.outputs.tensorboard import TensorBoardWriter
 

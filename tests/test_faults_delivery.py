@@ -386,7 +386,7 @@ def test_ready_epochs_wait_while_the_trainer_keeps_the_cpus_busy_and_nothing_is_
     feed(pipeline, [message("run_start", "busy", 0, "aaaa", start_body(CLASSES))])
     feed(pipeline, epoch_messages("busy", "aaaa", range(1), 1))
     pipeline.tick()
-    assert not csv[0].exists()  # held while the trainer is busy
+    assert not csv[0].exists() and not csv[0].with_suffix(".png").exists()  # files and figures held while busy
     renderer.busy = False
     pipeline.tick()
     assert csv[0].exists() and matrix_total(tmp_path, "busy", 0) == 30  # a core idle: written at once
@@ -403,6 +403,11 @@ def test_ready_epochs_wait_while_the_trainer_keeps_the_cpus_busy_and_nothing_is_
     feed(pipeline, [message("run_end", "busy", 7, "aaaa", {"status": "completed", "error": None, "sent": 7,
                                                           "dropped": 0})])
     assert csv[2].exists() and matrix_total(tmp_path, "busy", 2) == 30  # the run's end waits for nothing
-    pipeline.finish()
+    feed(pipeline, [message("run_start", "cut", 0, "bbbb", start_body(CLASSES))])
+    feed(pipeline, epoch_messages("cut", "bbbb", range(1), 1))
+    cut = tmp_path / "cut" / "epoch_000" / "confusion_matrix.csv"
+    assert not cut.exists()
+    pipeline.finish()  # the stop: what is held is drawn, busy or not
+    assert cut.exists() and cut.with_suffix(".png").exists() and matrix_total(tmp_path, "cut", 0) == 30
     summary = json.loads((tmp_path / "busy" / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["epochs"]) == 3

@@ -107,13 +107,13 @@ class ProcessRenderer:
     until the CPU has time).
     `priority="normal"` renders as soon as a job arrives.
 
-    With `defer_s` > 0, figures wait while a trainer keeps the machine busy: while `live()` says a
-    run is under way and one of the last QUIET_READINGS readings (BUSY_EVERY_S apart) found less
-    than IDLE_CORES_TO_DRAW cores idle, a figure is held back (a newer history drawing replaces a
-    held one), at most `defer_s` seconds; then, or as soon as that changes, every held figure goes to
-    its worker in submission order. An idle-priority worker that takes a busy trainer's short gaps
-    still costs it (run-queue waits, cold caches, a core the host shares); a figure drawn later
-    does not. Only drawing waits: receiving and logging never do.
+    With `defer_s` > 0, `busy` says whether a trainer keeps the machine busy: a run is under way
+    (`live()`) and one of the last QUIET_READINGS readings (BUSY_EVERY_S apart) found less than
+    IDLE_CORES_TO_DRAW cores idle. The pipeline holds a run's ready epochs on it, at most `defer_s`
+    seconds (`Pipeline._yield_to_trainer`), so that their files and figures come when a core is
+    free: an idle-priority worker that takes a busy trainer's short gaps still costs it (run-queue
+    waits, cold caches, a core the host shares); a figure drawn later does not. The renderer
+    itself draws whatever it is given.
     """
 
     def __init__(self, on_done: Callable[[str], None] | None = None, *, priority: str = "idle",
@@ -145,10 +145,7 @@ class ProcessRenderer:
                                            initargs=(priority,))
         self._tables.submit(_warm_up_tables)
         self.defer_s, self.live = defer_s, live
-        self.deferred = 0  # figures that waited for the trainer
-        self._held: list[tuple[float, object]] = []  # (when it must go at the latest, job), in order
-        self.busy = False  # whether figures are held back now (updated every BUSY_EVERY_S)
-        self._order = threading.RLock()  # held: submissions and releases, so that they keep their order
+        self.busy = False  # whether a trainer keeps the machine busy now (updated every BUSY_EVERY_S)
         self._closing = threading.Event()
         if defer_s > 0:
             threading.Thread(target=self._watch_busy, args=(IdleCores(),), name="render-deferral",
@@ -161,37 +158,13 @@ class ProcessRenderer:
                 cores = idle.take()
                 recent.append(cores is not None and cores < IDLE_CORES_TO_DRAW)
                 self.busy = any(recent) and self.live()
-            except Exception as exc:  # noqa: BLE001 - a broken reading must not hold figures for ever
-                log.error("render deferral stopped (%s: %s); figures are drawn at once from now on",
+            except Exception as exc:  # noqa: BLE001 - a broken reading must not hold epochs for ever
+                log.error("render deferral stopped (%s: %s); epochs are drawn at once from now on",
                           type(exc).__name__, exc)
                 self.busy, self.defer_s = False, 0.0
-            with self._order:
-                if self._held and (not self.busy or self._held[0][0] <= time.monotonic()):
-                    self.release()
-            if self.defer_s == 0:
                 return
-
-    def release(self) -> None:
-        """Sends every held figure to its worker, in submission order."""
-        with self._order:
-            held, self._held = self._held, []
-            for _, job in held:
-                self._submit(job)
 
     def submit(self, job: object) -> None:
-        with self._order:
-            # Behind held jobs too, while there are any: the jobs for one file keep their order.
-            if self.defer_s > 0 and not self._closing.is_set() and (self.busy or self._held):
-                if isinstance(job, HistoryJob):
-                    kept = [(t, j) for t, j in self._held if not (isinstance(j, HistoryJob) and j.folder == job.folder)]
-                    self.superseded += len(self._held) - len(kept)
-                    self._held = kept
-                self._held.append((self._held[0][0] if self._held else time.monotonic() + self.defer_s, job))
-                self.deferred += 1
-                return
-            self._submit(job)
-
-    def _submit(self, job: object) -> None:
         counts = isinstance(job, ConfusionJob) and job.view == "counts"
         lane = self._lanes[CONFUSION_LANE if counts else FIGURE_LANE]
         future = lane.submit(run_job, job)
@@ -237,7 +210,7 @@ class ProcessRenderer:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending) + len(self._held)  # a list's len needs no lock of its own
+            return len(self._pending)
 
     def stop_by(self, deadline: float) -> None:
         """From now on `drain` waits until the monotonic `deadline` at most, and `close` abandons
@@ -245,9 +218,7 @@ class ProcessRenderer:
         self._deadline = deadline
 
     def drain(self) -> None:
-        """Sends the held figures to their workers and waits for every pending job (until the
-        `stop_by` deadline, if one is set)."""
-        self.release()
+        """Waits for every pending job (until the `stop_by` deadline, if one is set)."""
         with self._lock:
             futures = list(self._pending)
         for future in futures:
